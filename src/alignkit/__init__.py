@@ -1,0 +1,1 @@
+"""alignkit: preference alignment for causal language models."""

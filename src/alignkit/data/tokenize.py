@@ -1,0 +1,161 @@
+"""Examples -> token ids, with the prompt/completion boundary exact and only completion tokens scored.
+
+Conversations are rendered with the tokenizer's chat template once, as a whole; the completion is the
+rendered text after the rendered prompt (with the generation prompt). Both parts are tokenized without
+adding special tokens, so a template that writes BOS, or a default system prompt, appears exactly once.
+A BOS is prepended only when the tokenizer adds one by itself and the rendered prompt does not carry it.
+Every completion ends with EOS: text after the last EOS the template writes (e.g. a newline) is dropped,
+and EOS is appended when missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignkit.data.formats import BinaryExample, Content, PairwiseExample, SFTExample
+from alignkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    source: str
+
+
+@dataclass(frozen=True)
+class TokenizedCompletion:
+    """One prompt + completion (SFT, binary feedback); ``label`` for binary feedback."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    source: str
+    label: bool | None = None
+
+
+@dataclass
+class TruncationStats:
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+    skipped: int = 0
+    skipped_sources: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.prompts_truncated} prompt(s) truncated, {self.completions_truncated} completion(s) "
+                f"truncated, {self.skipped} record(s) skipped for length")
+
+
+class Tokenizer:
+    """Wraps a HF tokenizer with the boundary and special-token rules above."""
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        self.eos_id = hf_tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise DataError("the tokenizer has no EOS token. Fix: set tokenizer.eos_token before training")
+        self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else self.eos_id
+        bos = hf_tokenizer.bos_token_id
+        probe = hf_tokenizer("a").input_ids
+        self.auto_bos = bos if (bos is not None and probe and probe[0] == bos) else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf(text, add_special_tokens=False).input_ids if text else []
+
+    def render_prompt(self, prompt: Content) -> str:
+        """Prompt as text: conversations through the chat template with the generation prompt."""
+        if isinstance(prompt, str):
+            return prompt
+        self._need_template()
+        if not prompt:
+            return ""
+        return self.hf.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+    def split(self, prompt: Content, completion: Content) -> tuple[list[int], list[int]]:
+        """(prompt ids, completion ids) of one prompt + completion."""
+        if isinstance(completion, str):
+            prompt_ids, completion_ids = self.encode(prompt), self.encode(completion)
+        else:
+            self._need_template()
+            full = self.hf.apply_chat_template(list(prompt) + list(completion), tokenize=False)
+            prompt_text = self.render_prompt(prompt)
+            if not full.startswith(prompt_text):
+                prompt_text = self.hf.apply_chat_template(list(prompt), tokenize=False) if prompt else ""
+                if not full.startswith(prompt_text):
+                    raise DataError("the chat template renders the prompt differently alone and with the completion, "
+                                    "so the completion boundary cannot be found. Fix: use a template whose prompt "
+                                    "rendering is a prefix of the full conversation")
+            prompt_ids, completion_ids = self.encode(prompt_text), self.encode(full[len(prompt_text):])
+        if self.auto_bos is not None and (not prompt_ids or prompt_ids[0] != self.auto_bos):
+            prompt_ids = [self.auto_bos] + prompt_ids
+        if self.eos_id in completion_ids:
+            last = len(completion_ids) - 1 - completion_ids[::-1].index(self.eos_id)
+            completion_ids = completion_ids[:last + 1]
+        else:
+            completion_ids = completion_ids + [self.eos_id]
+        return prompt_ids, completion_ids
+
+    def _need_template(self) -> None:
+        if not getattr(self.hf, "chat_template", None):
+            raise DataError("the data holds chat messages but the tokenizer has no chat template. Fix: use a "
+                            "chat model, set tokenizer.chat_template, or give the data as plain text")
+
+
+def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int, max_prompt_length: int | None,
+                keep: str, policy: str, stats: TruncationStats, source: str, bos_id: int | None = None):
+    """Apply the length limits to a prompt and its completions; None when the record is skipped.
+
+    The prompt is cut to ``max_prompt_length`` (default ``max_length // 2``), keeping its end (a leading BOS
+    is kept too) or its start, only if the record is too long; then completions are cut to what remains.
+    ``policy`` is truncate | skip | error.
+    """
+    longest = max(len(c) for c in completions)
+    if len(prompt) + longest <= max_length:
+        return prompt, completions
+    if policy == "error":
+        raise DataError(f"{source}: {len(prompt) + longest} tokens, over data.max_length={max_length}. "
+                        "Fix: raise data.max_length, or set data.overlong to truncate or skip")
+    if policy == "skip":
+        stats.skipped += 1
+        stats.skipped_sources.append(source)
+        return None
+    max_prompt = max_prompt_length if max_prompt_length is not None else max_length // 2
+    if len(prompt) > max_prompt:
+        if keep == "keep_end":
+            head = prompt[:1] if bos_id is not None and prompt[0] == bos_id else []
+            prompt = head + prompt[len(prompt) - (max_prompt - len(head)):]
+        else:
+            prompt = prompt[:max_prompt]
+        stats.prompts_truncated += 1
+    budget = max_length - len(prompt)
+    if longest > budget:
+        completions = [c[:budget] for c in completions]
+        stats.completions_truncated += 1
+    return prompt, completions
+
+
+def tokenize_pairs(examples: list[PairwiseExample], tok: Tokenizer, max_length: int, max_prompt_length: int | None,
+                   keep: str = "keep_end", policy: str = "truncate") -> tuple[list[TokenizedPair], TruncationStats]:
+    stats, out = TruncationStats(), []
+    for ex in examples:
+        prompt, chosen = tok.split(ex.prompt, ex.chosen)
+        prompt_r, rejected = tok.split(ex.prompt, ex.rejected)
+        if prompt_r != prompt:  # same prompt text always gives the same ids; guard against odd templates
+            raise DataError(f"{ex.source}: prompt tokenizes differently for chosen and rejected")
+        fitted = fit_lengths(prompt, [chosen, rejected], max_length, max_prompt_length, keep, policy, stats, ex.source,
+                             tok.hf.bos_token_id)
+        if fitted is not None:
+            out.append(TokenizedPair(fitted[0], fitted[1][0], fitted[1][1], ex.source))
+    return out, stats
+
+
+def tokenize_completions(examples: list[SFTExample | BinaryExample], tok: Tokenizer, max_length: int,
+                         max_prompt_length: int | None, keep: str = "keep_end",
+                         policy: str = "truncate") -> tuple[list[TokenizedCompletion], TruncationStats]:
+    stats, out = TruncationStats(), []
+    for ex in examples:
+        prompt, completion = tok.split(ex.prompt, ex.completion)
+        fitted = fit_lengths(prompt, [completion], max_length, max_prompt_length, keep, policy, stats, ex.source,
+                             tok.hf.bos_token_id)
+        if fitted is not None:
+            out.append(TokenizedCompletion(fitted[0], fitted[1][0], ex.source, getattr(ex, "label", None)))
+    return out, stats

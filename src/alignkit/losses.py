@@ -1,0 +1,160 @@
+"""Every loss alignkit trains with, as a pure function of log-probabilities.
+
+Inputs are 1-D tensors of shape ``(batch,)``: summed completion log-probs log pi(y|x) for the methods
+defined on sequence likelihoods (DPO, IPO, hinge, robust), or length-averaged ones where the method
+says so (SimPO, ORPO, SFT). Each function returns *per-example* losses of shape ``(batch,)`` (the trainer
+reduces them) and, where the method defines one, the implicit rewards of chosen and rejected completions,
+detached, for logging.
+
+``LOSSES`` maps a method name to its function and declares whether it needs reference log-probs and
+which log-prob reduction it expects, so trainers never special-case a method by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+             beta: float = 0.1, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Direct Preference Optimization, Rafailov et al. 2023, eq. 7.
+
+    L = -log sigma(beta * h),  h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)].
+
+    ``label_smoothing`` = eps > 0 gives conservative DPO (cDPO, Mitchell 2023): the label is assumed
+    flipped with probability eps, L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h).
+    All inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards), each ``(batch,)``.
+    """
+    _check_smoothing(label_smoothing)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    logits = beta * (chosen_logratios - rejected_logratios)
+    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def robust_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+                    ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+                    beta: float = 0.1, label_smoothing: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Robust DPO, Chowdhury et al. 2024 ("Provably Robust DPO"), eq. 8: an unbiased loss under label noise eps.
+
+    L = [(1 - eps) * l(h) - eps * l(-h)] / (1 - 2 eps),  l(h) = -log sigma(beta h),  eps = ``label_smoothing`` < 0.5.
+    Inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards).
+    """
+    _check_smoothing(label_smoothing)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    logits = beta * (chosen_logratios - rejected_logratios)
+    losses = (-(1 - label_smoothing) * F.logsigmoid(logits)
+              + label_smoothing * F.logsigmoid(-logits)) / (1 - 2 * label_smoothing)
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+             beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Identity Preference Optimization, Azar et al. 2023 ("A General Theoretical Paradigm..."), eq. 17.
+
+    L = (h - 1 / (2 * tau))^2 with tau = ``beta``, h the log-ratio difference as in DPO. The squared loss
+    regresses the margin to a finite target instead of pushing it to infinity. alignkit passes
+    length-averaged log-probs (as TRL does), which keeps the target scale independent of length.
+    Inputs ``(batch,)``. Returns (losses, chosen_rewards, rejected_rewards).
+    """
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    h = chosen_logratios - rejected_logratios
+    losses = (h - 1.0 / (2.0 * beta)) ** 2
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def hinge_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+               ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+               beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Hinge preference loss of SLiC-HF, Zhao et al. 2023, eq. 2, applied to the DPO log-ratio (RSO, Liu et al. 2024).
+
+    L = max(0, 1 - beta * h). Inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards).
+    """
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+               beta: float = 2.0, gamma: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Simple Preference Optimization, Meng et al. 2024, eq. 6. No reference model.
+
+    L = -log sigma(beta * avg log pi(y_w|x) - beta * avg log pi(y_l|x) - gamma), where avg is the
+    length-normalized log-prob (inputs here are already averaged over completion tokens, ``(batch,)``)
+    and gamma is the target reward margin. Rewards are beta * avg log pi.
+    (The course notes write the margin divided by beta; the paper multiplies by beta and subtracts gamma.)
+    Returns (losses, chosen_rewards, rejected_rewards).
+    """
+    chosen_rewards = beta * policy_chosen_logps
+    rejected_rewards = beta * policy_rejected_logps
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def orpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
+              beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Odds-ratio term of ORPO, Hong et al. 2024, eqs. 4-7. No reference model.
+
+    odds(y|x) = P / (1 - P) with P = exp(avg log pi(y|x)) (inputs are length-averaged, ``(batch,)``, < 0);
+    L_OR = -log sigma(log odds(y_w|x) - log odds(y_l|x)). Returns lambda * L_OR with lambda = ``beta``;
+    the trainer adds the NLL term on chosen (ORPO's L_SFT) through its ``sft_weight`` (1.0 for ORPO).
+    Rewards are beta * avg log pi. Returns (losses, chosen_rewards, rejected_rewards).
+    """
+    # log(1 - exp(x)) computed stably for x < 0: log1p(-exp(x)) loses precision near 0, -expm1 does not.
+    # Clamp keeps log(1 - P) finite when P rounds to 1 (avg log-prob exactly 0).
+    chosen, rejected = policy_chosen_logps.clamp(max=-1e-6), policy_rejected_logps.clamp(max=-1e-6)
+    log_odds = (chosen - rejected) - (torch.log(-torch.expm1(chosen)) - torch.log(-torch.expm1(rejected)))
+    losses = -beta * F.logsigmoid(log_odds)
+    return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
+
+
+def sft_loss(logps: Tensor) -> Tensor:
+    """Supervised fine-tuning negative log-likelihood: L = -log pi(y|x) averaged over completion tokens.
+
+    ``logps`` ``(batch,)`` length-averaged completion log-probs. Returns per-example losses ``(batch,)``.
+    Also the NLL term added to preference losses (ORPO's L_SFT; RPO, Pang et al. 2024).
+    """
+    return -logps
+
+
+def _check_smoothing(eps: float) -> None:
+    if not 0.0 <= eps < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {eps}")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """How a preference loss is called.
+
+    ``fn``: the loss. ``needs_reference``: takes reference log-probs (no reference forward otherwise).
+    ``average_logps``: expects length-averaged instead of summed completion log-probs.
+    ``params``: the hyper-parameter names the loss accepts besides the log-probs.
+    ``default_sft_weight``: weight of the NLL-on-chosen term the method itself defines (ORPO: 1).
+    """
+
+    fn: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    needs_reference: bool
+    average_logps: bool
+    params: tuple[str, ...]
+    default_sft_weight: float = 0.0
+
+
+LOSSES: dict[str, LossSpec] = {
+    "dpo": LossSpec(dpo_loss, True, False, ("beta", "label_smoothing")),
+    "robust": LossSpec(robust_dpo_loss, True, False, ("beta", "label_smoothing")),
+    "ipo": LossSpec(ipo_loss, True, True, ("beta",)),
+    "hinge": LossSpec(hinge_loss, True, False, ("beta",)),
+    "simpo": LossSpec(simpo_loss, False, True, ("beta", "gamma")),
+    "orpo": LossSpec(orpo_loss, False, True, ("beta",), default_sft_weight=1.0),
+}

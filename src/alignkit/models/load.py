@@ -1,0 +1,106 @@
+"""Load a policy and its tokenizer: embedded default, local HF directory, or hub id; LoRA through peft."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from alignkit.config import EMBEDDED_MODEL, LoRAConfig, ModelConfig
+from alignkit.errors import UserError
+from alignkit.models.embedded import embedded_model_dir
+
+
+def resolve_model_path(name: str | None) -> str:
+    """The embedded default's cache dir for ``smollm2-135m-instruct`` or None; else ``name`` unchanged."""
+    return str(embedded_model_dir()) if name in (None, "", EMBEDDED_MODEL) else name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device is cuda but no CUDA device is available. Fix: set model.device=auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("model.device is mps but MPS is not available. Fix: set model.device=auto or cpu")
+    return torch.device(device)
+
+
+def pick_mixed_precision(dtype: str, device: torch.device) -> str:
+    """accelerate's mixed_precision for a config dtype: 'bf16' or 'no'."""
+    if dtype == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("model.dtype is bf16 but this GPU does not support bf16. Fix: set model.dtype=fp32")
+    return "bf16" if dtype == "bf16" else "no"
+
+
+def load_tokenizer(name: str | None, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _not_found(name, e) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+               trust_remote_code: bool = False):
+    """A ``*ForCausalLM`` in eval mode; an adapter directory (``adapter_config.json``) loads base + adapter."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():
+        from peft import PeftModel
+
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        model = load_model(base, dtype, device, trust_remote_code)
+        return PeftModel.from_pretrained(model, path, is_trainable=False).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _not_found(name, e) from None
+    return model.to(device).eval()
+
+
+def _not_found(name: str | None, error: Exception) -> UserError:
+    return UserError(f"could not load model '{name}': {str(error).splitlines()[0]}. Fix: give a local directory with "
+                     f"config.json and weights, a hub id (needs network), or '{EMBEDDED_MODEL}' (the embedded default)")
+
+
+def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
+    """Wrap ``model`` with a trainable LoRA adapter. The adapter records ``base_name`` so merge can find the base."""
+    from peft import LoraConfig, get_peft_model
+
+    model.config.name_or_path = base_name or EMBEDDED_MODEL
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise UserError(f"lora.target_modules={cfg.target_modules!r}: {e}. Fix: use 'all-linear' or names of linear "
+                        "layers in this model (e.g. q_proj, v_proj)") from None
+
+
+def load_policy(cfg: ModelConfig, lora: LoRAConfig | None, device: torch.device):
+    """The trainable policy (fp32 master weights; bf16 runs under autocast) and its tokenizer."""
+    tokenizer = load_tokenizer(cfg.name, cfg.trust_remote_code)
+    model = load_model(cfg.name, torch.float32, device, cfg.trust_remote_code)
+    if lora is not None:
+        model = apply_lora(model, lora, cfg.name)
+    return model, tokenizer
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total

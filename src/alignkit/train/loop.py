@@ -1,0 +1,261 @@
+"""The one training loop every method shares (accelerate underneath).
+
+Data order is a pure function of (seed, step): optimizer step s of epoch e takes a fixed slice of the
+epoch's seeded permutation, split across processes and micro-batches. Resuming at step s therefore
+continues exactly, and 1 process x grad_accum 2 sees the same global batches as 2 processes x 1.
+
+Losses are per-example; the loop weights each by ``method.weight(item)`` and divides by the global batch's
+total weight, so a step's gradient is the same however the batch is split (processes, micro-batches).
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from alignkit.config import RunConfig, save_config
+from alignkit.errors import TrainingDiverged, UserError
+from alignkit.train.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_model
+from alignkit.train.metrics import JsonlLog, MetricSums, peak_memory_mb
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_metric: float | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    final_metrics: dict
+    eval_metrics: dict
+    wall_seconds: float
+    peak_memory_mb: float
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+
+class Method:
+    """What a training method adds to the loop: batches, a loss, and optional setup.
+
+    ``loss(module, batch)`` returns per-example losses ``(b,)`` and per-example metrics ``{name: (b,)}``.
+    ``module`` is whatever ``wrap(model)`` returned, after accelerate prepared it.
+    """
+
+    name = "method"
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def setup(self, model, train_items: list, eval_items: list, accelerator) -> tuple[list, list]:
+        return train_items, eval_items
+
+    def collate(self, items: list) -> dict:
+        raise NotImplementedError
+
+    def weight(self, item) -> float:
+        return 1.0
+
+    def loss(self, module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+
+def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
+    """Example indices of optimizer step ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation."""
+    steps_per_epoch = n // global_batch
+    epoch, offset = divmod(step, steps_per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return perm[offset * global_batch:(offset + 1) * global_batch]
+
+
+def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train_items: list, eval_items: list,
+        accelerator, resume: str | bool = False, callbacks: list[Callable] = (), log: Callable = print) -> TrainResult:
+    """Train ``model`` with ``method`` on tokenized items; returns the result and writes everything to output_dir."""
+    t0 = time.time()
+    tc = cfg.train
+    out = Path(tc.output_dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = tc.batch_size * tc.grad_accum * world
+    if len(train_items) < global_batch:
+        raise UserError(f"{len(train_items)} training examples, fewer than one global batch of {global_batch} "
+                        f"(train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum} x {world} processes). "
+                        "Fix: lower train.batch_size or train.grad_accum, or add data")
+    steps_per_epoch = len(train_items) // global_batch
+    total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
+    warmup = tc.warmup_steps or int(tc.warmup_ratio * total_steps)
+    log(f"global batch = {tc.batch_size} per device x {tc.grad_accum} accumulation x {world} process(es) = "
+        f"{global_batch} examples/step; {total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs of "
+        f"{len(train_items)} examples), warmup {warmup}")
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    train_items, eval_items = method.setup(model, train_items, eval_items, accelerator)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    scheduler = get_scheduler(tc.lr_scheduler if tc.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    module, optimizer = accelerator.prepare(method.wrap(model), optimizer)
+    module.train()
+
+    state = TrainState()
+    ckpt = find_resume_checkpoint(out, resume)
+    expected = {"global_batch": global_batch, "num_train_examples": len(train_items), "seed": tc.seed}
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator, expected)
+        state = TrainState(**{k: saved[k] for k in TrainState.__dataclass_fields__ if k in saved})
+        log(f"resumed from {ckpt} at step {state.step}")
+    jsonl = JsonlLog(out / "metrics.jsonl", state.step if ckpt is not None else None) if accelerator.is_main_process else None
+    if tc.report_to:
+        accelerator.init_trackers(out.name, config={"method": method.name, "learning_rate": tc.learning_rate})
+
+    def record(metrics: dict) -> None:
+        if jsonl is not None:
+            jsonl.write(metrics)
+        if tc.report_to:
+            accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+
+    def save(step: int) -> None:
+        save_checkpoint(out, step, model, optimizer, scheduler,
+                        {**expected, **state.__dict__, "method": method.name}, accelerator, tc.keep_last)
+
+    history, window, last_eval = [], MetricSums(), {}
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"{method.name}", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    while state.step < total_steps and not state.stopped_early:
+        step_t0 = time.time()
+        indices = global_batch_indices(len(train_items), state.step, global_batch, tc.seed)
+        items = [train_items[i] for i in indices]
+        total_weight = sum(method.weight(x) for x in items)
+        mine = items[rank * tc.batch_size * tc.grad_accum:(rank + 1) * tc.batch_size * tc.grad_accum]
+        sums, tokens = MetricSums(), 0
+        for micro in range(tc.grad_accum):
+            chunk = mine[micro * tc.batch_size:(micro + 1) * tc.batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}
+            weights = torch.tensor([method.weight(x) for x in chunk], device=accelerator.device)
+            sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(module)
+            with sync, accelerator.autocast():
+                losses, metrics = method.loss(module, batch)
+                loss = (losses * weights).sum() / total_weight
+                accelerator.backward(loss * world)  # DDP averages gradients over processes
+            sums.add_scalar("loss", float((losses.detach().float() * weights).sum()), 0.0)
+            sums.add(metrics)
+            tokens += method.tokens(batch)
+        sums.add_scalar("loss", 0.0, total_weight / world)  # reduced: sum of w*loss over all processes / total weight
+        sums.add_scalar("tokens", float(tokens), 1.0 / world)
+        if tc.max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        step_metrics = sums.reduce(accelerator)
+        grad_norm = float(grad_norm)
+        if not math.isfinite(step_metrics["loss"]) or not math.isfinite(grad_norm):
+            last = sorted(out.glob("ckpt-*"))
+            raise TrainingDiverged(
+                f"step {state.step + 1}: loss is {step_metrics['loss']}, gradient norm {grad_norm}. Training stopped; "
+                f"{'the last checkpoint ' + str(last[-1]) + ' is intact' if last else 'no checkpoint was written'}. "
+                f"Batch examples: {', '.join(getattr(x, 'source', '?') for x in items[:4])}. Fix: lower "
+                "train.learning_rate, use model.dtype=fp32, or check these records")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        seconds = time.time() - step_t0
+        step_metrics.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0],
+                            tokens_per_second=step_metrics.pop("tokens") * world / seconds, seconds_per_step=seconds)
+        for k, v in step_metrics.items():
+            window.add_scalar(k, v)
+        bar.update(1)
+        bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
+                         if k in step_metrics})
+
+        if state.step % tc.logging_steps == 0 or state.step == total_steps:
+            logged = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+                      **{k: window.sums[k] / window.counts[k] for k in window.sums}}
+            window = MetricSums()
+            history.append(logged)
+            record(logged)
+        if eval_items and ((tc.eval_steps and state.step % tc.eval_steps == 0) or state.step == total_steps):
+            last_eval = evaluate(method, module, eval_items, tc.eval_batch_size, accelerator)
+            record({"step": state.step, **last_eval})
+            history.append({"step": state.step, **last_eval})
+            bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+            _early_stopping(state, last_eval, tc.early_stopping_metric, tc.early_stopping_patience, log)
+        if tc.save_steps and state.step % tc.save_steps == 0 and state.step < total_steps:
+            save(state.step)
+        for callback in callbacks:
+            callback(state, step_metrics)
+    bar.close()
+
+    model_dir = out / "model"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(accelerator.unwrap_model(module).model, tokenizer, model_dir)
+    if tc.save_steps:
+        save(state.step)
+    if tc.report_to:
+        accelerator.end_training()
+    train_logs = [h for h in history if "loss" in h]
+    result = TrainResult(out, model_dir, state.step, train_logs[-1] if train_logs else {}, last_eval, time.time() - t0,
+                         peak_memory_mb(accelerator.device), state.stopped_early,
+                         history)
+    log(f"done: {state.step} steps in {result.wall_seconds:.1f}s, peak memory {result.peak_memory_mb:.0f} MB; "
+        f"model saved to {model_dir}")
+    return result
+
+
+@torch.no_grad()
+def evaluate(method: Method, module, items: list, batch_size: int, accelerator) -> dict[str, float]:
+    """Mean of every metric (and the weighted loss) over ``items``, computed in shards across processes."""
+    was_training = module.training
+    module.eval()
+    sums = MetricSums()
+    mine = items[accelerator.process_index::accelerator.num_processes]
+    for s in range(0, len(mine), batch_size):
+        chunk = mine[s:s + batch_size]
+        batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}
+        weights = torch.tensor([method.weight(x) for x in chunk], device=accelerator.device)
+        with accelerator.autocast():
+            losses, metrics = method.loss(module, batch)
+        sums.add_scalar("loss", float((losses.float() * weights).sum()), float(weights.sum()))
+        sums.add(metrics)
+    module.train(was_training)
+    return {f"eval/{k}": v for k, v in sums.reduce(accelerator).items()}
+
+
+def _early_stopping(state: TrainState, metrics: dict, name: str, patience: int | None, log: Callable) -> None:
+    if patience is None:
+        return
+    if name not in metrics:
+        raise UserError(f"train.early_stopping_metric '{name}' is not an eval metric. Fix: use one of "
+                        f"{', '.join(sorted(metrics))}")
+    value = metrics[name]
+    higher_is_better = not any(w in name for w in ("loss", "nll", "kl"))
+    better = state.best_metric is None or (value > state.best_metric if higher_is_better else value < state.best_metric)
+    if better:
+        state.best_metric, state.evals_without_improvement = value, 0
+    else:
+        state.evals_without_improvement += 1
+        if state.evals_without_improvement >= patience:
+            state.stopped_early = True
+            log(f"early stopping at step {state.step}: {name} has not improved for {patience} evaluation(s) "
+                f"(best {state.best_metric:.4g})")

@@ -1,0 +1,65 @@
+"""Metric accumulation across micro-batches and processes, and the metrics.jsonl log."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+
+class MetricSums:
+    """Sums and counts of per-example metric values; ``reduce`` averages across processes."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for name, values in metrics.items():
+            values = values.detach().float().reshape(-1)
+            self.sums[name] = self.sums.get(name, 0.0) + values.sum().item()
+            self.counts[name] = self.counts.get(name, 0.0) + values.numel()
+
+    def add_scalar(self, name: str, value: float, count: float = 1.0) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + value
+        self.counts[name] = self.counts.get(name, 0.0) + count
+
+    def reduce(self, accelerator) -> dict[str, float]:
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        t = torch.tensor([[self.sums[n] for n in names], [self.counts[n] for n in names]], dtype=torch.float64,
+                         device=accelerator.device)
+        if accelerator.num_processes > 1:
+            t = accelerator.reduce(t, reduction="sum")
+        return {n: (t[0, i] / t[1, i]).item() if t[1, i] > 0 else float("nan") for i, n in enumerate(names)}
+
+
+class JsonlLog:
+    """Append-only metrics.jsonl; on resume, entries after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.is_file():
+            keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in keep))
+        elif resume_step is None and path.is_file():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory if on CUDA, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

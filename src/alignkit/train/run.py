@@ -1,0 +1,74 @@
+"""``run(method, config)``: config -> accelerator, model, data -> the shared loop. Used by the CLI and the API."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from alignkit.config import PreferenceConfig, RunConfig, SFTConfig, load_config
+from alignkit.data import Tokenizer
+from alignkit.errors import ConfigError
+from alignkit.losses import LOSSES
+from alignkit.models import load_policy, pick_device, pick_mixed_precision, trainable_parameters
+from alignkit.train.data import load_train_eval
+from alignkit.train.loop import TrainResult, fit
+from alignkit.train.preference import PreferenceMethod
+from alignkit.train.sft import SFTMethod
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    config_class: type
+    build: Callable[[Any, int], Any]  # (config, pad_id) -> Method
+    loss: str | None = None  # preference methods: the loss the command name selects
+
+
+METHODS: dict[str, MethodEntry] = {"sft": MethodEntry(SFTConfig, SFTMethod)}
+METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
+
+
+def make_config(method: str, path: str | None = None, overrides: list[str] | tuple = (), **sections) -> RunConfig:
+    """The typed config of ``method`` from a YAML file, ``--set`` overrides and/or keyword sections.
+
+    For preference methods the method name selects the loss (``train ipo`` with a DPO config trains IPO).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'. Fix: use one of {', '.join(METHODS)}")
+    entry = METHODS[method]
+    cfg = load_config(entry.config_class, path, overrides, sections)
+    if entry.loss is not None:
+        cfg.method.loss = entry.loss
+        cfg.validate(str(path or "config"))
+    return cfg
+
+
+def run(method: str, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print,
+        **sections) -> TrainResult:
+    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust').
+
+    ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
+    ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.
+    """
+    if cfg is None:
+        cfg = make_config(method, **sections)
+    elif method in METHODS and METHODS[method].loss is not None:
+        cfg.method.loss = METHODS[method].loss
+    cfg.validate()
+    device = pick_device(cfg.model.device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=pick_mixed_precision(cfg.model.dtype, device),
+                              log_with=cfg.train.report_to or None, project_dir=cfg.train.output_dir)
+    log = log if accelerator.is_main_process else (lambda *a, **k: None)
+    set_seed(cfg.train.seed)
+    model, hf_tokenizer = load_policy(cfg.model, cfg.lora, device="cpu")
+    trainable, total = trainable_parameters(model)
+    log(f"model {cfg.model.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
+        f"({'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}); device {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}")
+    tok = Tokenizer(hf_tokenizer)
+    entry = METHODS[method]
+    impl = entry.build(cfg, tok.pad_id)
+    train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
+    model.to(accelerator.device)
+    return fit(impl, cfg, model, hf_tokenizer, train_items, eval_items, accelerator, resume, callbacks, log)
