@@ -35,7 +35,7 @@ def _copy(value):
 @dataclass
 class ModelConfig:
     name: str = _f(EMBEDDED_MODEL, "Local HF directory, hub id, or the embedded default 'smollm2-135m-instruct'.")
-    dtype: str = _f("auto", "fp32, or bf16 (autocast, fp32 master weights); auto = bf16 on CUDA that supports it, else fp32.",
+    dtype: str = _f("auto", "fp32, or bf16 (autocast, fp32 master weights); auto = bf16 where the GPU or CPU has native bf16, else fp32.",
                     ("auto", "fp32", "bf16"))
     device: str = _f("auto", "cpu, cuda, mps; auto picks cuda, then mps, then cpu.", ("auto", "cpu", "cuda", "mps"))
     trust_remote_code: bool = _f(False, "Allow model code from the hub (only for models you trust).")

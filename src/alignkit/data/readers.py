@@ -17,8 +17,21 @@ from alignkit.errors import DataError
 Record = tuple[str, Any]  # (source like "train.jsonl:12", the raw record)
 
 
+BUILTIN = "builtin:"  # data shipped inside the package, e.g. builtin:demo_prefs_train.jsonl
+
+
+def builtin_path(name: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "resources" / name
+
+
 def read_records(spec: str, split: str = "train") -> list[Record]:
-    """All records of ``spec`` (a path or a hub dataset id) as ``(source, record)`` pairs."""
+    """All records of ``spec`` (a path, ``builtin:NAME``, or a hub dataset id) as ``(source, record)`` pairs."""
+    if spec.startswith(BUILTIN):
+        path = builtin_path(spec[len(BUILTIN):])
+        if not path.is_file():
+            known = sorted(p.name for p in path.parent.glob("*.jsonl"))
+            raise DataError(f"{spec}: no such built-in data set. Fix: use one of {', '.join('builtin:' + k for k in known)}")
+        return read_records(str(path), split)
     path = Path(spec)
     if path.is_dir():
         return list(_read_hf(spec, split, local=True))

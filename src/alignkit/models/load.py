@@ -30,10 +30,23 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 / AMX), where bf16 autocast is faster than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def pick_mixed_precision(dtype: str, device: torch.device) -> str:
-    """accelerate's mixed_precision for a config dtype: 'bf16' or 'no'."""
+    """accelerate's mixed_precision for a config dtype: 'bf16' or 'no'.
+
+    auto = bf16 on CUDA GPUs that support it and on CPUs with native bf16 instructions, else fp32.
+    """
     if dtype == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "no"
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("model.dtype is bf16 but this GPU does not support bf16. Fix: set model.dtype=fp32")
     return "bf16" if dtype == "bf16" else "no"
@@ -56,7 +69,9 @@ def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: tor
                trust_remote_code: bool = False):
     """A ``*ForCausalLM`` in eval mode; an adapter directory (``adapter_config.json``) loads base + adapter."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = resolve_model_path(name)
     adapter = Path(path) / "adapter_config.json"
     if adapter.is_file():
@@ -81,7 +96,8 @@ def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
     """Wrap ``model`` with a trainable LoRA adapter. The adapter records ``base_name`` so merge can find the base."""
     from peft import LoraConfig, get_peft_model
 
-    model.config.name_or_path = base_name or EMBEDDED_MODEL
+    # peft records the base in adapter_config.json from these; the embedded default is stored by its name.
+    model.config.name_or_path = model.name_or_path = base_name or EMBEDDED_MODEL
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
                       bias="none", task_type="CAUSAL_LM")
     try:
@@ -91,9 +107,9 @@ def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
                         "layers in this model (e.g. q_proj, v_proj)") from None
 
 
-def load_policy(cfg: ModelConfig, lora: LoRAConfig | None, device: torch.device):
+def load_policy(cfg: ModelConfig, lora: LoRAConfig | None, device: torch.device | str, tokenizer=None):
     """The trainable policy (fp32 master weights; bf16 runs under autocast) and its tokenizer."""
-    tokenizer = load_tokenizer(cfg.name, cfg.trust_remote_code)
+    tokenizer = tokenizer or load_tokenizer(cfg.name, cfg.trust_remote_code)
     model = load_model(cfg.name, torch.float32, device, cfg.trust_remote_code)
     if lora is not None:
         model = apply_lora(model, lora, cfg.name)

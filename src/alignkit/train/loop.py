@@ -95,6 +95,10 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
         raise UserError(f"{len(train_items)} training examples, fewer than one global batch of {global_batch} "
                         f"(train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum} x {world} processes). "
                         "Fix: lower train.batch_size or train.grad_accum, or add data")
+    if not eval_items and (tc.early_stopping_patience or tc.eval_steps):
+        field = "train.early_stopping_patience" if tc.early_stopping_patience else "train.eval_steps"
+        raise UserError(f"{field} is set but there is no eval data. Fix: set data.eval to a file or "
+                        "data.eval_fraction to hold out part of train, or unset " + field)
     steps_per_epoch = len(train_items) // global_batch
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     warmup = tc.warmup_steps or int(tc.warmup_ratio * total_steps)

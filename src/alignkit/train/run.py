@@ -11,7 +11,7 @@ from alignkit.config import PreferenceConfig, RunConfig, SFTConfig, load_config
 from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
-from alignkit.models import load_policy, pick_device, pick_mixed_precision, trainable_parameters
+from alignkit.models import load_policy, load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
 from alignkit.train.data import load_train_eval
 from alignkit.train.loop import TrainResult, fit
 from alignkit.train.preference import PreferenceMethod
@@ -29,7 +29,7 @@ METHODS: dict[str, MethodEntry] = {"sft": MethodEntry(SFTConfig, SFTMethod)}
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
 
 
-def make_config(method: str, path: str | None = None, overrides: list[str] | tuple = (), **sections) -> RunConfig:
+def make_config(method: str, /, path: str | None = None, overrides: list[str] | tuple = (), **sections) -> RunConfig:
     """The typed config of ``method`` from a YAML file, ``--set`` overrides and/or keyword sections.
 
     For preference methods the method name selects the loss (``train ipo`` with a DPO config trains IPO).
@@ -44,16 +44,24 @@ def make_config(method: str, path: str | None = None, overrides: list[str] | tup
     return cfg
 
 
-def run(method: str, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print,
-        **sections) -> TrainResult:
-    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust').
+@dataclass
+class Prepared:
+    """Everything ``fit`` needs, built from a config: used by ``run`` and by jobs that look before/after."""
 
-    ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
-    ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.
-    """
-    if cfg is None:
-        cfg = make_config(method, **sections)
-    elif method in METHODS and METHODS[method].loss is not None:
+    cfg: RunConfig
+    accelerator: Accelerator
+    model: Any
+    tokenizer: Any
+    tok: Tokenizer
+    method: Any
+    train_items: list
+    eval_items: list
+    log: Callable
+
+
+def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
+    """Accelerator, policy (with LoRA if configured), tokenizer and tokenized data for ``method``."""
+    if method in METHODS and METHODS[method].loss is not None:
         cfg.method.loss = METHODS[method].loss
     cfg.validate()
     device = pick_device(cfg.model.device)
@@ -61,14 +69,26 @@ def run(method: str, cfg: RunConfig | None = None, *, resume: str | bool = False
                               log_with=cfg.train.report_to or None, project_dir=cfg.train.output_dir)
     log = log if accelerator.is_main_process else (lambda *a, **k: None)
     set_seed(cfg.train.seed)
-    model, hf_tokenizer = load_policy(cfg.model, cfg.lora, device="cpu")
+    hf_tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    tok = Tokenizer(hf_tokenizer)
+    impl = METHODS[method].build(cfg, tok.pad_id)
+    train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
+    model, _ = load_policy(cfg.model, cfg.lora, device="cpu", tokenizer=hf_tokenizer)
     trainable, total = trainable_parameters(model)
     log(f"model {cfg.model.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
         f"({'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}); device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}")
-    tok = Tokenizer(hf_tokenizer)
-    entry = METHODS[method]
-    impl = entry.build(cfg, tok.pad_id)
-    train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
     model.to(accelerator.device)
-    return fit(impl, cfg, model, hf_tokenizer, train_items, eval_items, accelerator, resume, callbacks, log)
+    return Prepared(cfg, accelerator, model, hf_tokenizer, tok, impl, train_items, eval_items, log)
+
+
+def run(method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print,
+        **sections) -> TrainResult:
+    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust').
+
+    ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
+    ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.
+    """
+    p = prepare(method, cfg if cfg is not None else make_config(method, **sections), log)
+    return fit(p.method, p.cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, resume, callbacks,
+               p.log)

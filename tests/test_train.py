@@ -1,0 +1,166 @@
+"""The shared loop with every method on a tiny model: outputs, reference handling, exact batch splitting,
+early stopping, NaN handling."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignkit.errors import TrainingDiverged, UserError
+from alignkit.train import make_config, run
+from alignkit.train import loop as loop_module
+from alignkit.train.metrics import read_jsonl
+from alignkit.train.preference import PreferenceMethod
+
+from conftest import tiny_sections
+
+QUIET = {"log": lambda *a, **k: None}
+
+
+def _train(method: str, model_dir: str, data: str, out: Path, lora=None, method_cfg=None, **train):
+    sections = tiny_sections(model_dir, data, out, **train)
+    if lora is not None:
+        sections["lora"] = lora
+    if method_cfg:
+        sections["method"] = method_cfg
+    return run(method, make_config(method, **sections), **QUIET)
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "hinge", "robust", "simpo", "orpo"])
+def test_preference_methods_train_and_log(method, tiny_model_dir, pairs_file, tmp_path):
+    cfg = {"label_smoothing": 0.1} if method == "robust" else None
+    result = _train(method, tiny_model_dir, pairs_file, tmp_path / method, lora={"r": 4}, method_cfg=cfg)
+    rows = read_jsonl(tmp_path / method / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected", "grad_norm", "learning_rate", "tokens_per_second"):
+        assert math.isfinite(rows[-1][key]), key
+    assert ("kl/chosen" in rows[0]) == (method not in ("simpo", "orpo"))
+    assert (result.model_dir / "adapter_config.json").is_file()
+    if method in ("dpo", "robust"):  # policy == reference at step 1: h = 0
+        # robust at h = 0: ((1 - e) - e) log 2 / (1 - 2e) = log 2 as well
+        assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+        assert rows[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_sft_trains_on_completions(tiny_model_dir, sft_file, tmp_path):
+    result = _train("sft", tiny_model_dir, sft_file, tmp_path / "sft", max_steps=6, learning_rate=3e-3)
+    rows = read_jsonl(tmp_path / "sft" / "metrics.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (result.model_dir / "model.safetensors").is_file()  # full fine-tuning saves the whole model
+
+
+def test_dpo_learns_the_preference(tiny_model_dir, pairs_file, tmp_path):
+    _train("dpo", tiny_model_dir, pairs_file, tmp_path / "r", max_steps=12, learning_rate=5e-3,
+           method_cfg={"beta": 0.5})
+    rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.2
+    assert rows[-1]["rewards/margins"] > 0.5
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4}])
+def test_live_reference_equals_precomputed(lora, tiny_model_dir, pairs_file, tmp_path):
+    """Precomputed reference log-probs change how they are produced, not the training trajectory."""
+    results = {}
+    for mode in ("precompute", "live"):
+        _train("dpo", tiny_model_dir, pairs_file, tmp_path / mode, lora=lora, method_cfg={"reference": mode})
+        results[mode] = read_jsonl(tmp_path / mode / "metrics.jsonl")
+    for a, b in zip(results["precompute"], results["live"]):
+        for key in ("loss", "rewards/margins", "kl/chosen"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), key
+
+
+def test_reference_free_losses_never_run_a_reference(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("reference forward on a reference-free loss")
+
+    monkeypatch.setattr(PreferenceMethod, "reference_logps", boom)
+    monkeypatch.setattr(PreferenceMethod, "_reference", boom)
+    for method in ("simpo", "orpo"):
+        _train(method, tiny_model_dir, pairs_file, tmp_path / method)
+
+
+def assert_same_run(run_a: Path, run_b: Path, initial_dir: str) -> None:
+    """Same losses and gradient norms (tight), same weights within 1e-4 and moved far more than that.
+
+    Weights get a looser tolerance because Adam's first update is ~lr * sign(g): coordinates whose gradient
+    is ~0 flip with rounding. A wrong weighting changes the gradient, which grad_norm catches tightly.
+    """
+    for ra, rb in zip(read_jsonl(run_a / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["grad_norm"] == pytest.approx(rb["grad_norm"], rel=1e-5)
+    a = load_file(str(run_a / "model" / "model.safetensors"))
+    b = load_file(str(run_b / "model" / "model.safetensors"))
+    init = load_file(str(Path(initial_dir) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-3
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir, pairs_file, tmp_path):
+    _train("dpo", tiny_model_dir, pairs_file, tmp_path / "big", batch_size=4, grad_accum=1, max_steps=2)
+    _train("dpo", tiny_model_dir, pairs_file, tmp_path / "acc", batch_size=2, grad_accum=2, max_steps=2)
+    assert_same_run(tmp_path / "big", tmp_path / "acc", tiny_model_dir)
+
+
+def test_sft_token_weighting_is_split_invariant(tiny_model_dir, sft_file, tmp_path):
+    """SFT averages over all completion tokens of the global batch, however it is split."""
+    _train("sft", tiny_model_dir, sft_file, tmp_path / "big", batch_size=4, grad_accum=1, max_steps=2)
+    _train("sft", tiny_model_dir, sft_file, tmp_path / "acc", batch_size=1, grad_accum=4, max_steps=2)
+    assert_same_run(tmp_path / "big", tmp_path / "acc", tiny_model_dir)
+
+
+def test_eval_split_and_early_stopping(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    script = iter([{"eval/loss": v} for v in (1.0, 0.9, 0.95, 0.97, 0.5, 0.4)])
+    monkeypatch.setattr(loop_module, "evaluate", lambda *a, **k: next(script))
+    sections = tiny_sections(tiny_model_dir, pairs_file, tmp_path / "es", max_steps=6, eval_steps=1,
+                             early_stopping_patience=2)
+    sections["data"]["eval_fraction"] = 0.2
+    result = run("dpo", make_config("dpo", **sections), **QUIET)
+    assert result.stopped_early and result.steps == 4
+    evals = [r for r in read_jsonl(tmp_path / "es" / "metrics.jsonl") if "eval/loss" in r]
+    assert [r["eval/loss"] for r in evals] == [1.0, 0.9, 0.95, 0.97]
+
+
+def test_real_eval_metrics_on_held_out_fraction(tiny_model_dir, pairs_file, tmp_path):
+    sections = tiny_sections(tiny_model_dir, pairs_file, tmp_path / "ev", eval_steps=2, max_steps=2)
+    sections["data"]["eval_fraction"] = 0.25
+    result = run("dpo", make_config("dpo", **sections), **QUIET)
+    assert result.eval_metrics["eval/loss"] > 0
+    assert 0.0 <= result.eval_metrics["eval/rewards/accuracies"] <= 1.0
+
+
+def test_early_stopping_without_eval_data_is_a_clear_error(tiny_model_dir, pairs_file, tmp_path):
+    with pytest.raises(UserError, match="early_stopping_patience is set but there is no eval data"):
+        _train("dpo", tiny_model_dir, pairs_file, tmp_path / "x", early_stopping_patience=2)
+
+
+def test_too_few_examples_for_a_batch_is_a_clear_error(tiny_model_dir, pairs_file, tmp_path):
+    with pytest.raises(UserError, match="fewer than one global batch"):
+        _train("dpo", tiny_model_dir, pairs_file, tmp_path / "x", batch_size=16, grad_accum=2)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
+    real_loss = PreferenceMethod.loss
+    calls = {"n": 0}
+
+    def loss_going_nan(self, module, batch):
+        calls["n"] += 1
+        losses, metrics = real_loss(self, module, batch)
+        return (losses * float("nan") if calls["n"] == 3 else losses), metrics
+
+    monkeypatch.setattr(PreferenceMethod, "loss", loss_going_nan)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match="step 3.*ckpt-0000002 is intact"):
+        _train("dpo", tiny_model_dir, pairs_file, out, max_steps=5, save_steps=2, keep_last=3)
+    ckpts = sorted(p.name for p in out.glob("ckpt-*"))
+    assert ckpts == ["ckpt-0000002"]
+    state = json.loads((out / "ckpt-0000002" / "state.json").read_text())
+    assert state["step"] == 2
+    assert load_file(str(out / "ckpt-0000002" / "trainable.safetensors"))  # readable
+    assert not (out / "model").exists()  # no final model from a diverged run
