@@ -5,6 +5,7 @@ error names the field (``train.learning_rate``), the file, and the fix.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -29,7 +30,7 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw):
 
 
 def _copy(value):
-    return dataclasses.replace(value) if dataclasses.is_dataclass(value) else type(value)(value)
+    return copy.deepcopy(value)  # every config gets its own lists and sub-configs
 
 
 @dataclass
@@ -74,6 +75,8 @@ class DataConfig:
     def validate(self, where: str) -> None:
         _require(bool(self.train), where, "data.train", self.train, "set data.train to a data file")
         _require(0 <= self.eval_fraction < 1, where, "data.eval_fraction", self.eval_fraction, "use a value in [0, 1)")
+        _require(self.max_examples is None or self.max_examples >= 1, where, "data.max_examples", self.max_examples,
+                 "use a whole number >= 1, or null for all records")
         _require(self.max_length >= 8, where, "data.max_length", self.max_length, "use at least 8 tokens")
         if self.max_prompt_length is not None:
             _require(1 <= self.max_prompt_length < self.max_length, where, "data.max_prompt_length",
@@ -115,7 +118,8 @@ class TrainConfig:
             _require(value is None or value >= 1, where, f"train.{name}", value, "use a whole number >= 1, or null")
         _require(self.epochs > 0, where, "train.epochs", self.epochs, "use a positive number of epochs")
         _require(0 <= self.warmup_ratio < 1, where, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
-        _require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), where, "train.adam_betas",
+        _require(len(self.adam_betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                                   for b in self.adam_betas), where, "train.adam_betas",
                  self.adam_betas, "use two values in [0, 1), e.g. [0.9, 0.999]")
         _require(self.max_grad_norm is None or self.max_grad_norm > 0, where, "train.max_grad_norm",
                  self.max_grad_norm, "use a positive value or null")

@@ -106,8 +106,10 @@ def _read_csv(path: Path) -> Iterator[Record]:
     """CSV cells are text; a cell holding a JSON list (chat messages) is decoded."""
     with _open_text(path) as f:
         reader = csv.DictReader(f)
-        for i, row in enumerate(reader, 2):  # line 1 is the header
-            yield f"{path}:{i}", {k: _maybe_json(v) for k, v in row.items() if k is not None}
+        start = 2  # line 1 is the header; a quoted cell may span lines, so track where each record starts
+        for row in reader:
+            yield f"{path}:{start}", {k: _maybe_json(v) for k, v in row.items() if k is not None}
+            start = reader.line_num + 1
 
 
 def _maybe_json(value: str | None) -> Any:

@@ -104,8 +104,8 @@ def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int
                 keep: str, policy: str, stats: TruncationStats, source: str, bos_id: int | None = None):
     """Apply the length limits to a prompt and its completions; None when the record is skipped.
 
-    The prompt is cut to ``max_prompt_length`` (default ``max_length // 2``), keeping its end (a leading BOS
-    is kept too) or its start, only if the record is too long; then completions are cut to what remains.
+    The prompt is cut to ``max_prompt_length`` (default ``max_length // 2``), keeping its end (a leading
+    ``bos_id``, the BOS the tokenizer adds by itself, is kept too) or its start, only if the record is too long; then completions are cut to what remains.
     ``policy`` is truncate | skip | error.
     """
     longest = max(len(c) for c in completions)
@@ -142,7 +142,7 @@ def tokenize_pairs(examples: list[PairwiseExample], tok: Tokenizer, max_length: 
         if prompt_r != prompt:  # same prompt text always gives the same ids; guard against odd templates
             raise DataError(f"{ex.source}: prompt tokenizes differently for chosen and rejected")
         fitted = fit_lengths(prompt, [chosen, rejected], max_length, max_prompt_length, keep, policy, stats, ex.source,
-                             tok.hf.bos_token_id)
+                             tok.auto_bos)
         if fitted is not None:
             out.append(TokenizedPair(fitted[0], fitted[1][0], fitted[1][1], ex.source))
     return out, stats
@@ -155,7 +155,7 @@ def tokenize_completions(examples: list[SFTExample | BinaryExample], tok: Tokeni
     for ex in examples:
         prompt, completion = tok.split(ex.prompt, ex.completion)
         fitted = fit_lengths(prompt, [completion], max_length, max_prompt_length, keep, policy, stats, ex.source,
-                             tok.hf.bos_token_id)
+                             tok.auto_bos)
         if fitted is not None:
             out.append(TokenizedCompletion(fitted[0], fitted[1][0], ex.source, getattr(ex, "label", None)))
     return out, stats

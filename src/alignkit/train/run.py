@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.config import PreferenceConfig, RunConfig, SFTConfig, load_config
@@ -65,6 +66,9 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
         cfg.method.loss = METHODS[method].loss
     cfg.validate()
     device = pick_device(cfg.model.device)
+    # accelerate keeps one AcceleratorState per process; a second run in the same process (API, notebook) may use
+    # another precision. Reset it, keeping the process-group state that `accelerate launch` set up.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=pick_mixed_precision(cfg.model.dtype, device),
                               log_with=cfg.train.report_to or None, project_dir=cfg.train.output_dir)
     log = log if accelerator.is_main_process else (lambda *a, **k: None)

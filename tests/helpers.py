@@ -1,0 +1,121 @@
+"""Shared test helpers: tiny word-level tokenizers with a ChatML-like template and tiny random Llama models.
+
+Everything here is built locally (no network, no hub downloads) and is small enough for CPU-only test runs.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import torch
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+WORDS = ("system user assistant you are a helpful bot hello hi there how is the weather today it sunny rainy "
+         "good bad yes no tell me joke what why one two three four five six seven eight nine ten "
+         "! ? . , :").split()
+VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
+PAD_ID, UNK_ID, BOS_ID, EOS_TEXT_ID = VOCAB["<pad>"], VOCAB["<unk>"], VOCAB["<s>"], VOCAB["</s>"]
+IM_START_ID, IM_END_ID = VOCAB["<|im_start|>"], VOCAB["<|im_end|>"]
+
+# The default system prompt the tiny template inserts when the first message is not a system message.
+DEFAULT_SYSTEM = "you are a helpful bot"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_word_tokenizer(auto_bos: bool = True, template_bos: bool = False, chat_template: bool = True):
+    """A tiny word-level ``PreTrainedTokenizerFast``.
+
+    ``auto_bos``: the post-processor prepends ``<s>`` to every encoding (like Llama tokenizers); otherwise the
+    tokenizer has no BOS at all (``bos_token`` None). ``template_bos``: the chat template also writes the BOS
+    text itself at its start. ``chat_template`` False: no chat template. EOS is ``<|im_end|>``, pad ``<pad>``.
+    """
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    raw = RawTokenizer(models.WordLevel(vocab=dict(VOCAB), unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.decoder = decoders.WordPiece()
+    if auto_bos:
+        raw.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)])
+    template = None
+    if chat_template:
+        template = ("{{ bos_token }}" if template_bos else "") + CHATML_TEMPLATE
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>" if auto_bos else None,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "</s>"],
+        chat_template=template,
+    )
+    return tok
+
+
+def word_ids(text: str) -> list[int]:
+    """Ids of whitespace/punctuation-separated words of ``text`` in the tiny vocabulary (no special tokens)."""
+    import re
+
+    return [VOCAB.get(w, UNK_ID) for w in re.findall(r"<\|im_start\|>|<\|im_end\|>|</s>|<s>|\w+|[^\w\s]+", text)]
+
+
+def tiny_llama(tie_word_embeddings: bool = True, vocab_size: int = 64, seed: int = 0, **overrides):
+    """A randomly initialized 2-layer Llama, in fp32 and eval mode (no dropout)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=tie_word_embeddings, **overrides)
+    model = transformers.LlamaForCausalLM(cfg)
+    return model.float().eval()
+
+
+def padded_batch(vocab_size: int = 64, seed: int = 1):
+    """A right-padded batch of 3 rows with a completion mask.
+
+    Returns ``input_ids``, ``attention_mask``, ``completion_mask`` of shape (3, 10). Row lengths 10, 7, 5;
+    completion spans [4, 10), [2, 7), [0, 5) (row 2 starts its completion at position 0, which is never scored).
+    """
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (3, 10), generator=g)
+    attention_mask = torch.zeros(3, 10, dtype=torch.long)
+    completion_mask = torch.zeros(3, 10, dtype=torch.long)
+    for row, (length, start) in enumerate([(10, 4), (7, 2), (5, 0)]):
+        attention_mask[row, :length] = 1
+        completion_mask[row, start:length] = 1
+        input_ids[row, length:] = 0  # pad id
+    return input_ids, attention_mask, completion_mask
+
+
+def write_jsonl(path: Path, records: list, blank_lines_after: tuple[int, ...] = ()) -> Path:
+    """Write records one JSON object a line (gzip when the name ends with .gz); blank lines after the given indices."""
+    lines = []
+    for i, rec in enumerate(records):
+        lines.append(json.dumps(rec))
+        if i in blank_lines_after:
+            lines.append("")
+    text = "\n".join(lines) + "\n"
+    if str(path).endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        Path(path).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def shared_data_path(*parts: str) -> Path:
+    """``/work/shared/data/...`` located relative to this file: <repo>/tests/helpers.py -> <repo>/../shared/data."""
+    return Path(__file__).resolve().parents[2].joinpath("shared", "data", *parts)

@@ -1,0 +1,213 @@
+"""token_logprobs: the fused chunked head equals the plain full-logits path, in values and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import padded_batch, tiny_llama
+
+import alignkit.logprobs as logprobs_mod
+from alignkit.logprobs import (CompletionScorer, linear_label_logprobs, sequence_logprobs, supports_fused_head,
+                               token_logprobs)
+
+VOCAB = 64
+
+
+def _reference_logprobs(model, input_ids, attention_mask, completion_mask):
+    """Independent computation: full log_softmax over the model's logits, token t scored from position t - 1."""
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    out = torch.zeros(input_ids.shape, dtype=torch.float32)
+    for b in range(input_ids.shape[0]):
+        for t in range(1, input_ids.shape[1]):
+            if completion_mask[b, t]:
+                out[b, t] = logp[b, t - 1, input_ids[b, t]]
+    return out
+
+
+def _values_and_grads(model, batch, fused, chunk_size=1024):
+    model.zero_grad(set_to_none=True)
+    lp = token_logprobs(model, *batch, fused=fused, chunk_size=chunk_size)
+    # a non-uniform weighting so every position's gradient matters
+    weights = torch.arange(1, lp.numel() + 1, dtype=torch.float32).reshape(lp.shape) / lp.numel()
+    (lp * weights).sum().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return lp.detach(), grads
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def model(request):
+    return tiny_llama(tie_word_embeddings=request.param, vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return padded_batch(VOCAB)
+
+
+def test_tiny_model_tying(model):
+    tied = model.config.tie_word_embeddings
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    assert supports_fused_head(model)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1024])
+def test_fused_equals_plain_values_and_gradients(model, batch, chunk_size):
+    fused_lp, fused_grads = _values_and_grads(model, batch, fused=True, chunk_size=chunk_size)
+    plain_lp, plain_grads = _values_and_grads(model, batch, fused=False)
+    assert fused_lp.dtype == torch.float32 and fused_lp.shape == batch[0].shape
+    torch.testing.assert_close(fused_lp, plain_lp, atol=1e-5, rtol=0)
+    names = {n for n, p in model.named_parameters()}
+    assert set(fused_grads) == set(plain_grads) == names  # every parameter (head and embeddings) gets a gradient
+    for name in names:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], atol=1e-5, rtol=0, msg=name)
+    head = "model.embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
+    assert head in names and plain_grads[head].abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_matches_independent_full_log_softmax(model, batch, fused):
+    with torch.no_grad():
+        lp = token_logprobs(model, *batch, fused=fused, chunk_size=3)
+    torch.testing.assert_close(lp, _reference_logprobs(model, *batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_zero_outside_completion_mask_and_position_zero(model, batch, fused):
+    input_ids, attention_mask, completion_mask = batch
+    with torch.no_grad():
+        lp = token_logprobs(model, input_ids, attention_mask, completion_mask, fused=fused)
+    scored = completion_mask.bool().clone()
+    scored[:, 0] = False
+    assert (lp[~scored] == 0).all()
+    assert (lp[scored] < 0).all()  # real log-probs of a random model are strictly negative
+    # row 2's completion starts at position 0, which is never scored
+    assert completion_mask[2, 0] == 1 and (lp[:, 0] == 0).all()
+    assert int(scored.sum()) == 6 + 5 + 4
+
+
+def test_sequence_logprobs_sum_and_mean(model, batch):
+    input_ids, attention_mask, completion_mask = batch
+    with torch.no_grad():
+        lp = token_logprobs(model, input_ids, attention_mask, completion_mask)
+    total = sequence_logprobs(lp, completion_mask)
+    mean = sequence_logprobs(lp, completion_mask, average=True)
+    assert total.shape == mean.shape == (3,)
+    ref = _reference_logprobs(model, *batch)
+    n_scored = [6, 5, 4]  # tokens in [4, 10), [2, 7), [1, 5)
+    for b in range(3):
+        assert total[b].item() == pytest.approx(ref[b].sum().item(), abs=1e-4)
+        assert mean[b].item() == pytest.approx(ref[b].sum().item() / n_scored[b], abs=1e-5)
+
+
+def test_sequence_logprobs_on_hand_made_values():
+    token_logps = torch.tensor([[0.0, -1.0, -2.0, 0.0], [0.0, 0.0, -3.0, -5.0]])
+    mask = torch.tensor([[0, 1, 1, 0], [1, 0, 1, 1]])  # row 1: position 0 is masked in but never scored
+    assert sequence_logprobs(token_logps, mask).tolist() == [-3.0, -8.0]
+    assert sequence_logprobs(token_logps, mask, average=True).tolist() == [-1.5, -4.0]
+    # no scored token: the mean does not divide by zero
+    assert sequence_logprobs(torch.zeros(1, 3), torch.tensor([[1, 0, 0]]), average=True).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_nothing_scored_gives_zeros_and_backward_works(model, batch, fused):
+    input_ids, attention_mask, completion_mask = batch
+    only_first = torch.zeros_like(completion_mask)
+    only_first[:, 0] = 1  # position 0 is never scored: nothing in the batch is
+    model.zero_grad(set_to_none=True)
+    lp = token_logprobs(model, input_ids, attention_mask, only_first, fused=fused, chunk_size=2)
+    assert lp.shape == input_ids.shape and (lp == 0).all()
+    lp.sum().backward()  # must not fail on an empty selection
+    assert sequence_logprobs(lp, only_first, average=True).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_completion_scorer_forward_equals_token_logprobs(model, batch):
+    scorer = CompletionScorer(model, chunk_size=2)
+    assert scorer.fused is True and scorer.chunk_size == 2
+    with torch.no_grad():
+        out = scorer(*batch)
+        expected = token_logprobs(model, *batch, fused=False)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # the wrapped model's parameters are the scorer's parameters (what the trainer optimizes)
+    assert {id(p) for p in scorer.parameters()} == {id(p) for p in model.parameters()}
+
+
+def test_linear_label_logprobs_with_bias_matches_log_softmax():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 11, bias=True)
+    hidden = torch.randn(7, 8, requires_grad=True)
+    labels = torch.randint(0, 11, (7,))
+    out = linear_label_logprobs(hidden, head, labels, chunk_size=3)
+    out.sum().backward()
+    grads = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    hidden.grad = None
+    head.zero_grad()
+    ref = torch.log_softmax(head(hidden), -1).gather(1, labels[:, None]).squeeze(1)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    for got, want in zip(grads, (hidden.grad, head.weight.grad, head.bias.grad)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_softcapping_disables_fused_path(batch, monkeypatch):
+    model = tiny_llama(vocab_size=VOCAB, seed=3)
+    assert supports_fused_head(model)
+    model.config.final_logit_softcapping = 30.0
+    assert not supports_fused_head(model)
+    scorer = CompletionScorer(model)
+    assert scorer.fused is False
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the fused head must not be used when logits are soft-capped")
+
+    monkeypatch.setattr(logprobs_mod, "linear_label_logprobs", fail)
+    with torch.no_grad():
+        auto = token_logprobs(model, *batch)  # fused=None picks the plain path
+        via_scorer = scorer(*batch)
+    ref = _reference_logprobs(model, *batch)
+    torch.testing.assert_close(auto, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(via_scorer, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attr,value,fused", [("logit_scale", 0.5, False), ("logit_scale", 1.0, True),
+                                              ("final_logit_softcapping", None, True)])
+def test_logit_transform_attributes(attr, value, fused):
+    model = tiny_llama(vocab_size=VOCAB, seed=4)
+    setattr(model.config, attr, value)
+    assert supports_fused_head(model) is fused
+
+
+def test_softcapped_gemma2_uses_plain_path_and_is_exact(batch):
+    import transformers
+
+    torch.manual_seed(5)
+    cfg = transformers.Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                    final_logit_softcapping=0.05)
+    model = transformers.Gemma2ForCausalLM(cfg).float().eval()
+    assert not supports_fused_head(model)
+    with torch.no_grad():
+        auto = token_logprobs(model, *batch)
+        forced_fused = token_logprobs(model, *batch, fused=True)
+    ref = _reference_logprobs(model, *batch)
+    torch.testing.assert_close(auto, ref, atol=1e-5, rtol=0)
+    # the fused head ignores the soft-cap, which is exactly why it must not be picked here
+    assert (forced_fused - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bf16_autocast_close_to_fp32(batch, fused):
+    model = tiny_llama(vocab_size=VOCAB, seed=6)
+    with torch.no_grad():
+        fp32 = token_logprobs(model, *batch, fused=fused)
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = token_logprobs(model, *batch, fused=fused, chunk_size=4)
+    assert bf16.dtype == torch.float32
+    bf16.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.lm_head.weight.grad.dtype == torch.float32  # fp32 master weights keep fp32 gradients
+    scored = batch[2].bool().clone()
+    scored[:, 0] = False
+    assert (bf16[~scored] == 0).all()
+    torch.testing.assert_close(bf16.detach(), fp32, atol=0.1, rtol=0.05)
