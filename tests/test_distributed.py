@@ -56,3 +56,6 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-4, abs=1e-6)
+        # tokens per step counts every process's tokens once
+        assert a["tokens_per_second"] * a["seconds_per_step"] == pytest.approx(
+            b["tokens_per_second"] * b["seconds_per_step"], rel=1e-6)

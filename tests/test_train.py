@@ -164,3 +164,11 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_model_dir, pairs_file, tm
     assert state["step"] == 2
     assert load_file(str(out / "ckpt-0000002" / "trainable.safetensors"))  # readable
     assert not (out / "model").exists()  # no final model from a diverged run
+
+
+def test_tensorboard_tracker_through_accelerate(tiny_model_dir, pairs_file, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra; without it trackers are not tested")
+    _train("dpo", tiny_model_dir, pairs_file, tmp_path / "tb", report_to=["tensorboard"], max_steps=2)
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert (tmp_path / "tb" / "metrics.jsonl").is_file()  # JSONL is written with trackers too

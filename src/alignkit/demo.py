@@ -26,29 +26,33 @@ def demo_prompts() -> list[str]:
 def run_demo(output_dir: str = "runs/demo", overrides: list[str] = (), max_new_tokens: int = 48, log=print) -> dict:
     """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``)."""
     t0 = time.time()
+
+    def stage(n: int, text: str) -> None:
+        log(f"[{n}/5 {time.time() - t0:4.0f}s] {text}")
+
     cfg = make_config("dpo", str(DEMO_CONFIG), [f"train.output_dir={output_dir}", *overrides])
-    log(f"[1/5] loading the embedded model and the demo data ({DEMO_CONFIG.name})")
+    stage(1, f"loading the embedded model and the demo data ({DEMO_CONFIG.name})")
     p = prepare("dpo", cfg, log)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = demo_prompts()
 
-    log(f"[2/5] before training: scoring {len(p.eval_items)} held-out pairs, generating for {len(prompts)} prompts")
+    stage(2, f"before training: scoring {len(p.eval_items)} held-out pairs, generating for {len(prompts)} prompts")
     with p.accelerator.autocast():
         before = score_pairs(p.model, p.eval_items, p.tok.pad_id, cfg.train.eval_batch_size)
         gens_before = generate(p.model, p.tokenizer, prompts, max_new_tokens=max_new_tokens)
     log(f"      mean log-prob accuracy before: {before.mean_logp_accuracy:.3f}")
 
-    log("[3/5] training (DPO, LoRA)")
+    stage(3, "training (DPO, LoRA)")
     result = fit(p.method, cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, log=log)
 
-    log("[4/5] after training: scoring held-out pairs and generating")
+    stage(4, "after training: scoring held-out pairs and generating")
     with p.accelerator.autocast():
         after = score_pairs(p.model, p.eval_items, p.tok.pad_id, cfg.train.eval_batch_size)
         gens_after = generate(p.model, p.tokenizer, prompts, max_new_tokens=max_new_tokens)
     pairwise = pairwise_report(before, after)
 
-    log("[5/5] writing the report")
+    stage(5, "writing the report")
     plots = plot_metrics(out / "metrics.jsonl", out)
     train_tokens = sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in p.train_items)
     summary = {

@@ -104,9 +104,9 @@ def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int
                 keep: str, policy: str, stats: TruncationStats, source: str, bos_id: int | None = None):
     """Apply the length limits to a prompt and its completions; None when the record is skipped.
 
-    The prompt is cut to ``max_prompt_length`` (default ``max_length // 2``), keeping its end (a leading
-    ``bos_id``, the BOS the tokenizer adds by itself, is kept too) or its start, only if the record is too long; then completions are cut to what remains.
-    ``policy`` is truncate | skip | error.
+    Only a record that is too long is cut: first its prompt, to ``max_prompt_length`` (default
+    ``max_length // 2``), keeping the end (and a leading ``bos_id``, the BOS the tokenizer adds by itself) or
+    the start; then completions, to what remains. ``policy`` is truncate | skip | error.
     """
     longest = max(len(c) for c in completions)
     if len(prompt) + longest <= max_length:

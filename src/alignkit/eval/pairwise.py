@@ -33,15 +33,19 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids),
+                                                                                   len(pairs[i].rejected_ids)))
     chosen, rejected, n_c, n_r = [], [], [], []
-    for s in range(0, len(pairs), batch_size):
-        batch = {k: v.to(device) for k, v in collate_pairs(pairs[s:s + batch_size], pad_id).items()}
+    for s in range(0, len(pairs), batch_size):  # in length order (less padding), restored below
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in order[s:s + batch_size]], pad_id).items()}
         sums = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum(-1)
         counts = batch["completion_mask"][:, 1:].sum(-1).float()
         b = sums.shape[0] // 2
         chosen.append(sums[:b]), rejected.append(sums[b:]), n_c.append(counts[:b]), n_r.append(counts[b:])
     model.train(was_training)
-    return PairScores(*(torch.cat(x).cpu() for x in (chosen, rejected, n_c, n_r)))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return PairScores(*(torch.cat(x).cpu()[inverse] for x in (chosen, rejected, n_c, n_r)))
 
 
 def implicit_reward_accuracy(policy: PairScores, reference: PairScores) -> float:

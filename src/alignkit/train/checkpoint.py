@@ -115,7 +115,11 @@ def save_model(model, tokenizer, out: Path) -> None:
     """Final model (or LoRA adapter) + tokenizer, written atomically to ``out``."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    if hasattr(model, "peft_config"):
+        # LoRA adapters only; "auto" would look the base model up on the hub to decide about embeddings.
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     old = out.with_name(f".{out.name}.old")
     if out.exists():

@@ -74,6 +74,10 @@ class Method:
     def tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
 
+    def length(self, item) -> int:
+        """Padded length of an item's longest row; forward-only passes batch items of similar length together."""
+        return 0
+
 
 def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
     """Example indices of optimizer step ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation."""
@@ -165,7 +169,7 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
             sums.add(metrics)
             tokens += method.tokens(batch)
         sums.add_scalar("loss", 0.0, total_weight / world)  # reduced: sum of w*loss over all processes / total weight
-        sums.add_scalar("tokens", float(tokens), 1.0 / world)
+        sums.add_scalar("tokens", float(tokens), 1.0 / world)  # reduced: total tokens over all processes
         if tc.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
         else:
@@ -185,7 +189,7 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
         state.step += 1
         seconds = time.time() - step_t0
         step_metrics.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0],
-                            tokens_per_second=step_metrics.pop("tokens") * world / seconds, seconds_per_step=seconds)
+                            tokens_per_second=step_metrics.pop("tokens") / seconds, seconds_per_step=seconds)
         for k, v in step_metrics.items():
             window.add_scalar(k, v)
         bar.update(1)
@@ -233,7 +237,7 @@ def evaluate(method: Method, module, items: list, batch_size: int, accelerator) 
     was_training = module.training
     module.eval()
     sums = MetricSums()
-    mine = items[accelerator.process_index::accelerator.num_processes]
+    mine = sorted(items[accelerator.process_index::accelerator.num_processes], key=method.length)  # less padding
     for s in range(0, len(mine), batch_size):
         chunk = mine[s:s + batch_size]
         batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}

@@ -46,7 +46,6 @@ class PreferenceMethod(Method):
         self.live_ref = None  # (model, uses_adapter_disable) for live reference
 
     def wrap(self, model):
-        self.policy = model
         return CompletionScorer(model, self.cfg.train.logprob_chunk_size)
 
     def setup(self, model, train_items, eval_items, accelerator):
@@ -82,7 +81,8 @@ class PreferenceMethod(Method):
 
     def _precompute(self, items, ref, disable_adapter, accelerator):
         bs = self.cfg.train.eval_batch_size
-        mine = list(range(accelerator.process_index, len(items), accelerator.num_processes))
+        mine = sorted(range(accelerator.process_index, len(items), accelerator.num_processes),
+                      key=lambda i: self.length(items[i]))  # similar lengths together: less padding
         results = []
         for s in range(0, len(mine), bs):
             idx = mine[s:s + bs]
@@ -130,5 +130,5 @@ class PreferenceMethod(Method):
                         "nll/chosen": nll.detach()})
         return losses, metrics
 
-    def tokens(self, batch):
-        return int(batch["attention_mask"].sum())
+    def length(self, item) -> int:
+        return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))

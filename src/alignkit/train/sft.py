@@ -31,3 +31,6 @@ class SFTMethod(Method):
         logps = sequence_logprobs(module(batch["input_ids"], batch["attention_mask"], mask), mask, average=True)
         losses = sft_loss(logps)
         return losses, {"nll": losses.detach(), "completion_tokens": mask.sum(-1).float()}
+
+    def length(self, item) -> int:
+        return len(item.prompt_ids) + len(item.completion_ids)

@@ -1,0 +1,128 @@
+"""The `alignkit` command end to end on the tiny model: train, merge, generate, config, and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import pair_records, write_jsonl
+
+
+def alignkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignkit", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd)
+
+
+def tiny_config(tmp_path: Path, model_dir: str, train: str, **extra) -> Path:
+    cfg = {"model": {"name": model_dir, "device": "cpu", "dtype": "fp32"}, "lora": {"r": 4},
+           "data": {"train": train, "max_length": 64},
+           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3,
+                     "logging_steps": 1}, **extra}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_train_merge_generate(tiny_model_dir, pairs_file, tmp_path):
+    cfg = tiny_config(tmp_path, tiny_model_dir, pairs_file)
+    proc = alignkit("train", "dpo", "--config", str(cfg), "--set", "method.beta=0.2")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "run"
+    assert "global batch = 2 per device x 1 accumulation x 1 process(es) = 2 examples/step" in proc.stdout
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["method"]["beta"] == 0.2 and saved["method"]["loss"] == "dpo"
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    merged = tmp_path / "merged"
+    proc = alignkit("merge", str(run_dir / "model"), "--out", str(merged))
+    assert proc.returncode == 0, proc.stderr
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(merged)  # plain transformers, no peft
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_dir / "model")
+    ids = torch.tensor([[1, 5, 9, 200, 3000]])
+    torch.testing.assert_close(plain(ids).logits, with_adapter(ids).logits, atol=1e-4, rtol=1e-4)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(plain(ids).logits, base(ids).logits)  # the adapter changed something
+
+    proc = alignkit("generate", "--model", str(merged), "--prompt", "Hello", "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(">>> Hello\n")
+
+
+def test_train_every_method_name_from_the_cli(tiny_model_dir, pairs_file, sft_file, tmp_path):
+    for method in ("ipo", "simpo"):
+        cfg = tiny_config(tmp_path, tiny_model_dir, pairs_file)
+        proc = alignkit("train", method, "--config", str(cfg), "--set", f"train.output_dir={tmp_path / method}")
+        assert proc.returncode == 0, proc.stderr
+        assert yaml.safe_load((tmp_path / method / "config.yaml").read_text())["method"]["loss"] == method
+    cfg = tiny_config(tmp_path, tiny_model_dir, sft_file)
+    proc = alignkit("train", "sft", "--config", str(cfg), "--set", f"train.output_dir={tmp_path / 'sft'}")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_config_command_prints_every_section():
+    proc = alignkit("config", "orpo")
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert set(cfg) == {"model", "lora", "data", "train", "method"}
+    assert cfg["method"]["loss"] == "orpo"
+
+
+@pytest.mark.parametrize("case", ["unknown_field", "bad_choice", "missing_file", "bad_record", "bad_method",
+                                  "missing_model", "missing_config"])
+def test_bad_input_gives_one_clear_line(case, tiny_model_dir, tmp_path):
+    good = write_jsonl(tmp_path / "good.jsonl", pair_records(8))
+    bad = write_jsonl(tmp_path / "bad.jsonl", pair_records(3) + [{"prompt": "hi", "chosen": "", "rejected": "no"}])
+    args, expected = {
+        "unknown_field": (["--set", "train.lr=1"], "unknown field 'train.lr'"),
+        "bad_choice": (["--set", "data.overlong=cut"], "field 'data.overlong' is 'cut'"),
+        "missing_file": (["--set", f"data.train={tmp_path / 'nope.jsonl'}"], "does not exist"),
+        "bad_record": (["--set", f"data.train={bad}"], "bad.jsonl:4: field 'chosen': is empty"),
+        "bad_method": ([], "unknown method 'dpx'"),
+        "missing_model": (["--set", f"model.name={tmp_path / 'no-model'}"], "could not load model"),
+        "missing_config": (["--config", str(tmp_path / "none.yaml")], "config file"),
+    }[case]
+    method = "dpx" if case == "bad_method" else "dpo"
+    base = ["--set", f"model.name={tiny_model_dir}", "--set", f"data.train={good}",
+            "--set", f"train.output_dir={tmp_path / 'out'}"]
+    proc = alignkit("train", method, *base, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:")
+
+
+def test_bad_record_with_skip_policy_trains_on_the_rest(tiny_model_dir, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", pair_records(8) + [{"prompt": "hi", "chosen": "same", "rejected": "same"}])
+    proc = alignkit("train", "dpo", "--set", f"model.name={tiny_model_dir}", "--set", f"data.train={bad}",
+                    "--set", "data.on_invalid=skip", "--set", f"train.output_dir={tmp_path / 'out'}",
+                    "--set", "train.max_steps=1", "--set", "model.dtype=fp32")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 invalid record(s)" in proc.stdout and "bad.jsonl:9" in proc.stdout
+
+
+def test_merge_rejects_a_non_adapter_directory(tiny_model_dir, tmp_path):
+    proc = alignkit("merge", tiny_model_dir, "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2 and "is not a LoRA adapter" in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_existing_model_survives_a_failed_run(tiny_model_dir, tmp_path):
+    """A run that fails on bad input leaves what an earlier run saved untouched."""
+    good = write_jsonl(tmp_path / "good.jsonl", pair_records(8))
+    common = ["--set", f"model.name={tiny_model_dir}", "--set", f"train.output_dir={tmp_path / 'out'}",
+              "--set", "train.max_steps=1", "--set", "model.dtype=fp32"]
+    assert alignkit("train", "dpo", *common, "--set", f"data.train={good}").returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": 5, "rejected": "y"}])
+    proc = alignkit("train", "dpo", *common, "--set", f"data.train={bad}")
+    assert proc.returncode == 2 and "field 'chosen': must be text" in proc.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()} == before
+    assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
