@@ -2,24 +2,11 @@
 and small data files. Training tests run on it in seconds."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def tiny_llama(vocab_size: int, seed: int = 0, **overrides):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2, **overrides)
-    return LlamaForCausalLM(config)
+from helpers import tiny_llama, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -33,13 +20,9 @@ def embedded_tokenizer():
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer) -> str:
     """A 2-layer, 32-wide Llama with SmolLM2's tokenizer and chat template, saved like any HF model."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama(len(embedded_tokenizer)).save_pretrained(path)
+    tiny_llama(vocab_size=len(embedded_tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=2,
+               max_position_embeddings=512).save_pretrained(path)
     embedded_tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def write_jsonl(path: Path, records: list[dict]) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
 
 
@@ -52,14 +35,14 @@ def pair_records(n: int) -> list[dict]:
 
 @pytest.fixture
 def pairs_file(tmp_path) -> str:
-    return write_jsonl(tmp_path / "pairs.jsonl", pair_records(24))
+    return str(write_jsonl(tmp_path / "pairs.jsonl", pair_records(24)))
 
 
 @pytest.fixture
 def sft_file(tmp_path) -> str:
-    return write_jsonl(tmp_path / "sft.jsonl", [
+    return str(write_jsonl(tmp_path / "sft.jsonl", [
         {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}"}]}
-        for i in range(16)])
+        for i in range(16)]))
 
 
 def tiny_sections(model_dir: str, train_file: str, out: Path, **train) -> dict:

@@ -76,9 +76,10 @@ def tiny_llama(tie_word_embeddings: bool = True, vocab_size: int = 64, seed: int
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   tie_word_embeddings=tie_word_embeddings, **overrides)
+    settings = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                    tie_word_embeddings=tie_word_embeddings)
+    cfg = transformers.LlamaConfig(**{**settings, **overrides})
     model = transformers.LlamaForCausalLM(cfg)
     return model.float().eval()
 

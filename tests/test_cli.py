@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import pair_records, write_jsonl
+from conftest import pair_records
+from helpers import write_jsonl
 
 
 def alignkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
