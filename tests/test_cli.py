@@ -125,5 +125,7 @@ def test_existing_model_survives_a_failed_run(tiny_model_dir, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": 5, "rejected": "y"}])
     proc = alignkit("train", "dpo", *common, "--set", f"data.train={bad}")
     assert proc.returncode == 2 and "field 'chosen': must be text" in proc.stderr
+    proc = alignkit("train", "dpo", *common, "--set", f"data.train={good}")  # a fresh run over the earlier one
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "train.overwrite=true" in proc.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()} == before
     assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1

@@ -172,3 +172,14 @@ def test_tensorboard_tracker_through_accelerate(tiny_model_dir, pairs_file, tmp_
     events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert (tmp_path / "tb" / "metrics.jsonl").is_file()  # JSONL is written with trackers too
+
+
+def test_overwrite_starts_afresh_and_drops_old_checkpoints(tiny_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "ow"
+    _train("dpo", tiny_model_dir, pairs_file, out, max_steps=2, save_steps=1)
+    assert sorted(p.name for p in out.glob("ckpt-*")) == ["ckpt-0000001", "ckpt-0000002"]
+    with pytest.raises(UserError, match="already holds a run"):
+        _train("dpo", tiny_model_dir, pairs_file, out, max_steps=2)
+    _train("dpo", tiny_model_dir, pairs_file, out, max_steps=1, overwrite=True)
+    assert not list(out.glob("ckpt-*"))
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]

@@ -86,6 +86,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = _f("runs/alignkit", "Where checkpoints, metrics.jsonl, the config and the final model go.")
+    overwrite: bool = _f(False, "Start afresh in an output_dir that already holds a run (its checkpoints are deleted).")
     seed: int = _f(42, "Seed for data order, initialization of LoRA and sampling.")
     learning_rate: float = _f(5e-6, "Peak learning rate of AdamW.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")

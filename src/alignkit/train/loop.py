@@ -10,6 +10,7 @@ total weight, so a step's gradient is the same however the batch is split (proce
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ from transformers import get_scheduler
 
 from alignkit.config import RunConfig, save_config
 from alignkit.errors import TrainingDiverged, UserError
-from alignkit.train.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint, save_model
+from alignkit.train.checkpoint import (find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
+                                       save_model)
 from alignkit.train.metrics import JsonlLog, MetricSums, peak_memory_mb
 
 
@@ -110,6 +112,8 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
         f"{global_batch} examples/step; {total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs of "
         f"{len(train_items)} examples), warmup {warmup}")
 
+    if not resume:
+        _claim_output_dir(out, tc.overwrite, accelerator)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -229,6 +233,21 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
     log(f"done: {state.step} steps in {result.wall_seconds:.1f}s, peak memory {result.peak_memory_mb:.0f} MB; "
         f"model saved to {model_dir}")
     return result
+
+
+def _claim_output_dir(out: Path, overwrite: bool, accelerator) -> None:
+    """Refuse to start a fresh run over an earlier one unless asked; with overwrite, drop its checkpoints."""
+    earlier = list_checkpoints(out) + [p for p in (out / "model", out / "metrics.jsonl") if p.exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        raise UserError(f"{out} already holds a run ({', '.join(p.name for p in earlier[:3])}). Fix: add --resume to "
+                        "continue it, choose another train.output_dir, or set train.overwrite=true to start afresh")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for ckpt in list_checkpoints(out):
+            shutil.rmtree(ckpt)
+    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()
