@@ -7,6 +7,7 @@ peak memory (RSS) is its own.
 The first step (warm-up) is excluded from the timing. Reference log-probs are precomputed before training
 (alignkit's default) and that time is reported separately.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,19 @@ def one(mode: str, dtype: str, steps: int, data: str) -> dict:
     from alignkit.train.metrics import read_jsonl
 
     out = tempfile.mkdtemp(prefix="alignkit-bench-")
-    overrides = [f"data.train={data}", "data.max_length=256", "data.on_invalid=skip", f"data.max_examples={4 * steps + 8}",
-                 f"model.dtype={dtype}", "model.device=cpu", f"train.output_dir={out}", "train.batch_size=4",
-                 f"train.max_steps={steps}", "train.logging_steps=1", "train.learning_rate=1e-6"]
+    overrides = [
+        f"data.train={data}",
+        "data.max_length=256",
+        "data.on_invalid=skip",
+        f"data.max_examples={4 * steps + 8}",
+        f"model.dtype={dtype}",
+        "model.device=cpu",
+        f"train.output_dir={out}",
+        "train.batch_size=4",
+        f"train.max_steps={steps}",
+        "train.logging_steps=1",
+        "train.learning_rate=1e-6",
+    ]
     if mode == "lora":
         overrides += ["lora.r=16"]
     t0 = time.time()
@@ -37,11 +48,15 @@ def one(mode: str, dtype: str, steps: int, data: str) -> dict:
     rows = [r for r in read_jsonl(Path(out) / "metrics.jsonl") if "loss" in r][1:]
     step_s = sum(r["seconds_per_step"] for r in rows) / len(rows)
     train_s = sum(r["seconds_per_step"] for r in read_jsonl(Path(out) / "metrics.jsonl") if "loss" in r)
-    return {"mode": mode, "dtype": dtype, "seconds_per_step": step_s,
-            "tokens_per_second": sum(r["tokens_per_second"] for r in rows) / len(rows),
-            "peak_rss_mb": result.peak_memory_mb,
-            "setup_seconds": result.wall_seconds - train_s,  # data, reference precompute, saving
-            "total_seconds": time.time() - t0}
+    return {
+        "mode": mode,
+        "dtype": dtype,
+        "seconds_per_step": step_s,
+        "tokens_per_second": sum(r["tokens_per_second"] for r in rows) / len(rows),
+        "peak_rss_mb": result.peak_memory_mb,
+        "setup_seconds": result.wall_seconds - train_s,  # data, reference precompute, saving
+        "total_seconds": time.time() - t0,
+    }
 
 
 def main() -> None:
@@ -55,14 +70,20 @@ def main() -> None:
         return
     rows = []
     for mode, dtype in CASES:
-        proc = subprocess.run([sys.executable, __file__, "--case", f"{mode}:{dtype}", "--steps", str(args.steps),
-                               "--data", args.data], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", f"{mode}:{dtype}", "--steps", str(args.steps), "--data", args.data],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             sys.exit(proc.stderr[-3000:])
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{mode:5s} {dtype:5s}  {r['seconds_per_step']:6.2f} s/step  {r['tokens_per_second']:7.0f} tokens/s  "
-              f"peak RSS {r['peak_rss_mb']:6.0f} MB  (setup {r['setup_seconds']:.0f} s)", flush=True)
+        print(
+            f"{mode:5s} {dtype:5s}  {r['seconds_per_step']:6.2f} s/step  {r['tokens_per_second']:7.0f} tokens/s  "
+            f"peak RSS {r['peak_rss_mb']:6.0f} MB  (setup {r['setup_seconds']:.0f} s)",
+            flush=True,
+        )
     print(json.dumps(rows, indent=1))
 
 

@@ -1,11 +1,11 @@
 """Shared fixtures: a tiny random Llama that uses the real embedded tokenizer, saved as a model directory,
 and small data files. Training tests run on it in seconds."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny_llama, write_jsonl
 
 
@@ -20,17 +20,23 @@ def embedded_tokenizer():
 def tiny_model_dir(tmp_path_factory, embedded_tokenizer) -> str:
     """A 2-layer, 32-wide Llama with SmolLM2's tokenizer and chat template, saved like any HF model."""
     path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama(vocab_size=len(embedded_tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=2,
-               max_position_embeddings=512).save_pretrained(path)
+    tiny_llama(
+        vocab_size=len(embedded_tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=2, max_position_embeddings=512
+    ).save_pretrained(path)
     embedded_tokenizer.save_pretrained(path)
     return str(path)
 
 
 def pair_records(n: int) -> list[dict]:
     """Conversational pairs with a consistent contrast (a number answer vs a refusal)."""
-    return [{"prompt": [{"role": "user", "content": f"What is {i} plus {i + 1}?"}],
-             "chosen": [{"role": "assistant", "content": f"It is {2 * i + 1}."}],
-             "rejected": [{"role": "assistant", "content": "I will not answer that."}]} for i in range(n)]
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} plus {i + 1}?"}],
+            "chosen": [{"role": "assistant", "content": f"It is {2 * i + 1}."}],
+            "rejected": [{"role": "assistant", "content": "I will not answer that."}],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -40,14 +46,30 @@ def pairs_file(tmp_path) -> str:
 
 @pytest.fixture
 def sft_file(tmp_path) -> str:
-    return str(write_jsonl(tmp_path / "sft.jsonl", [
-        {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}"}]}
-        for i in range(16)]))
+    return str(
+        write_jsonl(
+            tmp_path / "sft.jsonl",
+            [
+                {"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}"}]}
+                for i in range(16)
+            ],
+        )
+    )
 
 
 def tiny_sections(model_dir: str, train_file: str, out: Path, **train) -> dict:
     """Config sections for a quick run on the tiny model."""
-    return {"model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
-            "data": {"train": train_file, "max_length": 64},
-            "train": {"output_dir": str(out), "batch_size": 4, "learning_rate": 1e-3, "max_steps": 3,
-                      "logging_steps": 1, "warmup_ratio": 0.0, "lr_scheduler": "constant", **train}}
+    return {
+        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
+        "data": {"train": train_file, "max_length": 64},
+        "train": {
+            "output_dir": str(out),
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "max_steps": 3,
+            "logging_steps": 1,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+            **train,
+        },
+    }

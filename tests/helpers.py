@@ -2,6 +2,7 @@
 
 Everything here is built locally (no network, no hub downloads) and is small enough for CPU-only test runs.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -11,9 +12,11 @@ from pathlib import Path
 import torch
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-WORDS = ("system user assistant you are a helpful bot hello hi there how is the weather today it sunny rainy "
-         "good bad yes no tell me joke what why one two three four five six seven eight nine ten "
-         "! ? . , :").split()
+WORDS = (
+    "system user assistant you are a helpful bot hello hi there how is the weather today it sunny rainy "
+    "good bad yes no tell me joke what why one two three four five six seven eight nine ten "
+    "! ? . , :"
+).split()
 VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + WORDS)}
 PAD_ID, UNK_ID, BOS_ID, EOS_TEXT_ID = VOCAB["<pad>"], VOCAB["<unk>"], VOCAB["<s>"], VOCAB["</s>"]
 IM_START_ID, IM_END_ID = VOCAB["<|im_start|>"], VOCAB["<|im_end|>"]
@@ -48,7 +51,8 @@ def make_word_tokenizer(auto_bos: bool = True, template_bos: bool = False, chat_
     raw.decoder = decoders.WordPiece()
     if auto_bos:
         raw.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)])
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
+        )
     template = None
     if chat_template:
         template = ("{{ bos_token }}" if template_bos else "") + CHATML_TEMPLATE
@@ -76,9 +80,16 @@ def tiny_llama(tie_word_embeddings: bool = True, vocab_size: int = 64, seed: int
     import transformers
 
     torch.manual_seed(seed)
-    settings = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                    tie_word_embeddings=tie_word_embeddings)
+    settings = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=tie_word_embeddings,
+    )
     cfg = transformers.LlamaConfig(**{**settings, **overrides})
     model = transformers.LlamaForCausalLM(cfg)
     return model.float().eval()

@@ -1,4 +1,5 @@
 """The `alignkit` command end to end on the tiny model: train, merge, generate, config, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -9,21 +10,30 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import pair_records
 from helpers import write_jsonl
 
 
 def alignkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alignkit", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "alignkit", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def tiny_config(tmp_path: Path, model_dir: str, train: str, **extra) -> Path:
-    cfg = {"model": {"name": model_dir, "device": "cpu", "dtype": "fp32"}, "lora": {"r": 4},
-           "data": {"train": train, "max_length": 64},
-           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "learning_rate": 1e-3,
-                     "logging_steps": 1}, **extra}
+    cfg = {
+        "model": {"name": model_dir, "device": "cpu", "dtype": "fp32"},
+        "lora": {"r": 4},
+        "data": {"train": train, "max_length": 64},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "batch_size": 2,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+        },
+        **extra,
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -76,8 +86,10 @@ def test_config_command_prints_every_section():
     assert cfg["method"]["loss"] == "orpo"
 
 
-@pytest.mark.parametrize("case", ["unknown_field", "bad_choice", "missing_file", "bad_record", "bad_method",
-                                  "missing_model", "missing_config"])
+@pytest.mark.parametrize(
+    "case",
+    ["unknown_field", "bad_choice", "missing_file", "bad_record", "bad_method", "missing_model", "missing_config"],
+)
 def test_bad_input_gives_one_clear_line(case, tiny_model_dir, tmp_path):
     good = write_jsonl(tmp_path / "good.jsonl", pair_records(8))
     bad = write_jsonl(tmp_path / "bad.jsonl", pair_records(3) + [{"prompt": "hi", "chosen": "", "rejected": "no"}])
@@ -91,8 +103,14 @@ def test_bad_input_gives_one_clear_line(case, tiny_model_dir, tmp_path):
         "missing_config": (["--config", str(tmp_path / "none.yaml")], "config file"),
     }[case]
     method = "dpx" if case == "bad_method" else "dpo"
-    base = ["--set", f"model.name={tiny_model_dir}", "--set", f"data.train={good}",
-            "--set", f"train.output_dir={tmp_path / 'out'}"]
+    base = [
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "--set",
+        f"data.train={good}",
+        "--set",
+        f"train.output_dir={tmp_path / 'out'}",
+    ]
     proc = alignkit("train", method, *base, *args)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
@@ -101,10 +119,25 @@ def test_bad_input_gives_one_clear_line(case, tiny_model_dir, tmp_path):
 
 
 def test_bad_record_with_skip_policy_trains_on_the_rest(tiny_model_dir, tmp_path):
-    bad = write_jsonl(tmp_path / "bad.jsonl", pair_records(8) + [{"prompt": "hi", "chosen": "same", "rejected": "same"}])
-    proc = alignkit("train", "dpo", "--set", f"model.name={tiny_model_dir}", "--set", f"data.train={bad}",
-                    "--set", "data.on_invalid=skip", "--set", f"train.output_dir={tmp_path / 'out'}",
-                    "--set", "train.max_steps=1", "--set", "model.dtype=fp32")
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", pair_records(8) + [{"prompt": "hi", "chosen": "same", "rejected": "same"}]
+    )
+    proc = alignkit(
+        "train",
+        "dpo",
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "--set",
+        f"data.train={bad}",
+        "--set",
+        "data.on_invalid=skip",
+        "--set",
+        f"train.output_dir={tmp_path / 'out'}",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "model.dtype=fp32",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 invalid record(s)" in proc.stdout and "bad.jsonl:9" in proc.stdout
 
@@ -118,8 +151,16 @@ def test_merge_rejects_a_non_adapter_directory(tiny_model_dir, tmp_path):
 def test_existing_model_survives_a_failed_run(tiny_model_dir, tmp_path):
     """A run that fails on bad input leaves what an earlier run saved untouched."""
     good = write_jsonl(tmp_path / "good.jsonl", pair_records(8))
-    common = ["--set", f"model.name={tiny_model_dir}", "--set", f"train.output_dir={tmp_path / 'out'}",
-              "--set", "train.max_steps=1", "--set", "model.dtype=fp32"]
+    common = [
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "--set",
+        f"train.output_dir={tmp_path / 'out'}",
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "model.dtype=fp32",
+    ]
     assert alignkit("train", "dpo", *common, "--set", f"data.train={good}").returncode == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()}
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": 5, "rejected": "y"}])

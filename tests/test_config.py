@@ -1,10 +1,18 @@
 """Typed configs: YAML + --set overrides, coercion, defaults, and errors that name the field."""
+
 from __future__ import annotations
 
 import pytest
 
-from alignkit.config import (LoRAConfig, PreferenceConfig, PreferenceMethodConfig, SFTConfig, from_dict, load_config,
-                             save_config)
+from alignkit.config import (
+    LoRAConfig,
+    PreferenceConfig,
+    PreferenceMethodConfig,
+    SFTConfig,
+    from_dict,
+    load_config,
+    save_config,
+)
 from alignkit.errors import ConfigError
 
 TRAIN = ["data.train=pairs.jsonl"]
@@ -17,7 +25,9 @@ def _yaml(tmp_path, text, name="cfg.yaml"):
 
 
 def test_yaml_with_nested_sections(tmp_path):
-    path = _yaml(tmp_path, """
+    path = _yaml(
+        tmp_path,
+        """
 model:
   name: some/model
   dtype: bf16
@@ -34,7 +44,8 @@ train:
 method:
   loss: ipo
   beta: 0.5
-""")
+""",
+    )
     cfg = load_config(PreferenceConfig, path)
     assert cfg.model.name == "some/model" and cfg.model.dtype == "bf16"
     assert cfg.data.train == "pairs.jsonl" and cfg.data.max_length == 256 and cfg.data.max_prompt_length == 128
@@ -48,10 +59,18 @@ method:
 
 def test_set_overrides_with_dotted_keys_and_coercion(tmp_path):
     path = _yaml(tmp_path, "data:\n  train: a.jsonl\ntrain:\n  batch_size: 4\n  eval_steps: 10\n")
-    cfg = load_config(PreferenceConfig, path, [
-        "train.learning_rate=1e-5", "train.batch_size=8", "train.eval_steps=null", "data.train=b.jsonl",
-        "method.loss=simpo", "train.epochs=2",
-    ])
+    cfg = load_config(
+        PreferenceConfig,
+        path,
+        [
+            "train.learning_rate=1e-5",
+            "train.batch_size=8",
+            "train.eval_steps=null",
+            "data.train=b.jsonl",
+            "method.loss=simpo",
+            "train.epochs=2",
+        ],
+    )
     assert cfg.train.learning_rate == 1e-5 and type(cfg.train.learning_rate) is float
     assert cfg.train.batch_size == 8 and type(cfg.train.batch_size) is int
     assert cfg.train.eval_steps is None
@@ -144,16 +163,19 @@ def test_unknown_field_without_close_match_lists_known():
     assert "unknown field 'train.zzzzzz'" in msg and "known fields:" in msg and "learning_rate" in msg
 
 
-@pytest.mark.parametrize("override,field,expected", [
-    ("train.batch_size=abc", "train.batch_size", "a whole number"),
-    ("train.batch_size=2.5", "train.batch_size", "a whole number"),
-    ("train.batch_size=true", "train.batch_size", "a whole number"),
-    ("train.learning_rate=fast", "train.learning_rate", "a number"),
-    ("train.learning_rate=[1]", "train.learning_rate", "a number"),
-    ("model.trust_remote_code=1", "model.trust_remote_code", "true or false"),
-    ("model.name=[a, b]", "model.name", "a string"),
-    ("train.adam_betas={a: 1}", "train.adam_betas", "a list"),
-])
+@pytest.mark.parametrize(
+    "override,field,expected",
+    [
+        ("train.batch_size=abc", "train.batch_size", "a whole number"),
+        ("train.batch_size=2.5", "train.batch_size", "a whole number"),
+        ("train.batch_size=true", "train.batch_size", "a whole number"),
+        ("train.learning_rate=fast", "train.learning_rate", "a number"),
+        ("train.learning_rate=[1]", "train.learning_rate", "a number"),
+        ("model.trust_remote_code=1", "model.trust_remote_code", "true or false"),
+        ("model.name=[a, b]", "model.name", "a string"),
+        ("train.adam_betas={a: 1}", "train.adam_betas", "a list"),
+    ],
+)
 def test_wrong_type_names_field(override, field, expected):
     msg = _error(overrides=TRAIN + [override])
     assert f"field '{field}'" in msg and f"expected {expected}" in msg
@@ -169,11 +191,14 @@ def test_section_must_be_mapping():
     assert "'train' must be a mapping" in msg
 
 
-@pytest.mark.parametrize("override,field,guess", [
-    ("data.overlong=skp", "data.overlong", "skip"),
-    ("method.loss=dpoo", "method.loss", "dpo"),
-    ("model.dtype=bf61", "model.dtype", "bf16"),
-])
+@pytest.mark.parametrize(
+    "override,field,guess",
+    [
+        ("data.overlong=skp", "data.overlong", "skip"),
+        ("method.loss=dpoo", "method.loss", "dpo"),
+        ("model.dtype=bf61", "model.dtype", "bf16"),
+    ],
+)
 def test_invalid_choice_with_suggestion(override, field, guess):
     msg = _error(overrides=TRAIN + [override])
     assert f"field '{field}'" in msg and "must be one of" in msg and f"did you mean '{guess}'?" in msg
@@ -196,22 +221,25 @@ def test_max_prompt_length_not_below_max_length(max_prompt):
     assert "field 'data.max_prompt_length'" in msg and "below data.max_length (64)" in msg
 
 
-@pytest.mark.parametrize("override,field", [
-    ("train.learning_rate=0", "train.learning_rate"),
-    ("train.batch_size=0", "train.batch_size"),
-    ("train.max_steps=0", "train.max_steps"),
-    ("train.warmup_ratio=1", "train.warmup_ratio"),
-    ("train.adam_betas=[0.9]", "train.adam_betas"),
-    ("train.report_to=[nope]", "train.report_to"),
-    ("data.max_length=4", "data.max_length"),
-    ("data.eval_fraction=1.5", "data.eval_fraction"),
-    ("lora.r=0", "lora.r"),
-    ("lora.dropout=1", "lora.dropout"),
-    ("lora.target_modules=[]", "lora.target_modules"),
-    ("method.beta=0", "method.beta"),
-    ("method.label_smoothing=0.5", "method.label_smoothing"),
-    ("method.sft_weight=-1", "method.sft_weight"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.warmup_ratio=1", "train.warmup_ratio"),
+        ("train.adam_betas=[0.9]", "train.adam_betas"),
+        ("train.report_to=[nope]", "train.report_to"),
+        ("data.max_length=4", "data.max_length"),
+        ("data.eval_fraction=1.5", "data.eval_fraction"),
+        ("lora.r=0", "lora.r"),
+        ("lora.dropout=1", "lora.dropout"),
+        ("lora.target_modules=[]", "lora.target_modules"),
+        ("method.beta=0", "method.beta"),
+        ("method.label_smoothing=0.5", "method.label_smoothing"),
+        ("method.sft_weight=-1", "method.sft_weight"),
+    ],
+)
 def test_validation_names_field(override, field):
     msg = _error(overrides=TRAIN + [override])
     assert f"field '{field}'" in msg and "Fix:" in msg
@@ -289,15 +317,17 @@ def test_from_dict_rejects_non_mapping():
 # ------------------------------------------------------------------------------------------------ method defaults
 
 
-@pytest.mark.parametrize("loss,beta", [("dpo", 0.1), ("ipo", 0.1), ("hinge", 0.1), ("robust", 0.1), ("orpo", 0.1),
-                                       ("simpo", 2.0)])
+@pytest.mark.parametrize(
+    "loss,beta", [("dpo", 0.1), ("ipo", 0.1), ("hinge", 0.1), ("robust", 0.1), ("orpo", 0.1), ("simpo", 2.0)]
+)
 def test_resolved_beta_defaults(loss, beta):
     assert PreferenceMethodConfig(loss=loss).resolved_beta == beta
     assert PreferenceMethodConfig(loss=loss, beta=0.7).resolved_beta == 0.7
 
 
-@pytest.mark.parametrize("loss,weight", [("dpo", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.0), ("simpo", 0.0),
-                                         ("orpo", 1.0)])
+@pytest.mark.parametrize(
+    "loss,weight", [("dpo", 0.0), ("ipo", 0.0), ("hinge", 0.0), ("robust", 0.0), ("simpo", 0.0), ("orpo", 1.0)]
+)
 def test_resolved_sft_weight_defaults(loss, weight):
     assert PreferenceMethodConfig(loss=loss).resolved_sft_weight == weight
     assert PreferenceMethodConfig(loss=loss, sft_weight=0.25).resolved_sft_weight == 0.25

@@ -1,4 +1,5 @@
 """Every YAML in configs/ loads and validates for the methods it documents."""
+
 from pathlib import Path
 
 import pytest

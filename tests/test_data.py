@@ -1,4 +1,5 @@
 """Readers (every file format, errors naming file:line) and record formats (pairwise, SFT, binary)."""
+
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,18 @@ import json
 import pytest
 from helpers import shared_data_path, write_jsonl
 
-from alignkit.data import (BinaryExample, PairwiseExample, SFTExample, parse_hh_transcript, read_records, to_binary,
-                           to_pairwise, to_prompt, to_sft, validate_records)
+from alignkit.data import (
+    BinaryExample,
+    PairwiseExample,
+    SFTExample,
+    parse_hh_transcript,
+    read_records,
+    to_binary,
+    to_pairwise,
+    to_prompt,
+    to_sft,
+    validate_records,
+)
 from alignkit.data.formats import InvalidRecord
 from alignkit.errors import DataError
 
@@ -81,8 +92,10 @@ def test_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow", reason="pyarrow is an optional dependency (alignkit[data])")
     import pyarrow.parquet as pq
 
-    records = [{"prompt": "p1", "chosen": _msgs(("assistant", "a")), "rejected": _msgs(("assistant", "b"))},
-               {"prompt": "p2", "chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "d"))}]
+    records = [
+        {"prompt": "p1", "chosen": _msgs(("assistant", "a")), "rejected": _msgs(("assistant", "b"))},
+        {"prompt": "p2", "chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "d"))},
+    ]
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(records), path)
     out = read_records(str(path))
@@ -117,8 +130,10 @@ def test_csv_sources_name_the_line_after_a_multiline_cell(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text('prompt,completion\n"line one\nline two",a\nsecond,b\n', encoding="utf-8")
     out = read_records(str(path))
-    assert [rec for _, rec in out] == [{"prompt": "line one\nline two", "completion": "a"},
-                                       {"prompt": "second", "completion": "b"}]
+    assert [rec for _, rec in out] == [
+        {"prompt": "line one\nline two", "completion": "a"},
+        {"prompt": "second", "completion": "b"},
+    ]
     # the first record spans lines 2-3, so the second record is on line 4 of the file
     assert out[0][0] == f"{path}:2"
     assert out[1][0] == f"{path}:4"
@@ -136,8 +151,9 @@ def test_saved_hf_dataset_directory(tmp_path):
 
 def test_saved_hf_dataset_dict_split(tmp_path):
     datasets = pytest.importorskip("datasets", reason="datasets is an optional dependency (alignkit[data])")
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS[:2]),
-                               "test": datasets.Dataset.from_list(RECORDS[2:])})
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(RECORDS[:2]), "test": datasets.Dataset.from_list(RECORDS[2:])}
+    )
     path = tmp_path / "saved_dict"
     dd.save_to_disk(str(path))
     assert [rec for _, rec in read_records(str(path), split="test")] == RECORDS[2:]
@@ -184,8 +200,11 @@ def test_pairwise_explicit_text_prompt():
 
 
 def test_pairwise_explicit_conversational_prompt():
-    rec = {"prompt": _msgs(("system", "Be brief."), ("user", "Hi")),
-           "chosen": _msgs(("assistant", "Hello!")), "rejected": _msgs(("assistant", "Bye."))}
+    rec = {
+        "prompt": _msgs(("system", "Be brief."), ("user", "Hi")),
+        "chosen": _msgs(("assistant", "Hello!")),
+        "rejected": _msgs(("assistant", "Bye.")),
+    }
     ex = to_pairwise(rec, "f:2")
     assert ex.prompt == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
     assert ex.chosen == ({"role": "assistant", "content": "Hello!"},)
@@ -194,8 +213,11 @@ def test_pairwise_explicit_conversational_prompt():
 
 
 def test_pairwise_messages_drop_extra_keys():
-    rec = {"prompt": [{"role": "user", "content": "Hi", "name": "bob"}],
-           "chosen": _msgs(("assistant", "a")), "rejected": _msgs(("assistant", "b"))}
+    rec = {
+        "prompt": [{"role": "user", "content": "Hi", "name": "bob"}],
+        "chosen": _msgs(("assistant", "a")),
+        "rejected": _msgs(("assistant", "b")),
+    }
     assert to_pairwise(rec, "s").prompt == ({"role": "user", "content": "Hi"},)
 
 
@@ -208,8 +230,10 @@ def test_pairwise_text_prompt_with_message_completions():
 
 def test_pairwise_implicit_conversational_prompt():
     shared = _msgs(("user", "Hi"), ("assistant", "Hello, how can I help?"), ("user", "Tell me a joke"))
-    rec = {"chosen": shared + _msgs(("assistant", "Why did the chicken...")),
-           "rejected": shared + _msgs(("assistant", "No."))}
+    rec = {
+        "chosen": shared + _msgs(("assistant", "Why did the chicken...")),
+        "rejected": shared + _msgs(("assistant", "No.")),
+    }
     ex = to_pairwise(rec, "s")
     assert ex.prompt == tuple(shared)
     assert ex.chosen == ({"role": "assistant", "content": "Why did the chicken..."},)
@@ -218,18 +242,24 @@ def test_pairwise_implicit_conversational_prompt():
 
 def test_pairwise_implicit_prompt_backs_off_shared_assistant_turns():
     # chosen and rejected start their answers with the same assistant turn: the prompt still ends with the user
-    rec = {"chosen": _msgs(("user", "Q"), ("assistant", "Well"), ("assistant", "yes")),
-           "rejected": _msgs(("user", "Q"), ("assistant", "Well"), ("assistant", "no"))}
+    rec = {
+        "chosen": _msgs(("user", "Q"), ("assistant", "Well"), ("assistant", "yes")),
+        "rejected": _msgs(("user", "Q"), ("assistant", "Well"), ("assistant", "no")),
+    }
     ex = to_pairwise(rec, "s")
     assert ex.prompt == ({"role": "user", "content": "Q"},)
     assert ex.chosen == ({"role": "assistant", "content": "Well"}, {"role": "assistant", "content": "yes"})
 
 
 def test_pairwise_implicit_hh_rlhf_text():
-    chosen = ("\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?"
-              "\n\nAssistant: Rome is the capital of Italy.")
-    rejected = ("\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?"
-                "\n\nAssistant: I don't know.")
+    chosen = (
+        "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?"
+        "\n\nAssistant: Rome is the capital of Italy."
+    )
+    rejected = (
+        "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?"
+        "\n\nAssistant: I don't know."
+    )
     ex = to_pairwise({"chosen": chosen, "rejected": rejected}, "hh:1")
     assert ex.prompt == (
         {"role": "user", "content": "What is the capital of France?"},
@@ -243,9 +273,13 @@ def test_pairwise_implicit_hh_rlhf_text():
 
 def test_parse_hh_transcript():
     assert parse_hh_transcript("Human: hi\n\nAssistant: hello") == (
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"})
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    )
     assert parse_hh_transcript("\n\nHuman: a\nb\n\nAssistant:  c  ") == (
-        {"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "c"})
+        {"role": "user", "content": "a\nb"},
+        {"role": "assistant", "content": "c"},
+    )
     assert parse_hh_transcript("just some text") is None
 
 
@@ -263,34 +297,68 @@ def test_pairwise_implicit_plain_text_one_is_prefix_of_other():
     assert (ex.prompt, ex.chosen, ex.rejected) == ("I think ", "so", "so too")
 
 
-@pytest.mark.parametrize("record,field,problem", [
-    ({"prompt": "p", "rejected": "r"}, "chosen", "is missing"),
-    ({"prompt": "p", "chosen": "c"}, "rejected", "is missing"),
-    ({"prompt": "p", "chosen": "c", "rejected": None}, "rejected", "is missing"),
-    ({"prompt": 5, "chosen": "c", "rejected": "r"}, "prompt", "got int"),
-    ({"prompt": "p", "chosen": {"a": 1}, "rejected": "r"}, "chosen", "got dict"),
-    ({"prompt": "p", "chosen": "c", "rejected": 3.5}, "rejected", "got float"),
-    ({"prompt": "p", "chosen": "", "rejected": "r"}, "chosen", "is empty"),
-    ({"prompt": "p", "chosen": "c", "rejected": "   "}, "rejected", "is empty"),
-    ({"prompt": "  ", "chosen": "c", "rejected": "r"}, "prompt", "is empty"),
-    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "rejected", "identical"),
-    ({"prompt": "p", "chosen": _msgs(("assistant", "")), "rejected": _msgs(("assistant", "r"))}, "chosen", "empty"),
-    ({"prompt": "p", "chosen": [], "rejected": "r"}, "chosen", "is empty"),
-    ({"prompt": _msgs(("bot", "hi")), "chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "r"))},
-     "prompt[0].role", "'bot'"),
-    ({"prompt": [{"role": "user"}], "chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "r"))},
-     "prompt[0]", "message"),
-    ({"prompt": [{"role": "user", "content": 3}], "chosen": _msgs(("assistant", "c")),
-      "rejected": _msgs(("assistant", "r"))}, "prompt[0].content", "must be text"),
-    ({"prompt": _msgs(("user", "q"), ("assistant", "a")), "chosen": _msgs(("assistant", "c")),
-      "rejected": _msgs(("assistant", "r"))}, "prompt", "ends with an assistant message"),
-    ({"prompt": "p", "chosen": _msgs(("user", "c")), "rejected": _msgs(("assistant", "r"))}, "chosen",
-     "only hold assistant messages"),
-    ({"prompt": _msgs(("user", "q")), "chosen": "c", "rejected": "r"}, "chosen", "mixes plain text and chat"),
-    ({"prompt": "p", "chosen": _msgs(("assistant", "c")), "rejected": "r"}, "rejected", "mixes plain text and chat"),
-    ({"chosen": _msgs(("user", "q"), ("assistant", "c")), "rejected": "plain"}, "rejected", "both be text"),
-    ({"chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "r"))}, "chosen", "share no prompt"),
-])
+@pytest.mark.parametrize(
+    "record,field,problem",
+    [
+        ({"prompt": "p", "rejected": "r"}, "chosen", "is missing"),
+        ({"prompt": "p", "chosen": "c"}, "rejected", "is missing"),
+        ({"prompt": "p", "chosen": "c", "rejected": None}, "rejected", "is missing"),
+        ({"prompt": 5, "chosen": "c", "rejected": "r"}, "prompt", "got int"),
+        ({"prompt": "p", "chosen": {"a": 1}, "rejected": "r"}, "chosen", "got dict"),
+        ({"prompt": "p", "chosen": "c", "rejected": 3.5}, "rejected", "got float"),
+        ({"prompt": "p", "chosen": "", "rejected": "r"}, "chosen", "is empty"),
+        ({"prompt": "p", "chosen": "c", "rejected": "   "}, "rejected", "is empty"),
+        ({"prompt": "  ", "chosen": "c", "rejected": "r"}, "prompt", "is empty"),
+        ({"prompt": "p", "chosen": "same", "rejected": "same"}, "rejected", "identical"),
+        ({"prompt": "p", "chosen": _msgs(("assistant", "")), "rejected": _msgs(("assistant", "r"))}, "chosen", "empty"),
+        ({"prompt": "p", "chosen": [], "rejected": "r"}, "chosen", "is empty"),
+        (
+            {
+                "prompt": _msgs(("bot", "hi")),
+                "chosen": _msgs(("assistant", "c")),
+                "rejected": _msgs(("assistant", "r")),
+            },
+            "prompt[0].role",
+            "'bot'",
+        ),
+        (
+            {"prompt": [{"role": "user"}], "chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "r"))},
+            "prompt[0]",
+            "message",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": 3}],
+                "chosen": _msgs(("assistant", "c")),
+                "rejected": _msgs(("assistant", "r")),
+            },
+            "prompt[0].content",
+            "must be text",
+        ),
+        (
+            {
+                "prompt": _msgs(("user", "q"), ("assistant", "a")),
+                "chosen": _msgs(("assistant", "c")),
+                "rejected": _msgs(("assistant", "r")),
+            },
+            "prompt",
+            "ends with an assistant message",
+        ),
+        (
+            {"prompt": "p", "chosen": _msgs(("user", "c")), "rejected": _msgs(("assistant", "r"))},
+            "chosen",
+            "only hold assistant messages",
+        ),
+        ({"prompt": _msgs(("user", "q")), "chosen": "c", "rejected": "r"}, "chosen", "mixes plain text and chat"),
+        (
+            {"prompt": "p", "chosen": _msgs(("assistant", "c")), "rejected": "r"},
+            "rejected",
+            "mixes plain text and chat",
+        ),
+        ({"chosen": _msgs(("user", "q"), ("assistant", "c")), "rejected": "plain"}, "rejected", "both be text"),
+        ({"chosen": _msgs(("assistant", "c")), "rejected": _msgs(("assistant", "r"))}, "chosen", "share no prompt"),
+    ],
+)
 def test_pairwise_invalid(record, field, problem):
     with pytest.raises(InvalidRecord) as e:
         to_pairwise(record, "s")
@@ -312,8 +380,9 @@ def _sources(records, name="train.jsonl"):
 
 
 def test_validate_records_error_lists_source_and_field():
-    records = _sources([RECORDS[0], {"prompt": "p", "chosen": "c"}, RECORDS[1], {"prompt": "p", "chosen": 5,
-                                                                                 "rejected": "r"}])
+    records = _sources(
+        [RECORDS[0], {"prompt": "p", "chosen": "c"}, RECORDS[1], {"prompt": "p", "chosen": 5, "rejected": "r"}]
+    )
     with pytest.raises(DataError) as e:
         validate_records(records, to_pairwise, on_invalid="error")
     msg = str(e.value)
@@ -365,8 +434,9 @@ def test_sft_text_prompt_with_message_completion():
 
 
 def test_sft_messages_last_assistant_turns_are_completion():
-    msgs = _msgs(("system", "S"), ("user", "U1"), ("assistant", "A1"), ("user", "U2"), ("assistant", "A2"),
-                 ("assistant", "A3"))
+    msgs = _msgs(
+        ("system", "S"), ("user", "U1"), ("assistant", "A1"), ("user", "U2"), ("assistant", "A2"), ("assistant", "A3")
+    )
     ex = to_sft({"messages": msgs}, "s")
     assert ex.prompt == tuple(msgs[:4])
     assert ex.completion == tuple(msgs[4:])
@@ -377,17 +447,20 @@ def test_sft_text():
     assert to_sft({"text": "Whole document."}, "s") == SFTExample("", "Whole document.", "s")
 
 
-@pytest.mark.parametrize("record,field,problem", [
-    ({"messages": _msgs(("user", "q"))}, "messages", "end with at least one assistant"),
-    ({"messages": _msgs(("user", "q"), ("assistant", "a"), ("user", "again"))}, "messages", "assistant"),
-    ({"messages": "text"}, "messages", "list of"),
-    ({"messages": []}, "messages", "empty list"),
-    ({"messages": _msgs(("user", "q"), ("assistant", " "))}, "messages", "empty"),
-    ({"prompt": "q", "completion": ""}, "completion", "is empty"),
-    ({"prompt": _msgs(("user", "q")), "completion": "a"}, "completion", "mixes"),
-    ({"text": ""}, "text", "is empty"),
-    ({"other": "x"}, "completion", "is missing"),
-])
+@pytest.mark.parametrize(
+    "record,field,problem",
+    [
+        ({"messages": _msgs(("user", "q"))}, "messages", "end with at least one assistant"),
+        ({"messages": _msgs(("user", "q"), ("assistant", "a"), ("user", "again"))}, "messages", "assistant"),
+        ({"messages": "text"}, "messages", "list of"),
+        ({"messages": []}, "messages", "empty list"),
+        ({"messages": _msgs(("user", "q"), ("assistant", " "))}, "messages", "empty"),
+        ({"prompt": "q", "completion": ""}, "completion", "is empty"),
+        ({"prompt": _msgs(("user", "q")), "completion": "a"}, "completion", "mixes"),
+        ({"text": ""}, "text", "is empty"),
+        ({"other": "x"}, "completion", "is missing"),
+    ],
+)
 def test_sft_invalid(record, field, problem):
     with pytest.raises(InvalidRecord) as e:
         to_sft(record, "s")
@@ -409,13 +482,16 @@ def test_binary_conversational():
     assert ex.prompt == ({"role": "user", "content": "Q"},)
 
 
-@pytest.mark.parametrize("record,problem", [
-    ({"prompt": "Q", "completion": "A"}, "is missing"),
-    ({"prompt": "Q", "completion": "A", "label": None}, "is missing"),
-    ({"prompt": "Q", "completion": "A", "label": "yes"}, "'yes'"),
-    ({"prompt": "Q", "completion": "A", "label": 1}, "is 1"),
-    ({"prompt": "Q", "completion": "A", "label": 0}, "is 0"),
-])
+@pytest.mark.parametrize(
+    "record,problem",
+    [
+        ({"prompt": "Q", "completion": "A"}, "is missing"),
+        ({"prompt": "Q", "completion": "A", "label": None}, "is missing"),
+        ({"prompt": "Q", "completion": "A", "label": "yes"}, "'yes'"),
+        ({"prompt": "Q", "completion": "A", "label": 1}, "is 1"),
+        ({"prompt": "Q", "completion": "A", "label": 0}, "is 0"),
+    ],
+)
 def test_binary_bad_label(record, problem):
     with pytest.raises(InvalidRecord) as e:
         to_binary(record, "s")

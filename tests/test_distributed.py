@@ -1,5 +1,6 @@
 """`accelerate launch --num_processes 2` on CPU (gloo): ranks stay identical and equal a 1-process run
 on the same global batch."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,21 @@ def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int) -
     # launcher; plain --num_processes 2 would run a single process.
     launcher = [sys.executable]
     if nproc > 1:
-        launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                     "--main_process_port", str(_free_port())]
+        launcher += [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(nproc),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(_free_port()),
+        ]
     cmd = launcher + [str(WORKER), model_dir, data, str(out), str(batch_size)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -50,7 +63,10 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
         torch.testing.assert_close(rank0[k], rank1[k], atol=0, rtol=0)  # DDP keeps ranks bit-identical
         torch.testing.assert_close(rank0[k], single[k], atol=1e-4, rtol=0)  # Adam ~ lr*sign(g): see test_train
     assert max((rank0[k] - init[k]).abs().max().item() for k in rank0) > 1e-3
-    ddp_rows, single_rows = read_jsonl(tmp_path / "ddp" / "metrics.jsonl"), read_jsonl(tmp_path / "single" / "metrics.jsonl")
+    ddp_rows, single_rows = (
+        read_jsonl(tmp_path / "ddp" / "metrics.jsonl"),
+        read_jsonl(tmp_path / "single" / "metrics.jsonl"),
+    )
     assert len(ddp_rows) == len(single_rows) == 3
     for a, b in zip(ddp_rows, single_rows):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -58,4 +74,5 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
         assert a["rewards/margins"] == pytest.approx(b["rewards/margins"], rel=1e-4, abs=1e-6)
         # tokens per step counts every process's tokens once
         assert a["tokens_per_second"] * a["seconds_per_step"] == pytest.approx(
-            b["tokens_per_second"] * b["seconds_per_step"], rel=1e-6)
+            b["tokens_per_second"] * b["seconds_per_step"], rel=1e-6
+        )

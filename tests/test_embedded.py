@@ -1,4 +1,5 @@
 """Slow tests on the embedded SmolLM2-135M-Instruct (select with -m slow)."""
+
 from __future__ import annotations
 
 import json
@@ -49,9 +50,20 @@ def test_fused_logprobs_equal_plain_on_the_real_model(model, demo_pairs):
 def test_one_dpo_step_full_and_lora(tmp_path):
     for name, extra in (("full", []), ("lora", ["lora.r=8"])):
         out = tmp_path / name
-        cfg = make_config("dpo", overrides=["data.train=builtin:demo_prefs_train.jsonl", "data.max_examples=8",
-                                            "data.max_length=256", f"train.output_dir={out}", "train.max_steps=2",
-                                            "train.batch_size=4", "train.logging_steps=1", "model.dtype=fp32", *extra])
+        cfg = make_config(
+            "dpo",
+            overrides=[
+                "data.train=builtin:demo_prefs_train.jsonl",
+                "data.max_examples=8",
+                "data.max_length=256",
+                f"train.output_dir={out}",
+                "train.max_steps=2",
+                "train.batch_size=4",
+                "train.logging_steps=1",
+                "model.dtype=fp32",
+                *extra,
+            ],
+        )
         result = run("dpo", cfg, log=lambda *a: None)
         rows = read_jsonl(out / "metrics.jsonl")
         assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
@@ -66,3 +78,20 @@ def test_greedy_generation_is_deterministic(model):
     a = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=8)
     b = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=8)
     assert a == b and "Paris" in a[0]
+
+
+def test_demo_job_writes_a_complete_report(tmp_path):
+    """The main job on reduced settings: every artifact is written from measured numbers."""
+    from alignkit.demo import run_demo
+
+    out = tmp_path / "demo"
+    summary = run_demo(str(out), ["train.max_steps=2", "train.eval_steps=2", "data.max_examples=8"],
+                       max_new_tokens=4, log=lambda *a: None)
+    for name in ("report.md", "summary.json", "metrics.jsonl", "config.yaml", "loss.png", "margins.png",
+                 "accuracy.png", "kl.png"):
+        assert (out / name).is_file(), name
+    assert (out / "model" / "adapter_config.json").is_file()
+    assert summary["pairs"] == 72 and summary["optimizer steps"] == 2
+    assert 0.0 <= summary["mean_logp_accuracy_before"] <= 1.0 and summary["seconds per optimizer step"] > 0
+    report = (out / "report.md").read_text()
+    assert f"{summary['mean_logp_accuracy_before']:.3f}" in report and report.count("*before:*") == 8

@@ -1,4 +1,5 @@
 """token_logprobs: the fused chunked head equals the plain full-logits path, in values and gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,13 @@ import torch
 from helpers import padded_batch, tiny_llama
 
 import alignkit.logprobs as logprobs_mod
-from alignkit.logprobs import (CompletionScorer, linear_label_logprobs, sequence_logprobs, supports_fused_head,
-                               token_logprobs)
+from alignkit.logprobs import (
+    CompletionScorer,
+    linear_label_logprobs,
+    sequence_logprobs,
+    supports_fused_head,
+    token_logprobs,
+)
 
 VOCAB = 64
 
@@ -169,8 +175,10 @@ def test_softcapping_disables_fused_path(batch, monkeypatch):
     torch.testing.assert_close(via_scorer, ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("attr,value,fused", [("logit_scale", 0.5, False), ("logit_scale", 1.0, True),
-                                              ("final_logit_softcapping", None, True)])
+@pytest.mark.parametrize(
+    "attr,value,fused",
+    [("logit_scale", 0.5, False), ("logit_scale", 1.0, True), ("final_logit_softcapping", None, True)],
+)
 def test_logit_transform_attributes(attr, value, fused):
     model = tiny_llama(vocab_size=VOCAB, seed=4)
     setattr(model.config, attr, value)
@@ -181,9 +189,16 @@ def test_softcapped_gemma2_uses_plain_path_and_is_exact(batch):
     import transformers
 
     torch.manual_seed(5)
-    cfg = transformers.Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                    final_logit_softcapping=0.05)
+    cfg = transformers.Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        final_logit_softcapping=0.05,
+    )
     model = transformers.Gemma2ForCausalLM(cfg).float().eval()
     assert not supports_fused_head(model)
     with torch.no_grad():

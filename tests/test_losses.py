@@ -1,4 +1,5 @@
 """Closed-form values, shapes, rewards and gradient directions of every preference loss."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,17 @@ import math
 import pytest
 import torch
 
-from alignkit.losses import (LOSSES, LossSpec, dpo_loss, hinge_loss, ipo_loss, orpo_loss, robust_dpo_loss, sft_loss,
-                             simpo_loss)
+from alignkit.losses import (
+    LOSSES,
+    LossSpec,
+    dpo_loss,
+    hinge_loss,
+    ipo_loss,
+    orpo_loss,
+    robust_dpo_loss,
+    sft_loss,
+    simpo_loss,
+)
 
 # Hand-picked summed log-probs for a batch of 3: margins h = (pc - rc) - (pr - rr).
 PC = [-10.0, -20.0, -5.0]
@@ -334,4 +344,3 @@ def test_registry_params_are_accepted(name):
     losses, cr, rr = spec.fn(*logps, **kwargs)
     assert losses.shape == cr.shape == rr.shape == (2,)
     assert torch.isfinite(losses).all()
-

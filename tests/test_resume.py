@@ -1,4 +1,5 @@
 """Checkpoints: 2N steps in one go equal N steps + crash + resume N steps; atomic writes; keep-last-k."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,13 @@ import time
 
 import pytest
 import torch
+from conftest import tiny_sections
 from safetensors.torch import load_file
 
 from alignkit.errors import UserError
 from alignkit.train import make_config, run
 from alignkit.train.checkpoint import list_checkpoints
 from alignkit.train.metrics import read_jsonl
-
-from conftest import tiny_sections
 
 QUIET = {"log": lambda *a, **k: None}
 
@@ -27,8 +27,9 @@ class Crash(Exception):
 
 
 def _cfg(model_dir, data, out, lora=None, **train):
-    sections = tiny_sections(model_dir, data, out, max_steps=6, save_steps=3, lr_scheduler="cosine",
-                             warmup_ratio=0.2, **train)
+    sections = tiny_sections(
+        model_dir, data, out, max_steps=6, save_steps=3, lr_scheduler="cosine", warmup_ratio=0.2, **train
+    )
     if lora:
         sections["lora"] = lora
     return make_config("dpo", **sections)
@@ -38,6 +39,7 @@ def _crash_after(step):
     def callback(state, metrics):
         if state.step == step:
             raise Crash()
+
     return callback
 
 
@@ -64,10 +66,31 @@ def test_resume_continues_exactly(lora, tiny_model_dir, pairs_file, tmp_path):
 def test_resume_after_sigkill_from_the_cli(tiny_model_dir, pairs_file, tmp_path):
     """A real kill -9 mid-run: the checkpoint on disk is complete and resuming finishes the run."""
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "alignkit", "train", "dpo", "--set", f"model.name={tiny_model_dir}",
-            "--set", "model.device=cpu", "--set", f"data.train={pairs_file}", "--set", "data.max_length=64",
-            "--set", f"train.output_dir={out}", "--set", "train.max_steps=400", "--set", "train.save_steps=2",
-            "--set", "train.keep_last=2", "--set", "train.logging_steps=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "alignkit",
+        "train",
+        "dpo",
+        "--set",
+        f"model.name={tiny_model_dir}",
+        "--set",
+        "model.device=cpu",
+        "--set",
+        f"data.train={pairs_file}",
+        "--set",
+        "data.max_length=64",
+        "--set",
+        f"train.output_dir={out}",
+        "--set",
+        "train.max_steps=400",
+        "--set",
+        "train.save_steps=2",
+        "--set",
+        "train.keep_last=2",
+        "--set",
+        "train.logging_steps=1",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list_checkpoints(out)) < 2:
@@ -78,8 +101,11 @@ def test_resume_after_sigkill_from_the_cli(tiny_model_dir, pairs_file, tmp_path)
     assert ckpts, "no checkpoint was written before the kill"
     last = json.loads((ckpts[-1] / "state.json").read_text())["step"]
     assert len(ckpts) <= 2  # keep_last
-    cfg = make_config("dpo", overrides=[a.split("=", 1)[0] + "=" + a.split("=", 1)[1] for a in args[6::2]]
-                      + ["train.max_steps=" + str(last + 2)])
+    cfg = make_config(
+        "dpo",
+        overrides=[a.split("=", 1)[0] + "=" + a.split("=", 1)[1] for a in args[6::2]]
+        + ["train.max_steps=" + str(last + 2)],
+    )
     result = run("dpo", cfg, resume=True, **QUIET)
     assert result.steps == last + 2
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, last + 3))

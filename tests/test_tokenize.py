@@ -1,13 +1,25 @@
 """Tokenization: exact prompt/completion boundaries, BOS/EOS rules, length limits and collation."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import (BOS_ID, DEFAULT_SYSTEM, IM_END_ID, IM_START_ID, PAD_ID, VOCAB, make_word_tokenizer, word_ids)
+from helpers import BOS_ID, DEFAULT_SYSTEM, IM_END_ID, IM_START_ID, PAD_ID, VOCAB, make_word_tokenizer, word_ids
 
-from alignkit.data import (BinaryExample, PairwiseExample, SFTExample, Tokenizer, TokenizedCompletion, TokenizedPair,
-                           TruncationStats, collate_completions, collate_pairs, pad_sequences, tokenize_completions,
-                           tokenize_pairs)
+from alignkit.data import (
+    BinaryExample,
+    PairwiseExample,
+    SFTExample,
+    TokenizedCompletion,
+    TokenizedPair,
+    Tokenizer,
+    TruncationStats,
+    collate_completions,
+    collate_pairs,
+    pad_sequences,
+    tokenize_completions,
+    tokenize_pairs,
+)
 from alignkit.data.tokenize import fit_lengths
 from alignkit.errors import DataError
 
@@ -92,8 +104,8 @@ def test_embedded_full_sequence_equals_rendered_conversation(smol, smol_hf):
     prompt_ids, completion_ids = smol.split(prompt, completion)
     full = _chat_ids(smol_hf, prompt + completion)
     # the template writes a newline after the last <|im_end|>, which is dropped
-    assert prompt_ids + completion_ids == full[:len(prompt_ids) + len(completion_ids)]
-    assert smol_hf.decode(full[len(prompt_ids) + len(completion_ids):]) == "\n"
+    assert prompt_ids + completion_ids == full[: len(prompt_ids) + len(completion_ids)]
+    assert smol_hf.decode(full[len(prompt_ids) + len(completion_ids) :]) == "\n"
 
 
 def test_embedded_multi_turn_completion(smol, smol_hf):
@@ -156,8 +168,12 @@ def test_auto_bos_empty_text_prompt_gets_bos(bos_tok):
 
 def test_auto_bos_conversation_one_bos(bos_tok):
     prompt_ids, completion_ids = bos_tok.split(user("hello there"), assistant("hi !"))
-    expected_prompt = ([BOS_ID] + _system_ids() + word_ids("<|im_start|> user hello there <|im_end|>")
-                       + word_ids("<|im_start|> assistant"))
+    expected_prompt = (
+        [BOS_ID]
+        + _system_ids()
+        + word_ids("<|im_start|> user hello there <|im_end|>")
+        + word_ids("<|im_start|> assistant")
+    )
     assert prompt_ids == expected_prompt
     assert completion_ids == word_ids("hi !") + [IM_END_ID]
     assert (prompt_ids + completion_ids).count(BOS_ID) == 1
@@ -231,8 +247,11 @@ def _pair(source="f:1", prompt=LONG_PROMPT, chosen="yes", rejected="no !"):
 
 def test_within_limits_unchanged(bos_tok):
     pairs, stats = tokenize_pairs([_pair()], bos_tok, max_length=64, max_prompt_length=None)
-    assert pairs == [TokenizedPair([BOS_ID] + word_ids(LONG_PROMPT), [VOCAB["yes"], IM_END_ID],
-                                   [VOCAB["no"], VOCAB["!"], IM_END_ID], "f:1")]
+    assert pairs == [
+        TokenizedPair(
+            [BOS_ID] + word_ids(LONG_PROMPT), [VOCAB["yes"], IM_END_ID], [VOCAB["no"], VOCAB["!"], IM_END_ID], "f:1"
+        )
+    ]
     assert stats == TruncationStats()
 
 
@@ -315,10 +334,15 @@ def test_fit_lengths_bos_only_kept_when_first():
 
 
 def test_tokenize_completions_binary_and_sft(nobos_tok):
-    items, stats = tokenize_completions([
-        BinaryExample("hello", "hi", True, "a"),
-        BinaryExample("hello", "bad", False, "b"),
-    ], nobos_tok, max_length=32, max_prompt_length=None)
+    items, stats = tokenize_completions(
+        [
+            BinaryExample("hello", "hi", True, "a"),
+            BinaryExample("hello", "bad", False, "b"),
+        ],
+        nobos_tok,
+        max_length=32,
+        max_prompt_length=None,
+    )
     assert items[0] == TokenizedCompletion([VOCAB["hello"]], [VOCAB["hi"], IM_END_ID], "a", True)
     assert items[1].label is False and items[1].completion_ids == [VOCAB["bad"], IM_END_ID]
     sft, _ = tokenize_completions([SFTExample("", "hello there", "c")], nobos_tok, 32, None)
@@ -362,8 +386,10 @@ def test_collate_pairs_layout_and_masks_with_pad_equal_eos():
 
 
 def test_collate_pads_to_longest_in_batch_not_max_length(bos_tok):
-    examples = [_pair("a", prompt="hello", chosen="hi", rejected="no"),
-                _pair("b", prompt="hello there", chosen="yes yes", rejected="no")]
+    examples = [
+        _pair("a", prompt="hello", chosen="hi", rejected="no"),
+        _pair("b", prompt="hello there", chosen="yes yes", rejected="no"),
+    ]
     pairs, _ = tokenize_pairs(examples, bos_tok, max_length=1024, max_prompt_length=None)
     batch = collate_pairs(pairs, pad_id=bos_tok.pad_id)
     longest = max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)

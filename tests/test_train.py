@@ -1,5 +1,6 @@
 """The shared loop with every method on a tiny model: outputs, reference handling, exact batch splitting,
 early stopping, NaN handling."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_sections
 from safetensors.torch import load_file
 
 from alignkit.errors import TrainingDiverged, UserError
-from alignkit.train import make_config, run
 from alignkit.train import loop as loop_module
+from alignkit.train import make_config, run
 from alignkit.train.metrics import read_jsonl
 from alignkit.train.preference import PreferenceMethod
-
-from conftest import tiny_sections
 
 QUIET = {"log": lambda *a, **k: None}
 
@@ -36,8 +36,18 @@ def test_preference_methods_train_and_log(method, tiny_model_dir, pairs_file, tm
     result = _train(method, tiny_model_dir, pairs_file, tmp_path / method, lora={"r": 4}, method_cfg=cfg)
     rows = read_jsonl(tmp_path / method / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "grad_norm", "learning_rate", "tokens_per_second"):
+    for key in (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_second",
+    ):
         assert math.isfinite(rows[-1][key]), key
     assert ("kl/chosen" in rows[0]) == (method not in ("simpo", "orpo"))
     assert (result.model_dir / "adapter_config.json").is_file()
@@ -55,8 +65,9 @@ def test_sft_trains_on_completions(tiny_model_dir, sft_file, tmp_path):
 
 
 def test_dpo_learns_the_preference(tiny_model_dir, pairs_file, tmp_path):
-    _train("dpo", tiny_model_dir, pairs_file, tmp_path / "r", max_steps=12, learning_rate=5e-3,
-           method_cfg={"beta": 0.5})
+    _train(
+        "dpo", tiny_model_dir, pairs_file, tmp_path / "r", max_steps=12, learning_rate=5e-3, method_cfg={"beta": 0.5}
+    )
     rows = read_jsonl(tmp_path / "r" / "metrics.jsonl")
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.2
     assert rows[-1]["rewards/margins"] > 0.5
@@ -118,8 +129,9 @@ def test_sft_token_weighting_is_split_invariant(tiny_model_dir, sft_file, tmp_pa
 def test_eval_split_and_early_stopping(tiny_model_dir, pairs_file, tmp_path, monkeypatch):
     script = iter([{"eval/loss": v} for v in (1.0, 0.9, 0.95, 0.97, 0.5, 0.4)])
     monkeypatch.setattr(loop_module, "evaluate", lambda *a, **k: next(script))
-    sections = tiny_sections(tiny_model_dir, pairs_file, tmp_path / "es", max_steps=6, eval_steps=1,
-                             early_stopping_patience=2)
+    sections = tiny_sections(
+        tiny_model_dir, pairs_file, tmp_path / "es", max_steps=6, eval_steps=1, early_stopping_patience=2
+    )
     sections["data"]["eval_fraction"] = 0.2
     result = run("dpo", make_config("dpo", **sections), **QUIET)
     assert result.stopped_early and result.steps == 4

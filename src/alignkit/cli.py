@@ -1,4 +1,5 @@
 """The ``alignkit`` command: train, generate, merge, demo, config."""
+
 from __future__ import annotations
 
 import sys
@@ -9,18 +10,24 @@ import typer
 
 from alignkit.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Align causal language models: SFT and the DPO family (dpo, ipo, simpo, orpo, hinge, robust).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Align causal language models: SFT and the DPO family (dpo, ipo, simpo, orpo, hinge, robust).",
+)
 
 SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --set train.learning_rate=1e-5"
 
 
 @app.command()
-def train(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge or robust"),
-          config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
-          set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-          resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
-          resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this ckpt-* directory")):
+def train(
+    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge or robust"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
+    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this ckpt-* directory"),
+):
     """Train a model with METHOD."""
     from alignkit.train import make_config, run
 
@@ -30,15 +37,18 @@ def train(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hi
 
 
 @app.command()
-def generate(prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)"),
-             prompts_file: Optional[Path] = typer.Option(None, help="File with one prompt per line"),
-             model: str = typer.Option("smollm2-135m-instruct", "--model", "-m",
-                                       help="Model dir, LoRA adapter dir, hub id, or the embedded default"),
-             max_new_tokens: int = typer.Option(128, help="Tokens to generate per prompt"),
-             temperature: float = typer.Option(0.0, help="0 = greedy decoding"),
-             top_p: float = typer.Option(1.0, help="Nucleus sampling threshold"),
-             raw: bool = typer.Option(False, help="Send prompts as raw text instead of through the chat template"),
-             seed: int = typer.Option(0, help="Sampling seed")):
+def generate(
+    prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)"),
+    prompts_file: Optional[Path] = typer.Option(None, help="File with one prompt per line"),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", "-m", help="Model dir, LoRA adapter dir, hub id, or the embedded default"
+    ),
+    max_new_tokens: int = typer.Option(128, help="Tokens to generate per prompt"),
+    temperature: float = typer.Option(0.0, help="0 = greedy decoding"),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold"),
+    raw: bool = typer.Option(False, help="Send prompts as raw text instead of through the chat template"),
+    seed: int = typer.Option(0, help="Sampling seed"),
+):
     """Generate completions for prompts."""
     import torch
 
@@ -55,14 +65,18 @@ def generate(prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prom
     device = pick_device("auto")
     lm = load_model(model, torch.float32, device)
     tokenizer = load_tokenizer(model)
-    for p, out in zip(prompts, gen(lm, tokenizer, prompts, max_new_tokens, temperature, top_p, seed=seed, chat=not raw)):
+    for p, out in zip(
+        prompts, gen(lm, tokenizer, prompts, max_new_tokens, temperature, top_p, seed=seed, chat=not raw)
+    ):
         typer.echo(f">>> {p}\n{out}\n")
 
 
 @app.command()
-def merge(adapter: Path = typer.Argument(..., help="LoRA adapter directory (the 'model' dir of a LoRA run)"),
-          out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model"),
-          base: Optional[str] = typer.Option(None, help="Base model (default: the one recorded in the adapter)")):
+def merge(
+    adapter: Path = typer.Argument(..., help="LoRA adapter directory (the 'model' dir of a LoRA run)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model"),
+    base: Optional[str] = typer.Option(None, help="Base model (default: the one recorded in the adapter)"),
+):
     """Merge a LoRA adapter into its base model; the result loads with plain transformers."""
     from alignkit.models.merge import merge_adapter
 
@@ -70,8 +84,10 @@ def merge(adapter: Path = typer.Argument(..., help="LoRA adapter directory (the 
 
 
 @app.command()
-def demo(output_dir: str = typer.Option("runs/demo", help="Where the report, metrics and adapter go"),
-         set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP)):
+def demo(
+    output_dir: str = typer.Option("runs/demo", help="Where the report, metrics and adapter go"),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+):
     """The main job: DPO with LoRA on the embedded model and the shipped pairs; writes report.md."""
     from alignkit.demo import run_demo
 

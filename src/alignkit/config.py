@@ -3,6 +3,7 @@
 Every field has a comment-docstring in ``help``; values are type-checked and validated on load, and every
 error names the field (``train.learning_rate``), the file, and the fix.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,11 @@ def _copy(value):
 @dataclass
 class ModelConfig:
     name: str = _f(EMBEDDED_MODEL, "Local HF directory, hub id, or the embedded default 'smollm2-135m-instruct'.")
-    dtype: str = _f("auto", "fp32, or bf16 (autocast, fp32 master weights); auto = bf16 where the GPU or CPU has native bf16, else fp32.",
-                    ("auto", "fp32", "bf16"))
+    dtype: str = _f(
+        "auto",
+        "fp32, or bf16 (autocast, fp32 master weights); auto = bf16 where the GPU or CPU has native bf16, else fp32.",
+        ("auto", "fp32", "bf16"),
+    )
     device: str = _f("auto", "cpu, cuda, mps; auto picks cuda, then mps, then cpu.", ("auto", "cpu", "cuda", "mps"))
     trust_remote_code: bool = _f(False, "Allow model code from the hub (only for models you trust).")
 
@@ -53,7 +57,10 @@ class LoRAConfig:
         _require(self.r >= 1, where, "lora.r", self.r, "use a rank of at least 1, e.g. 16")
         _require(0 <= self.dropout < 1, where, "lora.dropout", self.dropout, "use a value in [0, 1)")
         ok = self.target_modules == "all-linear" or (
-            isinstance(self.target_modules, list) and self.target_modules and all(isinstance(m, str) for m in self.target_modules))
+            isinstance(self.target_modules, list)
+            and self.target_modules
+            and all(isinstance(m, str) for m in self.target_modules)
+        )
         _require(ok, where, "lora.target_modules", self.target_modules, "use 'all-linear' or a list of module names")
 
 
@@ -67,20 +74,34 @@ class DataConfig:
     max_length: int = _f(1024, "Max tokens of prompt + completion.")
     max_prompt_length: int | None = _f(None, "Max prompt tokens before completions are cut; None = max_length // 2.")
     prompt_truncation: str = _f("keep_end", "Which end of an over-long prompt to keep.", ("keep_end", "keep_start"))
-    overlong: str = _f("truncate", "Records over max_length: truncate (counted), skip (counted) or error.",
-                       ("truncate", "skip", "error"))
-    on_invalid: str = _f("error", "Invalid records: error (list them and stop) or skip (count and go on).",
-                         ("error", "skip"))
+    overlong: str = _f(
+        "truncate",
+        "Records over max_length: truncate (counted), skip (counted) or error.",
+        ("truncate", "skip", "error"),
+    )
+    on_invalid: str = _f(
+        "error", "Invalid records: error (list them and stop) or skip (count and go on).", ("error", "skip")
+    )
 
     def validate(self, where: str) -> None:
         _require(bool(self.train), where, "data.train", self.train, "set data.train to a data file")
         _require(0 <= self.eval_fraction < 1, where, "data.eval_fraction", self.eval_fraction, "use a value in [0, 1)")
-        _require(self.max_examples is None or self.max_examples >= 1, where, "data.max_examples", self.max_examples,
-                 "use a whole number >= 1, or null for all records")
+        _require(
+            self.max_examples is None or self.max_examples >= 1,
+            where,
+            "data.max_examples",
+            self.max_examples,
+            "use a whole number >= 1, or null for all records",
+        )
         _require(self.max_length >= 8, where, "data.max_length", self.max_length, "use at least 8 tokens")
         if self.max_prompt_length is not None:
-            _require(1 <= self.max_prompt_length < self.max_length, where, "data.max_prompt_length",
-                     self.max_prompt_length, f"use a value below data.max_length ({self.max_length})")
+            _require(
+                1 <= self.max_prompt_length < self.max_length,
+                where,
+                "data.max_prompt_length",
+                self.max_prompt_length,
+                f"use a value below data.max_length ({self.max_length})",
+            )
 
 
 @dataclass
@@ -106,12 +127,16 @@ class TrainConfig:
     keep_last: int = _f(2, "Checkpoints to keep (oldest deleted first).")
     early_stopping_metric: str = _f("eval/loss", "Eval metric watched for early stopping.")
     early_stopping_patience: int | None = _f(None, "Stop after N evals without improvement; None disables.")
-    report_to: list = _f([], "Extra trackers through accelerate: tensorboard, wandb, mlflow (metrics.jsonl is always written).")
+    report_to: list = _f(
+        [], "Extra trackers through accelerate: tensorboard, wandb, mlflow (metrics.jsonl is always written)."
+    )
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     logprob_chunk_size: int = _f(1024, "Positions per chunk in the fused log-prob head.")
 
     def validate(self, where: str) -> None:
-        _require(self.learning_rate > 0, where, "train.learning_rate", self.learning_rate, "use a positive value, e.g. 5e-6")
+        _require(
+            self.learning_rate > 0, where, "train.learning_rate", self.learning_rate, "use a positive value, e.g. 5e-6"
+        )
         for name in ("batch_size", "grad_accum", "eval_batch_size", "logging_steps", "keep_last", "logprob_chunk_size"):
             _require(getattr(self, name) >= 1, where, f"train.{name}", getattr(self, name), "use a whole number >= 1")
         for name in ("max_steps", "eval_steps", "save_steps", "early_stopping_patience"):
@@ -119,13 +144,29 @@ class TrainConfig:
             _require(value is None or value >= 1, where, f"train.{name}", value, "use a whole number >= 1, or null")
         _require(self.epochs > 0, where, "train.epochs", self.epochs, "use a positive number of epochs")
         _require(0 <= self.warmup_ratio < 1, where, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
-        _require(len(self.adam_betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
-                                                   for b in self.adam_betas), where, "train.adam_betas",
-                 self.adam_betas, "use two values in [0, 1), e.g. [0.9, 0.999]")
-        _require(self.max_grad_norm is None or self.max_grad_norm > 0, where, "train.max_grad_norm",
-                 self.max_grad_norm, "use a positive value or null")
+        _require(
+            len(self.adam_betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.adam_betas),
+            where,
+            "train.adam_betas",
+            self.adam_betas,
+            "use two values in [0, 1), e.g. [0.9, 0.999]",
+        )
+        _require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            where,
+            "train.max_grad_norm",
+            self.max_grad_norm,
+            "use a positive value or null",
+        )
         unknown = set(self.report_to) - {"tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"}
-        _require(not unknown, where, "train.report_to", self.report_to, "use tracker names accelerate knows, e.g. [tensorboard]")
+        _require(
+            not unknown,
+            where,
+            "train.report_to",
+            self.report_to,
+            "use tracker names accelerate knows, e.g. [tensorboard]",
+        )
 
 
 @dataclass
@@ -159,24 +200,51 @@ class SFTConfig(RunConfig):
 @dataclass
 class PreferenceMethodConfig:
     loss: str = _f("dpo", "Preference loss.", tuple(LOSSES))
-    beta: float | None = _f(None, "Loss temperature; None = the loss's default (dpo/ipo/hinge/robust/orpo 0.1, simpo 2.0).")
+    beta: float | None = _f(
+        None, "Loss temperature; None = the loss's default (dpo/ipo/hinge/robust/orpo 0.1, simpo 2.0)."
+    )
     label_smoothing: float = _f(0.0, "Assumed label-noise rate for dpo (cDPO) and robust; in [0, 0.5).")
     gamma: float = _f(1.0, "SimPO target reward margin.")
-    sft_weight: float | None = _f(None, "Weight of an NLL term on chosen added to the loss; None = the method's default (orpo 1, others 0).")
-    reference: str = _f("precompute", "Reference log-probs: precompute once before training (no reference model held), "
-                        "or live (frozen copy, or adapter disabled under LoRA).", ("precompute", "live"))
+    sft_weight: float | None = _f(
+        None, "Weight of an NLL term on chosen added to the loss; None = the method's default (orpo 1, others 0)."
+    )
+    reference: str = _f(
+        "precompute",
+        "Reference log-probs: precompute once before training (no reference model held), "
+        "or live (frozen copy, or adapter disabled under LoRA).",
+        ("precompute", "live"),
+    )
     ref_model: str | None = _f(None, "A different reference model (path or hub id); None = the initial policy.")
 
     def validate(self, where: str) -> None:
         _require(self.beta is None or self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
-        _require(0 <= self.label_smoothing < 0.5, where, "method.label_smoothing", self.label_smoothing, "use a value in [0, 0.5)")
-        _require(self.sft_weight is None or self.sft_weight >= 0, where, "method.sft_weight", self.sft_weight, "use a value >= 0")
+        _require(
+            0 <= self.label_smoothing < 0.5,
+            where,
+            "method.label_smoothing",
+            self.label_smoothing,
+            "use a value in [0, 0.5)",
+        )
+        _require(
+            self.sft_weight is None or self.sft_weight >= 0,
+            where,
+            "method.sft_weight",
+            self.sft_weight,
+            "use a value >= 0",
+        )
         if self.loss == "robust":
-            _require(self.label_smoothing > 0, where, "method.label_smoothing", self.label_smoothing,
-                     "robust DPO needs the assumed noise rate, e.g. 0.1")
+            _require(
+                self.label_smoothing > 0,
+                where,
+                "method.label_smoothing",
+                self.label_smoothing,
+                "robust DPO needs the assumed noise rate, e.g. 0.1",
+            )
         if not LOSSES[self.loss].needs_reference and self.ref_model:
-            raise ConfigError(f"{where}: method.ref_model is set but loss '{self.loss}' uses no reference model. "
-                              "Fix: remove method.ref_model, or pick a loss with a reference (dpo, ipo, hinge, robust).")
+            raise ConfigError(
+                f"{where}: method.ref_model is set but loss '{self.loss}' uses no reference model. "
+                "Fix: remove method.ref_model, or pick a loss with a reference (dpo, ipo, hinge, robust)."
+            )
 
     @property
     def resolved_beta(self) -> float:
@@ -200,15 +268,19 @@ class PreferenceConfig(RunConfig):
 
 # ----------------------------------------------------------------------------------------------- loading
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> Any:
+
+def load_config(
+    cls: type, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), base: dict | None = None
+) -> Any:
     """Build ``cls`` from a YAML file (optional), a dict, and ``key.sub=value`` overrides, then validate."""
     data: dict = dict(base or {})
     where = str(path) if path else "config"
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist. Fix: pass a path to a YAML file, e.g. configs/dpo.yaml")
+            raise ConfigError(
+                f"config file {path} does not exist. Fix: pass a path to a YAML file, e.g. configs/dpo.yaml"
+            )
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

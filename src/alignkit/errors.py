@@ -2,6 +2,7 @@
 
 Anything else (a bug) keeps its traceback.
 """
+
 from __future__ import annotations
 
 

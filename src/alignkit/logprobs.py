@@ -11,6 +11,7 @@ Two paths produce the same numbers (a test proves it):
 - ``plain``: the model's own forward returns full logits; log-probs are gathered row by row.
 The fused path is used whenever the model's output head is a plain linear layer with no logit transform.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,9 +35,11 @@ class _LinearLabelLogProbs(torch.autograd.Function):
         out = hidden.new_empty(n, dtype=torch.float32)
         lse = hidden.new_empty(n, dtype=torch.float32)
         for s in range(0, n, chunk_size):
-            logits = _chunk_logits(hidden[s:s + chunk_size], weight, bias)
-            lse[s:s + chunk_size] = torch.logsumexp(logits, dim=-1)
-            out[s:s + chunk_size] = logits.gather(1, labels[s:s + chunk_size, None]).squeeze(1) - lse[s:s + chunk_size]
+            logits = _chunk_logits(hidden[s : s + chunk_size], weight, bias)
+            lse[s : s + chunk_size] = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk_size] = (
+                logits.gather(1, labels[s : s + chunk_size, None]).squeeze(1) - lse[s : s + chunk_size]
+            )
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.chunk_size = chunk_size
         return out
@@ -50,21 +53,26 @@ class _LinearLabelLogProbs(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if (need_b and bias is not None) else None
         rows = torch.arange(min(ctx.chunk_size, hidden.shape[0]), device=hidden.device)
         for s in range(0, hidden.shape[0], ctx.chunk_size):
-            h, g = hidden[s:s + ctx.chunk_size], grad_out[s:s + ctx.chunk_size].float()
+            h, g = hidden[s : s + ctx.chunk_size], grad_out[s : s + ctx.chunk_size].float()
             # d log p_y / d logits = onehot(y) - softmax(logits)
-            d_logits = torch.exp(_chunk_logits(h, weight, bias) - lse[s:s + ctx.chunk_size, None]).mul_(-g[:, None])
-            d_logits[rows[:h.shape[0]], labels[s:s + ctx.chunk_size]] += g
+            d_logits = torch.exp(_chunk_logits(h, weight, bias) - lse[s : s + ctx.chunk_size, None]).mul_(-g[:, None])
+            d_logits[rows[: h.shape[0]], labels[s : s + ctx.chunk_size]] += g
             if grad_b is not None:
                 grad_b += d_logits.sum(0)
             d_logits = d_logits.to(hidden.dtype)
             if need_h:
-                grad_h[s:s + ctx.chunk_size] = d_logits @ weight
+                grad_h[s : s + ctx.chunk_size] = d_logits @ weight
             if need_w and h.dtype == torch.float32:
                 grad_w.addmm_(d_logits.t(), h)
             elif need_w:
                 grad_w += (d_logits.t() @ h).float()
-        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if need_w else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+        )
 
 
 def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -105,8 +113,14 @@ def supports_fused_head(model: nn.Module) -> bool:
     return type(head) is nn.Linear and lm.base_model is not lm and not transformed
 
 
-def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
-                   fused: bool | None = None, chunk_size: int = 1024) -> Tensor:
+def token_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    completion_mask: Tensor,
+    fused: bool | None = None,
+    chunk_size: int = 1024,
+) -> Tensor:
     """Per-token log-probs of completion tokens: ``(batch, seq)`` float32, 0 where ``completion_mask`` is 0.
 
     ``fused=None`` picks the fused path when the model supports it.
@@ -122,15 +136,18 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, 
         logps = linear_label_logprobs(hidden[:, :-1][scored], lm.get_output_embeddings(), labels, chunk_size)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-        logps = torch.cat([
-            logits[b][scored[b]].float().log_softmax(-1).gather(1, input_ids[b, 1:][scored[b], None]).squeeze(1)
-            for b in range(input_ids.shape[0])])
+        logps = torch.cat(
+            [
+                logits[b][scored[b]].float().log_softmax(-1).gather(1, input_ids[b, 1:][scored[b], None]).squeeze(1)
+                for b in range(input_ids.shape[0])
+            ]
+        )
     out[:, 1:][scored] = logps
     return out
 
 
 def sequence_logprobs(token_logps: Tensor, completion_mask: Tensor, average: bool = False) -> Tensor:
-    """Sum (or mean, ``average=True``) of per-token log-probs over completion tokens: ``(batch, seq)`` -> ``(batch,)``."""
+    """Sum (or mean, ``average=True``) of per-token completion log-probs: ``(batch, seq)`` -> ``(batch,)``."""
     total = token_logps.sum(-1)
     if not average:
         return total

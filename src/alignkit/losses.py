@@ -9,6 +9,7 @@ detached, for logging.
 ``LOSSES`` maps a method name to its function and declares whether it needs reference log-probs and
 which log-prob reduction it expects, so trainers never special-case a method by name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,9 +21,14 @@ import torch.nn.functional as F
 Tensor = torch.Tensor
 
 
-def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-             beta: float = 0.1, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Direct Preference Optimization, Rafailov et al. 2023, eq. 7.
 
     L = -log sigma(beta * h),  h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)].
@@ -39,9 +45,14 @@ def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-def robust_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-                    ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-                    beta: float = 0.1, label_smoothing: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+def robust_dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.1,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Robust DPO, Chowdhury et al. 2024 ("Provably Robust DPO"), eq. 8: an unbiased loss under label noise eps.
 
     L = [(1 - eps) * l(h) - eps * l(-h)] / (1 - 2 eps),  l(h) = -log sigma(beta h),  eps = ``label_smoothing`` < 0.5.
@@ -51,14 +62,19 @@ def robust_dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     logits = beta * (chosen_logratios - rejected_logratios)
-    losses = (-(1 - label_smoothing) * F.logsigmoid(logits)
-              + label_smoothing * F.logsigmoid(-logits)) / (1 - 2 * label_smoothing)
+    losses = (-(1 - label_smoothing) * F.logsigmoid(logits) + label_smoothing * F.logsigmoid(-logits)) / (
+        1 - 2 * label_smoothing
+    )
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-             ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-             beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+def ipo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Identity Preference Optimization, Azar et al. 2023 ("A General Theoretical Paradigm..."), eq. 17.
 
     L = (h - 1 / (2 * tau))^2 with tau = ``beta``, h the log-ratio difference as in DPO. The squared loss
@@ -73,9 +89,13 @@ def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-def hinge_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-               ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-               beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+def hinge_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Hinge preference loss of SLiC-HF, Zhao et al. 2023, eq. 2, applied to the DPO log-ratio (RSO, Liu et al. 2024).
 
     L = max(0, 1 - beta * h). Inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards).
@@ -86,8 +106,9 @@ def hinge_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-               beta: float = 2.0, gamma: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+def simpo_loss(
+    policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, beta: float = 2.0, gamma: float = 1.0
+) -> tuple[Tensor, Tensor, Tensor]:
     """Simple Preference Optimization, Meng et al. 2024, eq. 6. No reference model.
 
     L = -log sigma(beta * avg log pi(y_w|x) - beta * avg log pi(y_l|x) - gamma), where avg is the
@@ -102,8 +123,9 @@ def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
-def orpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
-              beta: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+def orpo_loss(
+    policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, beta: float = 0.1
+) -> tuple[Tensor, Tensor, Tensor]:
     """Odds-ratio term of ORPO, Hong et al. 2024, eqs. 4-7. No reference model.
 
     odds(y|x) = P / (1 - P) with P = exp(avg log pi(y|x)) (inputs are length-averaged, ``(batch,)``, < 0);

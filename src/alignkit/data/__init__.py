@@ -1,14 +1,47 @@
 """Data path, first half: record -> validated example -> tokens -> batch."""
+
 from alignkit.data.collate import collate_completions, collate_pairs, pad_sequences
-from alignkit.data.formats import (BinaryExample, PairwiseExample, PromptExample, SFTExample, parse_hh_transcript,
-                                   to_binary, to_pairwise, to_prompt, to_sft, validate_records)
+from alignkit.data.formats import (
+    BinaryExample,
+    PairwiseExample,
+    PromptExample,
+    SFTExample,
+    parse_hh_transcript,
+    to_binary,
+    to_pairwise,
+    to_prompt,
+    to_sft,
+    validate_records,
+)
 from alignkit.data.readers import read_records
-from alignkit.data.tokenize import (Tokenizer, TokenizedCompletion, TokenizedPair, TruncationStats, tokenize_completions,
-                                    tokenize_pairs)
+from alignkit.data.tokenize import (
+    TokenizedCompletion,
+    TokenizedPair,
+    Tokenizer,
+    TruncationStats,
+    tokenize_completions,
+    tokenize_pairs,
+)
 
 __all__ = [
-    "BinaryExample", "PairwiseExample", "PromptExample", "SFTExample", "Tokenizer", "TokenizedCompletion",
-    "TokenizedPair", "TruncationStats", "collate_completions", "collate_pairs", "pad_sequences", "parse_hh_transcript",
-    "read_records", "to_binary", "to_pairwise", "to_prompt", "to_sft", "tokenize_completions", "tokenize_pairs",
+    "BinaryExample",
+    "PairwiseExample",
+    "PromptExample",
+    "SFTExample",
+    "Tokenizer",
+    "TokenizedCompletion",
+    "TokenizedPair",
+    "TruncationStats",
+    "collate_completions",
+    "collate_pairs",
+    "pad_sequences",
+    "parse_hh_transcript",
+    "read_records",
+    "to_binary",
+    "to_pairwise",
+    "to_prompt",
+    "to_sft",
+    "tokenize_completions",
+    "tokenize_pairs",
     "validate_records",
 ]

@@ -2,6 +2,7 @@
 
 Masks are built from lengths, never from the pad id (SmolLM2 pads with its EOS, which completions contain).
 """
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,9 @@ import torch
 from alignkit.data.tokenize import TokenizedCompletion, TokenizedPair
 
 
-def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                  pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+def pad_sequences(
+    prompts: list[list[int]], completions: list[list[int]], pad_id: int, pad_to_multiple_of: int = 1
+) -> dict[str, torch.Tensor]:
     """Right-padded prompt+completion rows.
 
     Returns ``input_ids``, ``attention_mask``, ``completion_mask``, each ``(n, seq)`` with seq the longest
@@ -23,9 +25,9 @@ def pad_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id
     attention_mask = torch.zeros((n, seq), dtype=torch.long)
     completion_mask = torch.zeros((n, seq), dtype=torch.long)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        input_ids[i, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        attention_mask[i, :len(p) + len(c)] = 1
-        completion_mask[i, len(p):len(p) + len(c)] = 1
+        input_ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        attention_mask[i, : len(p) + len(c)] = 1
+        completion_mask[i, len(p) : len(p) + len(c)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
@@ -40,8 +42,9 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int, pad_to_multiple_of: i
     return pad_sequences(prompts, completions, pad_id, pad_to_multiple_of)
 
 
-def collate_completions(items: list[TokenizedCompletion], pad_id: int,
-                        pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+def collate_completions(
+    items: list[TokenizedCompletion], pad_id: int, pad_to_multiple_of: int = 1
+) -> dict[str, torch.Tensor]:
     """One row per prompt + completion: ``(B, seq)`` tensors, plus ``labels`` ``(B,)`` for binary feedback."""
     batch = pad_sequences([x.prompt_ids for x in items], [x.completion_ids for x in items], pad_id, pad_to_multiple_of)
     if items and items[0].label is not None:

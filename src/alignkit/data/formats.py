@@ -14,6 +14,7 @@ Column conventions follow TRL's:
 Problems are collected per record with its source (``file:line``) and field, then handled by the policy
 ``error`` (stop, listing them) or ``skip`` (count them and go on).
 """
+
 from __future__ import annotations
 
 import re
@@ -70,7 +71,7 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def parse_hh_transcript(text: str) -> Conversation | None:
-    """"\\n\\nHuman: ... \\n\\nAssistant: ..." -> conversation; None if ``text`` has no such turns."""
+    """ "\\n\\nHuman: ... \\n\\nAssistant: ..." -> conversation; None if ``text`` has no such turns."""
     if not _HH_TURN.search(text) and not text.startswith(("Human:", "Assistant:")):
         return None
     parts = _HH_TURN.split("\n\n" + text if text.startswith(("Human:", "Assistant:")) else text)
@@ -99,7 +100,7 @@ def _conversation(value: list | tuple, field: str, allow_empty: bool) -> Convers
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise InvalidRecord(f"{field}[{i}]", "must be a {\"role\": ..., \"content\": ...} message")
+            raise InvalidRecord(f"{field}[{i}]", 'must be a {"role": ..., "content": ...} message')
         if m["role"] not in ROLES:
             raise InvalidRecord(f"{field}[{i}].role", f"is {m['role']!r}; use one of {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
@@ -214,8 +215,9 @@ def to_prompt(record: Any, source: str) -> PromptExample:
     return PromptExample(_content(record, "prompt"), source)
 
 
-def validate_records(records: list[tuple[str, Any]], convert: Callable[[Any, str], Any],
-                     on_invalid: str = "error", max_listed: int = 20) -> tuple[list, list[str]]:
+def validate_records(
+    records: list[tuple[str, Any]], convert: Callable[[Any, str], Any], on_invalid: str = "error", max_listed: int = 20
+) -> tuple[list, list[str]]:
     """Convert every record; returns (examples, problems). ``on_invalid="error"`` raises listing the problems."""
     examples, problems = [], []
     for source, record in records:
@@ -226,6 +228,8 @@ def validate_records(records: list[tuple[str, Any]], convert: Callable[[Any, str
     if problems and on_invalid == "error":
         listed = "\n  ".join(problems[:max_listed])
         more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
-        raise DataError(f"{len(problems)} invalid record(s):\n  {listed}{more}\n"
-                        "Fix: correct these records, or set data.on_invalid=skip to drop them.")
+        raise DataError(
+            f"{len(problems)} invalid record(s):\n  {listed}{more}\n"
+            "Fix: correct these records, or set data.on_invalid=skip to drop them."
+        )
     return examples, problems

@@ -3,6 +3,7 @@
 Formats: .jsonl, .jsonl.gz, .json (a list of objects, or {"data": [...]}), .parquet, .csv, a directory saved
 with ``datasets.save_to_disk``, or a hub dataset id (``datasets`` installed, network available).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,10 +28,12 @@ def builtin_path(name: str) -> Path:
 def read_records(spec: str, split: str = "train") -> list[Record]:
     """All records of ``spec`` (a path, ``builtin:NAME``, or a hub dataset id) as ``(source, record)`` pairs."""
     if spec.startswith(BUILTIN):
-        path = builtin_path(spec[len(BUILTIN):])
+        path = builtin_path(spec[len(BUILTIN) :])
         if not path.is_file():
             known = sorted(p.name for p in path.parent.glob("*.jsonl"))
-            raise DataError(f"{spec}: no such built-in data set. Fix: use one of {', '.join('builtin:' + k for k in known)}")
+            raise DataError(
+                f"{spec}: no such built-in data set. Fix: use one of {', '.join('builtin:' + k for k in known)}"
+            )
         return read_records(str(path), split)
     path = Path(spec)
     if path.is_dir():
@@ -48,8 +51,7 @@ def read_records(spec: str, split: str = "train") -> list[Record]:
         raise DataError(f"{path}: unknown file type. Fix: use .jsonl, .jsonl.gz, .json, .parquet or .csv")
     if spec.count("/") == 1 and not spec.startswith((".", "/")) and not path.suffix:
         return list(_read_hf(spec, split, local=False))
-    raise DataError(f"data file {spec} does not exist. Fix: check the path (relative paths start from "
-                    f"{Path.cwd()})")
+    raise DataError(f"data file {spec} does not exist. Fix: check the path (relative paths start from {Path.cwd()})")
 
 
 def _open_text(path: Path):
@@ -67,8 +69,10 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
                 try:
                     yield f"{path}:{i}", json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}). "
-                                    "Fix: each line must be one JSON object") from None
+                    raise DataError(
+                        f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}). "
+                        "Fix: each line must be one JSON object"
+                    ) from None
     except (OSError, UnicodeDecodeError, EOFError) as e:
         raise DataError(f"{path}: cannot be read ({e}). Fix: check the file is UTF-8 text (gzip for .gz)") from None
 
@@ -78,13 +82,15 @@ def _read_json(path: Path) -> Iterator[Record]:
         with _open_text(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}). Fix: the file must hold a JSON list of objects") from None
+        raise DataError(
+            f"{path}:{e.lineno}: not valid JSON ({e.msg}). Fix: the file must hold a JSON list of objects"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot be read ({e})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records (or {{\"data\": [...]}}), got {type(data).__name__}")
+        raise DataError(f'{path}: expected a JSON list of records (or {{"data": [...]}}), got {type(data).__name__}')
     for i, rec in enumerate(data):
         yield f"{path}[{i}]", rec
 
@@ -138,7 +144,9 @@ def _read_hf(spec: str, split: str, local: bool) -> Iterator[Record]:
     except DataError:
         raise
     except Exception as e:
-        raise DataError(f"{spec}: could not load as an HF dataset ({type(e).__name__}: {e}). "
-                        "Fix: give a local file, or check the dataset id and network access") from None
+        raise DataError(
+            f"{spec}: could not load as an HF dataset ({type(e).__name__}: {e}). "
+            "Fix: give a local file, or check the dataset id and network access"
+        ) from None
     for i, rec in enumerate(ds):
         yield f"{spec}[{split}][{i}]", rec

@@ -7,6 +7,7 @@ A BOS is prepended only when the tokenizer adds one by itself and the rendered p
 Every completion ends with EOS: text after the last EOS the template writes (e.g. a newline) is dropped,
 and EOS is appended when missing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,10 @@ class TruncationStats:
     skipped_sources: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.prompts_truncated} prompt(s) truncated, {self.completions_truncated} completion(s) "
-                f"truncated, {self.skipped} record(s) skipped for length")
+        return (
+            f"{self.prompts_truncated} prompt(s) truncated, {self.completions_truncated} completion(s) "
+            f"truncated, {self.skipped} record(s) skipped for length"
+        )
 
 
 class Tokenizer:
@@ -81,27 +84,40 @@ class Tokenizer:
             if not full.startswith(prompt_text):
                 prompt_text = self.hf.apply_chat_template(list(prompt), tokenize=False) if prompt else ""
                 if not full.startswith(prompt_text):
-                    raise DataError("the chat template renders the prompt differently alone and with the completion, "
-                                    "so the completion boundary cannot be found. Fix: use a template whose prompt "
-                                    "rendering is a prefix of the full conversation")
-            prompt_ids, completion_ids = self.encode(prompt_text), self.encode(full[len(prompt_text):])
+                    raise DataError(
+                        "the chat template renders the prompt differently alone and with the completion, "
+                        "so the completion boundary cannot be found. Fix: use a template whose prompt "
+                        "rendering is a prefix of the full conversation"
+                    )
+            prompt_ids, completion_ids = self.encode(prompt_text), self.encode(full[len(prompt_text) :])
         if self.auto_bos is not None and (not prompt_ids or prompt_ids[0] != self.auto_bos):
             prompt_ids = [self.auto_bos] + prompt_ids
         if self.eos_id in completion_ids:
             last = len(completion_ids) - 1 - completion_ids[::-1].index(self.eos_id)
-            completion_ids = completion_ids[:last + 1]
+            completion_ids = completion_ids[: last + 1]
         else:
             completion_ids = completion_ids + [self.eos_id]
         return prompt_ids, completion_ids
 
     def _need_template(self) -> None:
         if not getattr(self.hf, "chat_template", None):
-            raise DataError("the data holds chat messages but the tokenizer has no chat template. Fix: use a "
-                            "chat model, set tokenizer.chat_template, or give the data as plain text")
+            raise DataError(
+                "the data holds chat messages but the tokenizer has no chat template. Fix: use a "
+                "chat model, set tokenizer.chat_template, or give the data as plain text"
+            )
 
 
-def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int, max_prompt_length: int | None,
-                keep: str, policy: str, stats: TruncationStats, source: str, bos_id: int | None = None):
+def fit_lengths(
+    prompt: list[int],
+    completions: list[list[int]],
+    max_length: int,
+    max_prompt_length: int | None,
+    keep: str,
+    policy: str,
+    stats: TruncationStats,
+    source: str,
+    bos_id: int | None = None,
+):
     """Apply the length limits to a prompt and its completions; None when the record is skipped.
 
     Only a record that is too long is cut: first its prompt, to ``max_prompt_length`` (default
@@ -112,8 +128,10 @@ def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int
     if len(prompt) + longest <= max_length:
         return prompt, completions
     if policy == "error":
-        raise DataError(f"{source}: {len(prompt) + longest} tokens, over data.max_length={max_length}. "
-                        "Fix: raise data.max_length, or set data.overlong to truncate or skip")
+        raise DataError(
+            f"{source}: {len(prompt) + longest} tokens, over data.max_length={max_length}. "
+            "Fix: raise data.max_length, or set data.overlong to truncate or skip"
+        )
     if policy == "skip":
         stats.skipped += 1
         stats.skipped_sources.append(source)
@@ -122,7 +140,7 @@ def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int
     if len(prompt) > max_prompt:
         if keep == "keep_end":
             head = prompt[:1] if bos_id is not None and prompt[0] == bos_id else []
-            prompt = head + prompt[len(prompt) - (max_prompt - len(head)):]
+            prompt = head + prompt[len(prompt) - (max_prompt - len(head)) :]
         else:
             prompt = prompt[:max_prompt]
         stats.prompts_truncated += 1
@@ -133,29 +151,42 @@ def fit_lengths(prompt: list[int], completions: list[list[int]], max_length: int
     return prompt, completions
 
 
-def tokenize_pairs(examples: list[PairwiseExample], tok: Tokenizer, max_length: int, max_prompt_length: int | None,
-                   keep: str = "keep_end", policy: str = "truncate") -> tuple[list[TokenizedPair], TruncationStats]:
+def tokenize_pairs(
+    examples: list[PairwiseExample],
+    tok: Tokenizer,
+    max_length: int,
+    max_prompt_length: int | None,
+    keep: str = "keep_end",
+    policy: str = "truncate",
+) -> tuple[list[TokenizedPair], TruncationStats]:
     stats, out = TruncationStats(), []
     for ex in examples:
         prompt, chosen = tok.split(ex.prompt, ex.chosen)
         prompt_r, rejected = tok.split(ex.prompt, ex.rejected)
         if prompt_r != prompt:  # same prompt text always gives the same ids; guard against odd templates
             raise DataError(f"{ex.source}: prompt tokenizes differently for chosen and rejected")
-        fitted = fit_lengths(prompt, [chosen, rejected], max_length, max_prompt_length, keep, policy, stats, ex.source,
-                             tok.auto_bos)
+        fitted = fit_lengths(
+            prompt, [chosen, rejected], max_length, max_prompt_length, keep, policy, stats, ex.source, tok.auto_bos
+        )
         if fitted is not None:
             out.append(TokenizedPair(fitted[0], fitted[1][0], fitted[1][1], ex.source))
     return out, stats
 
 
-def tokenize_completions(examples: list[SFTExample | BinaryExample], tok: Tokenizer, max_length: int,
-                         max_prompt_length: int | None, keep: str = "keep_end",
-                         policy: str = "truncate") -> tuple[list[TokenizedCompletion], TruncationStats]:
+def tokenize_completions(
+    examples: list[SFTExample | BinaryExample],
+    tok: Tokenizer,
+    max_length: int,
+    max_prompt_length: int | None,
+    keep: str = "keep_end",
+    policy: str = "truncate",
+) -> tuple[list[TokenizedCompletion], TruncationStats]:
     stats, out = TruncationStats(), []
     for ex in examples:
         prompt, completion = tok.split(ex.prompt, ex.completion)
-        fitted = fit_lengths(prompt, [completion], max_length, max_prompt_length, keep, policy, stats, ex.source,
-                             tok.auto_bos)
+        fitted = fit_lengths(
+            prompt, [completion], max_length, max_prompt_length, keep, policy, stats, ex.source, tok.auto_bos
+        )
         if fitted is not None:
             out.append(TokenizedCompletion(fitted[0], fitted[1][0], ex.source, getattr(ex, "label", None)))
     return out, stats

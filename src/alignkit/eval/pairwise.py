@@ -3,6 +3,7 @@
 ``score_pairs`` returns summed completion log-probs and token counts for every pair; from two such scorings
 (policy and reference) come the mean-log-prob ranking accuracy and the implicit DPO reward accuracy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,11 +34,15 @@ def score_pairs(model, pairs: list[TokenizedPair], pad_id: int, batch_size: int 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids),
-                                                                                   len(pairs[i].rejected_ids)))
+    order = sorted(
+        range(len(pairs)),
+        key=lambda i: len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)),
+    )
     chosen, rejected, n_c, n_r = [], [], [], []
     for s in range(0, len(pairs), batch_size):  # in length order (less padding), restored below
-        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in order[s:s + batch_size]], pad_id).items()}
+        batch = {
+            k: v.to(device) for k, v in collate_pairs([pairs[i] for i in order[s : s + batch_size]], pad_id).items()
+        }
         sums = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum(-1)
         counts = batch["completion_mask"][:, 1:].sum(-1).float()
         b = sums.shape[0] // 2

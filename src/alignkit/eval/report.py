@@ -1,4 +1,5 @@
 """The run report: Markdown with measured numbers and PNG plots drawn from metrics.jsonl."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +13,18 @@ from alignkit.train.metrics import read_jsonl  # noqa: E402
 
 PLOTS = {  # file -> (title, [(metric, label)])
     "loss.png": ("Loss", [("loss", "train"), ("eval/loss", "eval")]),
-    "margins.png": ("Reward margin (chosen - rejected)", [("rewards/margins", "train"), ("eval/rewards/margins", "eval")]),
-    "accuracy.png": ("Implicit reward accuracy", [("rewards/accuracies", "train"), ("eval/rewards/accuracies", "eval")]),
-    "kl.png": ("log pi/pi_ref on chosen completions (KL estimate)", [("kl/chosen", "train"), ("eval/kl/chosen", "eval")]),
+    "margins.png": (
+        "Reward margin (chosen - rejected)",
+        [("rewards/margins", "train"), ("eval/rewards/margins", "eval")],
+    ),
+    "accuracy.png": (
+        "Implicit reward accuracy",
+        [("rewards/accuracies", "train"), ("eval/rewards/accuracies", "eval")],
+    ),
+    "kl.png": (
+        "log pi/pi_ref on chosen completions (KL estimate)",
+        [("kl/chosen", "train"), ("eval/kl/chosen", "eval")],
+    ),
 }
 
 
@@ -40,32 +50,50 @@ def plot_metrics(metrics_path: Path, out_dir: Path) -> list[str]:
     return written
 
 
-def write_report(out_dir: Path, title: str, summary: dict, pairwise: dict | None, generations: list[dict],
-                 plots: list[str], notes: list[str] = ()) -> Path:
+def write_report(
+    out_dir: Path,
+    title: str,
+    summary: dict,
+    pairwise: dict | None,
+    generations: list[dict],
+    plots: list[str],
+    notes: list[str] = (),
+) -> Path:
     """``report.md`` in ``out_dir``. ``generations``: dicts with prompt, before, after."""
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     lines += ["## Run", "", "| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in summary.items()] + [""]
     if pairwise:
-        lines += ["## Held-out pairwise accuracy", "",
-                  f"{pairwise['pairs']} held-out pairs. *Mean log-prob accuracy*: share of pairs where the model gives "
-                  "the chosen completion a higher mean per-token log-prob than the rejected one. *Implicit reward "
-                  "accuracy*: share where beta*log(pi/pi_ref) is higher for chosen (pi_ref = the model before training).",
-                  "", "| metric | before | after |", "|---|---|---|",
-                  f"| mean log-prob accuracy | {pairwise['mean_logp_accuracy_before']:.3f} | "
-                  f"{pairwise['mean_logp_accuracy_after']:.3f} |",
-                  f"| implicit reward accuracy | - | {pairwise['implicit_reward_accuracy_after']:.3f} |",
-                  f"| mean log-prob, chosen | {pairwise['mean_logp_chosen_before']:.3f} | "
-                  f"{pairwise['mean_logp_chosen_after']:.3f} |",
-                  f"| mean log-prob, rejected | {pairwise['mean_logp_rejected_before']:.3f} | "
-                  f"{pairwise['mean_logp_rejected_after']:.3f} |", ""]
+        lines += [
+            "## Held-out pairwise accuracy",
+            "",
+            f"{pairwise['pairs']} held-out pairs. *Mean log-prob accuracy*: share of pairs where the model gives "
+            "the chosen completion a higher mean per-token log-prob than the rejected one. *Implicit reward "
+            "accuracy*: share where beta*log(pi/pi_ref) is higher for chosen (pi_ref = the model before training).",
+            "",
+            "| metric | before | after |",
+            "|---|---|---|",
+            f"| mean log-prob accuracy | {pairwise['mean_logp_accuracy_before']:.3f} | "
+            f"{pairwise['mean_logp_accuracy_after']:.3f} |",
+            f"| implicit reward accuracy | - | {pairwise['implicit_reward_accuracy_after']:.3f} |",
+            f"| mean log-prob, chosen | {pairwise['mean_logp_chosen_before']:.3f} | "
+            f"{pairwise['mean_logp_chosen_after']:.3f} |",
+            f"| mean log-prob, rejected | {pairwise['mean_logp_rejected_before']:.3f} | "
+            f"{pairwise['mean_logp_rejected_after']:.3f} |",
+            "",
+        ]
     if plots:
         lines += ["## Training curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if generations:
         lines += ["## Generations before and after (greedy)", ""]
         for g in generations:
-            lines += [f"**Prompt:** {g['prompt']}", "", f"- *before:* {_quote(g['before'])}",
-                      f"- *after:* {_quote(g['after'])}", ""]
+            lines += [
+                f"**Prompt:** {g['prompt']}",
+                "",
+                f"- *before:* {_quote(g['before'])}",
+                f"- *after:* {_quote(g['after'])}",
+                "",
+            ]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

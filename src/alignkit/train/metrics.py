@@ -1,4 +1,5 @@
 """Metric accumulation across micro-batches and processes, and the metrics.jsonl log."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ class MetricSums:
         names = sorted(self.sums)
         if not names:
             return {}
-        t = torch.tensor([[self.sums[n] for n in names], [self.counts[n] for n in names]], dtype=torch.float64,
-                         device=accelerator.device)
+        t = torch.tensor(
+            [[self.sums[n] for n in names], [self.counts[n] for n in names]],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
         if accelerator.num_processes > 1:
             t = accelerator.reduce(t, reduction="sum")
         return {n: (t[0, i] / t[1, i]).item() if t[1, i] > 0 else float("nan") for i, n in enumerate(names)}
@@ -43,7 +47,11 @@ class JsonlLog:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.is_file():
-            keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= resume_step]
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line).get("step", 0) <= resume_step
+            ]
             path.write_text("".join(line + "\n" for line in keep))
         elif resume_step is None and path.is_file():
             path.unlink()

@@ -5,11 +5,12 @@ training (default; no reference model is held), or computed live each step (a fr
 fine-tuning; the same weights with the LoRA adapter disabled under LoRA). Reference-free losses
 (SimPO, ORPO) skip the reference entirely.
 """
+
 from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from accelerate.utils import gather_object
@@ -39,8 +40,11 @@ class PreferenceMethod(Method):
         self.mc = cfg.method
         self.name = self.mc.loss
         self.spec = LOSSES[self.mc.loss]
-        self.params = {"beta": self.mc.resolved_beta, "label_smoothing": self.mc.label_smoothing,
-                       "gamma": self.mc.gamma}
+        self.params = {
+            "beta": self.mc.resolved_beta,
+            "label_smoothing": self.mc.label_smoothing,
+            "gamma": self.mc.gamma,
+        }
         self.params = {k: v for k, v in self.params.items() if k in self.spec.params}
         self.sft_weight = self.mc.resolved_sft_weight
         self.live_ref = None  # (model, uses_adapter_disable) for live reference
@@ -74,19 +78,27 @@ class PreferenceMethod(Method):
         was_training = ref.training
         ref.eval()
         with ref.disable_adapter() if disable_adapter else nullcontext():
-            logps = token_logprobs(ref, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                   chunk_size=self.cfg.train.logprob_chunk_size).sum(-1)
+            logps = token_logprobs(
+                ref,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["completion_mask"],
+                chunk_size=self.cfg.train.logprob_chunk_size,
+            ).sum(-1)
         ref.train(was_training)
         return logps
 
     def _precompute(self, items, ref, disable_adapter, accelerator):
         bs = self.cfg.train.eval_batch_size
-        mine = sorted(range(accelerator.process_index, len(items), accelerator.num_processes),
-                      key=lambda i: self.length(items[i]))  # similar lengths together: less padding
+        mine = sorted(
+            range(accelerator.process_index, len(items), accelerator.num_processes), key=lambda i: self.length(items[i])
+        )  # similar lengths together: less padding
         results = []
         for s in range(0, len(mine), bs):
-            idx = mine[s:s + bs]
-            batch = {k: v.to(accelerator.device) for k, v in collate_pairs([items[i] for i in idx], self.pad_id).items()}
+            idx = mine[s : s + bs]
+            batch = {
+                k: v.to(accelerator.device) for k, v in collate_pairs([items[i] for i in idx], self.pad_id).items()
+            }
             with accelerator.autocast():
                 logps = self.reference_logps(ref, disable_adapter, batch).tolist()
             results += [(i, logps[j], logps[len(idx) + j]) for j, i in enumerate(idx)]
@@ -125,9 +137,15 @@ class PreferenceMethod(Method):
         nll = sft_loss(means[:b])
         if self.sft_weight:
             losses = losses + self.sft_weight * nll
-        metrics.update({"rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
-                        "rewards/margins": chosen_r - rejected_r, "rewards/accuracies": (chosen_r > rejected_r).float(),
-                        "nll/chosen": nll.detach()})
+        metrics.update(
+            {
+                "rewards/chosen": chosen_r,
+                "rewards/rejected": rejected_r,
+                "rewards/margins": chosen_r - rejected_r,
+                "rewards/accuracies": (chosen_r > rejected_r).float(),
+                "nll/chosen": nll.detach(),
+            }
+        )
         return losses, metrics
 
     def length(self, item) -> int:

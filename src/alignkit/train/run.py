@@ -1,4 +1,5 @@
 """``run(method, config)``: config -> accelerator, model, data -> the shared loop. Used by the CLI and the API."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,8 +70,12 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     # accelerate keeps one AcceleratorState per process; a second run in the same process (API, notebook) may use
     # another precision. Reset it, keeping the process-group state that `accelerate launch` set up.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=pick_mixed_precision(cfg.model.dtype, device),
-                              log_with=cfg.train.report_to or None, project_dir=cfg.train.output_dir)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=pick_mixed_precision(cfg.model.dtype, device),
+        log_with=cfg.train.report_to or None,
+        project_dir=cfg.train.output_dir,
+    )
     log = log if accelerator.is_main_process else (lambda *a, **k: None)
     set_seed(cfg.train.seed)
     hf_tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
@@ -79,20 +84,24 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
     model, _ = load_policy(cfg.model, cfg.lora, device="cpu", tokenizer=hf_tokenizer)
     trainable, total = trainable_parameters(model)
-    log(f"model {cfg.model.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
+    log(
+        f"model {cfg.model.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
         f"({'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}); device {accelerator.device}, "
-        f"mixed precision {accelerator.mixed_precision}")
+        f"mixed precision {accelerator.mixed_precision}"
+    )
     model.to(accelerator.device)
     return Prepared(cfg, accelerator, model, hf_tokenizer, tok, impl, train_items, eval_items, log)
 
 
-def run(method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print,
-        **sections) -> TrainResult:
+def run(
+    method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print, **sections
+) -> TrainResult:
     """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust').
 
     ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
     ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.
     """
     p = prepare(method, cfg if cfg is not None else make_config(method, **sections), log)
-    return fit(p.method, p.cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, resume, callbacks,
-               p.log)
+    return fit(
+        p.method, p.cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, resume, callbacks, p.log
+    )

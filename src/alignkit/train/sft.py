@@ -1,4 +1,5 @@
 """Supervised fine-tuning: NLL of completion tokens only, averaged over all completion tokens of a step."""
+
 from __future__ import annotations
 
 from alignkit.config import SFTConfig
