@@ -14,6 +14,11 @@ from conftest import pair_records
 from helpers import write_jsonl
 
 
+def sets(*pairs: str) -> list[str]:
+    """["--set", pair, "--set", pair, ...]"""
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
 def alignkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "alignkit", *args], capture_output=True, text=True, timeout=300, cwd=cwd
@@ -103,14 +108,7 @@ def test_bad_input_gives_one_clear_line(case, tiny_model_dir, tmp_path):
         "missing_config": (["--config", str(tmp_path / "none.yaml")], "config file"),
     }[case]
     method = "dpx" if case == "bad_method" else "dpo"
-    base = [
-        "--set",
-        f"model.name={tiny_model_dir}",
-        "--set",
-        f"data.train={good}",
-        "--set",
-        f"train.output_dir={tmp_path / 'out'}",
-    ]
+    base = sets(f"model.name={tiny_model_dir}", f"data.train={good}", f"train.output_dir={tmp_path / 'out'}")
     proc = alignkit("train", method, *base, *args)
     assert proc.returncode == 2, proc.stderr
     assert expected in proc.stderr
@@ -125,18 +123,14 @@ def test_bad_record_with_skip_policy_trains_on_the_rest(tiny_model_dir, tmp_path
     proc = alignkit(
         "train",
         "dpo",
-        "--set",
-        f"model.name={tiny_model_dir}",
-        "--set",
-        f"data.train={bad}",
-        "--set",
-        "data.on_invalid=skip",
-        "--set",
-        f"train.output_dir={tmp_path / 'out'}",
-        "--set",
-        "train.max_steps=1",
-        "--set",
-        "model.dtype=fp32",
+        *sets(
+            f"model.name={tiny_model_dir}",
+            f"data.train={bad}",
+            "data.on_invalid=skip",
+            f"train.output_dir={tmp_path / 'out'}",
+            "train.max_steps=1",
+            "model.dtype=fp32",
+        ),
     )
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 invalid record(s)" in proc.stdout and "bad.jsonl:9" in proc.stdout
@@ -151,22 +145,15 @@ def test_merge_rejects_a_non_adapter_directory(tiny_model_dir, tmp_path):
 def test_existing_model_survives_a_failed_run(tiny_model_dir, tmp_path):
     """A run that fails on bad input leaves what an earlier run saved untouched."""
     good = write_jsonl(tmp_path / "good.jsonl", pair_records(8))
-    common = [
-        "--set",
-        f"model.name={tiny_model_dir}",
-        "--set",
-        f"train.output_dir={tmp_path / 'out'}",
-        "--set",
-        "train.max_steps=1",
-        "--set",
-        "model.dtype=fp32",
-    ]
-    assert alignkit("train", "dpo", *common, "--set", f"data.train={good}").returncode == 0
+    common = sets(
+        f"model.name={tiny_model_dir}", f"train.output_dir={tmp_path / 'out'}", "train.max_steps=1", "model.dtype=fp32"
+    )
+    assert alignkit("train", "dpo", *common, *sets(f"data.train={good}")).returncode == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()}
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": 5, "rejected": "y"}])
-    proc = alignkit("train", "dpo", *common, "--set", f"data.train={bad}")
+    proc = alignkit("train", "dpo", *common, *sets(f"data.train={bad}"))
     assert proc.returncode == 2 and "field 'chosen': must be text" in proc.stderr
-    proc = alignkit("train", "dpo", *common, "--set", f"data.train={good}")  # a fresh run over the earlier one
+    proc = alignkit("train", "dpo", *common, *sets(f"data.train={good}"))  # a fresh run over the earlier one
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "train.overwrite=true" in proc.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()} == before
     assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1

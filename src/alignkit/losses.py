@@ -38,8 +38,9 @@ def dpo_loss(
     All inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards), each ``(batch,)``.
     """
     _check_smoothing(label_smoothing)
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = _logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     logits = beta * (chosen_logratios - rejected_logratios)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
@@ -59,8 +60,9 @@ def robust_dpo_loss(
     Inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards).
     """
     _check_smoothing(label_smoothing)
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = _logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     logits = beta * (chosen_logratios - rejected_logratios)
     losses = (-(1 - label_smoothing) * F.logsigmoid(logits) + label_smoothing * F.logsigmoid(-logits)) / (
         1 - 2 * label_smoothing
@@ -82,8 +84,9 @@ def ipo_loss(
     length-averaged log-probs (as TRL does), which keeps the target scale independent of length.
     Inputs ``(batch,)``. Returns (losses, chosen_rewards, rejected_rewards).
     """
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = _logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     h = chosen_logratios - rejected_logratios
     losses = (h - 1.0 / (2.0 * beta)) ** 2
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
@@ -100,8 +103,9 @@ def hinge_loss(
 
     L = max(0, 1 - beta * h). Inputs ``(batch,)`` summed log-probs. Returns (losses, chosen_rewards, rejected_rewards).
     """
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    chosen_logratios, rejected_logratios = _logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
+    )
     losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
@@ -148,6 +152,13 @@ def sft_loss(logps: Tensor) -> Tensor:
     Also the NLL term added to preference losses (ORPO's L_SFT; RPO, Pang et al. 2024).
     """
     return -logps
+
+
+def _logratios(
+    policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor
+) -> tuple[Tensor, Tensor]:
+    """log pi/pi_ref of chosen and of rejected, each ``(batch,)``; their difference is h."""
+    return policy_chosen - ref_chosen, policy_rejected - ref_rejected
 
 
 def _check_smoothing(eps: float) -> None:
