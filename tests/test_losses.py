@@ -344,3 +344,55 @@ def test_registry_params_are_accepted(name):
     losses, cr, rr = spec.fn(*logps, **kwargs)
     assert losses.shape == cr.shape == rr.shape == (2,)
     assert torch.isfinite(losses).all()
+
+
+# ------------------------------------------------------------------ reward-model and KTO losses (issue 4)
+
+
+def test_bradley_terry_closed_form_margin_and_centering():
+    from alignkit.losses import bradley_terry_loss
+
+    rc, rr = torch.tensor([1.5, -0.5]), torch.tensor([0.5, 0.5])
+    expected = [-math.log(1 / (1 + math.exp(-(1.5 - 0.5)))), -math.log(1 / (1 + math.exp(-(-0.5 - 0.5))))]
+    torch.testing.assert_close(bradley_terry_loss(rc, rr), torch.tensor(expected))
+    with_margin = bradley_terry_loss(rc, rr, margin=torch.tensor([1.0, 0.0]))
+    assert with_margin[0].item() == pytest.approx(math.log(2), abs=1e-6)  # gap 1 minus margin 1 -> log 2
+    centered = bradley_terry_loss(rc, rr, center_weight=0.5)
+    torch.testing.assert_close(centered - bradley_terry_loss(rc, rr), 0.5 * (rc + rr) ** 2)
+
+
+def test_bradley_terry_gradient_pushes_rewards_apart():
+    from alignkit.losses import bradley_terry_loss
+
+    rc, rr = torch.tensor([0.2], requires_grad=True), torch.tensor([0.4], requires_grad=True)
+    bradley_terry_loss(rc, rr).sum().backward()
+    assert rc.grad.item() < 0 < rr.grad.item()
+    assert rc.grad.item() == pytest.approx(-rr.grad.item())
+
+
+def test_kto_reference_point_is_clamped_and_detached():
+    from alignkit.losses import kto_reference_point
+
+    policy = torch.tensor([-10.0, -12.0], requires_grad=True)
+    z = kto_reference_point(policy, torch.tensor([-11.0, -11.0]))  # mean log-ratio 0 -> 0
+    assert z.item() == pytest.approx(0.0) and not z.requires_grad
+    assert kto_reference_point(torch.tensor([-9.0, -9.0]), torch.tensor([-10.0, -12.0])).item() == pytest.approx(2.0)
+    assert kto_reference_point(torch.tensor([-15.0]), torch.tensor([-10.0])).item() == 0.0  # negative KL estimate
+
+
+def test_kto_closed_form_weights_and_gradient_direction():
+    from alignkit.losses import kto_loss
+
+    beta, z = 0.5, 0.3
+    policy = torch.tensor([-4.0, -4.0], requires_grad=True)
+    ref = torch.tensor([-5.0, -5.0])  # r = 1 for both
+    labels = torch.tensor([True, False])
+    losses, rewards = kto_loss(policy, ref, labels, z, beta=beta, desirable_weight=2.0, undesirable_weight=0.5)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert losses[0].item() == pytest.approx(2.0 * (1 - sig(beta * (1 - z))))
+    assert losses[1].item() == pytest.approx(0.5 * (1 - sig(beta * (z - 1))))
+    torch.testing.assert_close(rewards, torch.tensor([beta, beta]))
+    assert not rewards.requires_grad
+    losses.sum().backward()
+    assert policy.grad[0].item() < 0  # desirable: raise its likelihood
+    assert policy.grad[1].item() > 0  # undesirable: lower it

@@ -4,10 +4,10 @@ Inputs are 1-D tensors of shape ``(batch,)``: summed completion log-probs log pi
 defined on sequence likelihoods (DPO, IPO, hinge, robust), or length-averaged ones where the method
 says so (SimPO, ORPO, SFT). Each function returns *per-example* losses of shape ``(batch,)`` (the trainer
 reduces them) and, where the method defines one, the implicit rewards of chosen and rejected completions,
-detached, for logging.
+detached, for logging. ``bradley_terry_loss`` takes reward-model scores instead, and ``kto_loss`` binary labels.
 
 ``LOSSES`` maps a method name to its function and declares whether it needs reference log-probs and
-which log-prob reduction it expects, so trainers never special-case a method by name.
+which log-prob reduction it expects, so the preference trainer never special-cases a method by name.
 """
 
 from __future__ import annotations
@@ -152,6 +152,58 @@ def sft_loss(logps: Tensor) -> Tensor:
     Also the NLL term added to preference losses (ORPO's L_SFT; RPO, Pang et al. 2024).
     """
     return -logps
+
+
+def bradley_terry_loss(
+    chosen_rewards: Tensor,
+    rejected_rewards: Tensor,
+    margin: Tensor | float = 0.0,
+    center_weight: float = 0.0,
+) -> Tensor:
+    """Pairwise reward-model loss: Bradley & Terry 1952, as in Ouyang et al. 2022 (InstructGPT), eq. 1.
+
+    L = -log sigma(r(x, y_w) - r(x, y_l) - m) + eta * (r(x, y_w) + r(x, y_l))^2.
+    ``margin`` m ``(batch,)`` or scalar: the required reward gap (Touvron et al. 2023, Llama 2, eq. 2).
+    ``center_weight`` eta: reward centering, keeps rewards near zero mean (Eisenstein et al. 2023).
+    Rewards ``(batch,)`` scalar outputs of the reward model. Returns per-example losses ``(batch,)``.
+    """
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - margin)
+    if center_weight:
+        losses = losses + center_weight * (chosen_rewards + rejected_rewards) ** 2
+    return losses
+
+
+def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
+    """KTO's reference point z_ref, Ethayarajh et al. 2024, sec. 4.1: a batch estimate of KL(pi || pi_ref).
+
+    Computed on mismatched pairs (x_i, y_j), j != i, so it does not depend on the completions being scored:
+    z_ref = max(0, mean_i [log pi(y_j|x_i) - log pi_ref(y_j|x_i)]), detached (no gradient flows through it).
+    The course notes call it a running average; the paper (and TRL) use this per-batch estimate, which plays
+    the same role. Inputs ``(batch,)`` summed log-probs; returns a scalar tensor.
+    """
+    return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+
+
+def kto_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    desirable: Tensor,
+    reference_point: Tensor | float,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Kahneman-Tversky Optimization, Ethayarajh et al. 2024, eq. 8 (binary feedback, no pairs).
+
+    r = log pi(y|x) - log pi_ref(y|x);  v = lambda_D sigma(beta (r - z_ref)) if y is desirable,
+    lambda_U sigma(beta (z_ref - r)) if undesirable;  L = lambda_y - v.
+    ``desirable`` ``(batch,)`` bool labels; log-probs ``(batch,)`` summed; ``reference_point`` from
+    ``kto_reference_point``. Returns (per-example losses ``(batch,)``, rewards beta * r detached).
+    """
+    logratios = policy_logps - ref_logps
+    desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (logratios - reference_point)))
+    undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (reference_point - logratios)))
+    return torch.where(desirable.bool(), desirable_losses, undesirable_losses), beta * logratios.detach()
 
 
 def _logratios(
