@@ -42,9 +42,10 @@ class TruncationStats:
     skipped_sources: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        first = f" (first: {self.skipped_sources[0]})" if self.skipped_sources else ""
         return (
             f"{self.prompts_truncated} prompt(s) truncated, {self.completions_truncated} completion(s) "
-            f"truncated, {self.skipped} record(s) skipped for length"
+            f"truncated, {self.skipped} record(s) skipped for length{first}"
         )
 
 
