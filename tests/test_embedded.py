@@ -85,10 +85,22 @@ def test_demo_job_writes_a_complete_report(tmp_path):
     from alignkit.demo import run_demo
 
     out = tmp_path / "demo"
-    summary = run_demo(str(out), ["train.max_steps=2", "train.eval_steps=2", "data.max_examples=8"],
-                       max_new_tokens=4, log=lambda *a: None)
-    for name in ("report.md", "summary.json", "metrics.jsonl", "config.yaml", "loss.png", "margins.png",
-                 "accuracy.png", "kl.png"):
+    summary = run_demo(
+        str(out),
+        ["train.max_steps=2", "train.eval_steps=2", "data.max_examples=8"],
+        max_new_tokens=4,
+        log=lambda *a: None,
+    )
+    for name in (
+        "report.md",
+        "summary.json",
+        "metrics.jsonl",
+        "config.yaml",
+        "loss.png",
+        "margins.png",
+        "accuracy.png",
+        "kl.png",
+    ):
         assert (out / name).is_file(), name
     assert (out / "model" / "adapter_config.json").is_file()
     assert summary["pairs"] == 72 and summary["optimizer steps"] == 2

@@ -43,8 +43,12 @@ def embedded_model_dir() -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"alignkit: first use of the embedded model: converting {gguf.name} to safetensors in {target} "
-          "(once, about 30 s)", file=sys.stderr, flush=True)
+    print(
+        f"alignkit: first use of the embedded model: converting {gguf.name} to safetensors in {target} "
+        "(once, about 30 s)",
+        file=sys.stderr,
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _convert(gguf, tmp)
