@@ -17,6 +17,7 @@ from alignkit.train import loop as loop_module
 from alignkit.train import make_config, run
 from alignkit.train.metrics import read_jsonl
 from alignkit.train.preference import PreferenceMethod
+from alignkit.train.reference import Reference
 
 QUIET = {"log": lambda *a, **k: None}
 
@@ -89,8 +90,8 @@ def test_reference_free_losses_never_run_a_reference(tiny_model_dir, pairs_file,
     def boom(*args, **kwargs):
         raise AssertionError("reference forward on a reference-free loss")
 
-    monkeypatch.setattr(PreferenceMethod, "reference_logps", boom)
-    monkeypatch.setattr(PreferenceMethod, "_reference", boom)
+    monkeypatch.setattr(Reference, "__init__", boom)
+    monkeypatch.setattr(Reference, "logps", boom)
     for method in ("simpo", "orpo"):
         _train(method, tiny_model_dir, pairs_file, tmp_path / method)
 

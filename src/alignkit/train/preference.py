@@ -8,19 +8,16 @@ fine-tuning; the same weights with the LoRA adapter disabled under LoRA). Refere
 
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import gather_object
 
 from alignkit.config import PreferenceConfig
 from alignkit.data import TokenizedPair, collate_pairs, to_pairwise, tokenize_pairs
-from alignkit.logprobs import CompletionScorer, sequence_logprobs, token_logprobs
+from alignkit.logprobs import CompletionScorer, sequence_logprobs
 from alignkit.losses import LOSSES, sft_loss
-from alignkit.models import load_model
 from alignkit.train.loop import Method
+from alignkit.train.reference import Reference
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class PreferenceMethod(Method):
         }
         self.params = {k: v for k, v in self.params.items() if k in self.spec.params}
         self.sft_weight = self.mc.resolved_sft_weight
-        self.live_ref = None  # (model, uses_adapter_disable) for live reference
+        self.reference = None  # set up before training when the loss needs one
 
     def wrap(self, model):
         return CompletionScorer(model, self.cfg.train.logprob_chunk_size)
@@ -55,63 +52,30 @@ class PreferenceMethod(Method):
     def setup(self, model, train_items, eval_items, accelerator):
         if not self.spec.needs_reference:
             return train_items, eval_items
-        ref, disable_adapter = self._reference(model, accelerator)
+        self.reference = Reference(
+            model,
+            self.mc.reference,
+            self.mc.ref_model,
+            accelerator,
+            self.cfg.model.trust_remote_code,
+            self.cfg.train.logprob_chunk_size,
+        )
         if self.mc.reference == "live":
-            self.live_ref = (ref, disable_adapter)
             return train_items, eval_items
-        scored = [self._precompute(items, ref, disable_adapter, accelerator) for items in (train_items, eval_items)]
-        return scored[0], scored[1]
+        return tuple(self._precompute(items, accelerator) for items in (train_items, eval_items))
 
-    def _reference(self, model, accelerator):
-        if self.mc.ref_model:
-            ref = load_model(self.mc.ref_model, torch.float32, accelerator.device, self.cfg.model.trust_remote_code)
-            return ref.requires_grad_(False), False
-        if hasattr(model, "disable_adapter"):  # LoRA: the same weights with the adapter off, no second copy
-            return model, True
-        if self.mc.reference == "live":
-            return copy.deepcopy(model).requires_grad_(False).eval().to(accelerator.device), False
-        return model, False  # precompute with the initial policy itself
-
-    @torch.no_grad()
-    def reference_logps(self, ref, disable_adapter: bool, batch: dict) -> torch.Tensor:
-        """Summed reference log-probs ``(2B,)`` of a collated batch."""
-        was_training = ref.training
-        ref.eval()
-        with ref.disable_adapter() if disable_adapter else nullcontext():
-            logps = token_logprobs(
-                ref,
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["completion_mask"],
-                chunk_size=self.cfg.train.logprob_chunk_size,
-            ).sum(-1)
-        ref.train(was_training)
-        return logps
-
-    def _precompute(self, items, ref, disable_adapter, accelerator):
-        bs = self.cfg.train.eval_batch_size
-        mine = sorted(
-            range(accelerator.process_index, len(items), accelerator.num_processes), key=lambda i: self.length(items[i])
-        )  # similar lengths together: less padding
-        results = []
-        for s in range(0, len(mine), bs):
-            idx = mine[s : s + bs]
-            batch = {
-                k: v.to(accelerator.device) for k, v in collate_pairs([items[i] for i in idx], self.pad_id).items()
-            }
-            with accelerator.autocast():
-                logps = self.reference_logps(ref, disable_adapter, batch).tolist()
-            results += [(i, logps[j], logps[len(idx) + j]) for j, i in enumerate(idx)]
-        if accelerator.num_processes > 1:
-            results = gather_object(results)
-        out = list(items)
-        for i, chosen, rejected in results:
-            out[i] = ScoredPair(**{**items[i].__dict__, "ref_chosen": chosen, "ref_rejected": rejected})
-        return out
+    def _precompute(self, items, accelerator):
+        values = self.reference.precompute(
+            items, lambda xs: collate_pairs(xs, self.pad_id), self.length, self.cfg.train.eval_batch_size, accelerator
+        )
+        return [
+            ScoredPair(**{**x.__dict__, "ref_chosen": values[i][0], "ref_rejected": values[i][1]})
+            for i, x in enumerate(items)
+        ]
 
     def collate(self, items):
         batch = collate_pairs(items, self.pad_id)
-        if self.spec.needs_reference and self.live_ref is None:
+        if self.spec.needs_reference and self.mc.reference == "precompute":
             batch["ref_logps"] = torch.tensor([x.ref_chosen for x in items] + [x.ref_rejected for x in items])
         return batch
 
@@ -125,8 +89,8 @@ class PreferenceMethod(Method):
         policy = means if self.spec.average_logps else sums
         metrics = {"logps/chosen": sums[:b].detach(), "logps/rejected": sums[b:].detach()}
         if self.spec.needs_reference:
-            if self.live_ref is not None:
-                ref_sums = self.reference_logps(*self.live_ref, batch)
+            if self.mc.reference == "live":
+                ref_sums = self.reference.logps(batch)
             else:
                 ref_sums = batch["ref_logps"].to(sums.dtype)
             ref = ref_sums / n_tokens if self.spec.average_logps else ref_sums
