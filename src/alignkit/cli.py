@@ -22,7 +22,7 @@ SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --se
 
 @app.command()
 def train(
-    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge or robust"),
+    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust or kto"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
@@ -95,7 +95,7 @@ def demo(
 
 
 @app.command("config")
-def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge or robust")):
+def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust or kto")):
     """Print the full default config of METHOD as YAML, with every field."""
     import yaml
 

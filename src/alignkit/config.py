@@ -266,6 +266,31 @@ class PreferenceConfig(RunConfig):
         self.method.validate(where)
 
 
+@dataclass
+class KTOMethodConfig:
+    beta: float = _f(0.1, "KTO temperature beta.")
+    desirable_weight: float = _f(1.0, "lambda_D, weight of desirable (thumbs-up) examples.")
+    undesirable_weight: float = _f(1.0, "lambda_U, weight of undesirable (thumbs-down) examples.")
+    reference: str = _f("precompute", "Reference log-probs: precompute once, or live.", ("precompute", "live"))
+    ref_model: str | None = _f(None, "A different reference model (path or hub id); None = the initial policy.")
+
+    def validate(self, where: str) -> None:
+        _require(self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
+        for name in ("desirable_weight", "undesirable_weight"):
+            _require(getattr(self, name) > 0, where, f"method.{name}", getattr(self, name), "use a positive weight")
+
+
+@dataclass
+class KTOConfig(RunConfig):
+    """KTO on binary feedback: prompt/completion/label records (label true = desirable)."""
+
+    method: KTOMethodConfig = _f(KTOMethodConfig(), "KTO loss and reference settings.")
+
+    def validate(self, where: str = "config") -> None:
+        super().validate(where)
+        self.method.validate(where)
+
+
 # ----------------------------------------------------------------------------------------------- loading
 
 

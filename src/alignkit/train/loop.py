@@ -63,6 +63,7 @@ class Method:
     """
 
     name = "method"
+    log: Callable = staticmethod(print)  # set by prepare() to the run's logger
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
@@ -243,7 +244,8 @@ def fit(
             seconds_per_step=seconds,
         )
         for k, v in step_metrics.items():
-            window.add_scalar(k, v)
+            if not math.isnan(v):  # a metric over a subset (e.g. KTO's desirable rows) may be empty in a step
+                window.add_scalar(k, v)
         bar.update(1)
         bar.set_postfix(
             {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -9,12 +10,13 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from alignkit.config import PreferenceConfig, RunConfig, SFTConfig, load_config
+from alignkit.config import KTOConfig, PreferenceConfig, RunConfig, SFTConfig, load_config
 from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
 from alignkit.models import load_policy, load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
 from alignkit.train.data import load_train_eval
+from alignkit.train.kto import KTOMethod
 from alignkit.train.loop import TrainResult, fit
 from alignkit.train.preference import PreferenceMethod
 from alignkit.train.sft import SFTMethod
@@ -27,7 +29,7 @@ class MethodEntry:
     loss: str | None = None  # preference methods: the loss the command name selects
 
 
-METHODS: dict[str, MethodEntry] = {"sft": MethodEntry(SFTConfig, SFTMethod)}
+METHODS: dict[str, MethodEntry] = {"sft": MethodEntry(SFTConfig, SFTMethod), "kto": MethodEntry(KTOConfig, KTOMethod)}
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
 
 
@@ -66,6 +68,8 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     if method in METHODS and METHODS[method].loss is not None:
         cfg.method.loss = METHODS[method].loss
     cfg.validate()
+    # peft/accelerate read a transformers property deprecated in 5.x; the warning says nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     device = pick_device(cfg.model.device)
     # accelerate keeps one AcceleratorState per process; a second run in the same process (API, notebook) may use
     # another precision. Reset it, keeping the process-group state that `accelerate launch` set up.
@@ -81,6 +85,7 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     hf_tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     tok = Tokenizer(hf_tokenizer)
     impl = METHODS[method].build(cfg, tok.pad_id)
+    impl.log = log
     train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
     model, _ = load_policy(cfg.model, cfg.lora, device="cpu", tokenizer=hf_tokenizer)
     trainable, total = trainable_parameters(model)
@@ -96,7 +101,7 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
 def run(
     method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print, **sections
 ) -> TrainResult:
-    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust').
+    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto').
 
     ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
     ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.

@@ -1,0 +1,141 @@
+"""KTO on binary feedback (Ethayarajh et al. 2024): thumbs-up/down completions, no pairs needed.
+
+Each item carries a mismatched completion for the KL reference point: the completion of the next item in
+the data set, scored after this item's prompt (cut to fit max_length). Fixing the partner per item (rather
+than per batch) keeps the reference log-probs precomputable and resume exact. z_ref is estimated per
+micro-batch on these mismatched rows, without gradient (``alignkit.losses.kto_reference_point``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.config import KTOConfig
+from alignkit.data import pad_sequences, to_binary, tokenize_completions
+from alignkit.logprobs import CompletionScorer, sequence_logprobs
+from alignkit.losses import kto_loss, kto_reference_point
+from alignkit.train.loop import Method
+from alignkit.train.reference import Reference
+
+
+@dataclass(frozen=True)
+class KTOItem:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    kl_completion_ids: list[int]  # another item's completion, for the KL reference point
+    label: bool
+    source: str
+    ref_logp: float = 0.0
+    ref_kl_logp: float = 0.0
+
+
+def tokenize_kto(examples, tok, max_length, max_prompt_length, keep="keep_end", policy="truncate"):
+    """Binary examples -> ``KTOItem``s with their mismatched KL completions; returns (items, stats)."""
+    items, stats = tokenize_completions(examples, tok, max_length, max_prompt_length, keep, policy)
+    n = len(items)
+    return [
+        KTOItem(
+            x.prompt_ids,
+            x.completion_ids,
+            items[(i + 1) % n].completion_ids[: max_length - len(x.prompt_ids)],
+            bool(x.label),
+            x.source,
+        )
+        for i, x in enumerate(items)
+    ], stats
+
+
+def collate_kto(items: list[KTOItem], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows ``0..B-1``: prompt + completion; rows ``B..2B-1``: prompt + mismatched completion. ``labels`` ``(B,)``."""
+    prompts = [x.prompt_ids for x in items] * 2
+    batch = pad_sequences(prompts, [x.completion_ids for x in items] + [x.kl_completion_ids for x in items], pad_id)
+    batch["labels"] = torch.tensor([x.label for x in items])
+    return batch
+
+
+class KTOMethod(Method):
+    name = "kto"
+    convert = staticmethod(to_binary)
+    tokenize = staticmethod(tokenize_kto)
+
+    def __init__(self, cfg: KTOConfig, pad_id: int):
+        self.cfg, self.mc, self.pad_id = cfg, cfg.method, pad_id
+        self.reference = None
+
+    def wrap(self, model):
+        return CompletionScorer(model, self.cfg.train.logprob_chunk_size)
+
+    def setup(self, model, train_items, eval_items, accelerator):
+        self._check_class_balance(train_items)
+        self.reference = Reference(
+            model,
+            self.mc.reference,
+            self.mc.ref_model,
+            accelerator,
+            self.cfg.model.trust_remote_code,
+            self.cfg.train.logprob_chunk_size,
+        )
+        if self.mc.reference == "live":
+            return train_items, eval_items
+        return tuple(self._precompute(items, accelerator) for items in (train_items, eval_items))
+
+    def _precompute(self, items, accelerator):
+        values = self.reference.precompute(
+            items, lambda xs: collate_kto(xs, self.pad_id), self.length, self.cfg.train.eval_batch_size, accelerator
+        )
+        return [
+            KTOItem(**{**x.__dict__, "ref_logp": values[i][0], "ref_kl_logp": values[i][1]})
+            for i, x in enumerate(items)
+        ]
+
+    def _check_class_balance(self, items) -> None:
+        """The paper (sec. 4.2) keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3]; say so when it is not."""
+        n_d = sum(x.label for x in items)
+        n_u = len(items) - n_d
+        if not n_d or not n_u:
+            self.log(
+                f"warning: KTO data has {n_d} desirable and {n_u} undesirable examples; with one class only, "
+                "the loss can only push that class away from the reference point"
+            )
+            return
+        ratio = self.mc.desirable_weight * n_d / (self.mc.undesirable_weight * n_u)
+        if not 1.0 <= ratio <= 4 / 3:
+            low, high = n_u / n_d * self.mc.undesirable_weight, 4 * n_u / (3 * n_d) * self.mc.undesirable_weight
+            self.log(
+                f"warning: {n_d} desirable vs {n_u} undesirable examples; lambda_D n_D / (lambda_U n_U) = "
+                f"{ratio:.2f}, outside the [1, 4/3] the KTO paper recommends. Fix: set method.desirable_weight "
+                f"between {low:.2f} and {high:.2f}"
+            )
+
+    def collate(self, items):
+        batch = collate_kto(items, self.pad_id)
+        if self.mc.reference == "precompute":
+            batch["ref_logps"] = torch.tensor([x.ref_logp for x in items] + [x.ref_kl_logp for x in items])
+        return batch
+
+    def loss(self, module, batch):
+        labels = batch["labels"].bool()
+        b = labels.shape[0]
+        ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        logps = sequence_logprobs(module(ids[:b], attn[:b], mask[:b]), mask[:b])  # (B,)
+        with torch.no_grad():  # z_ref carries no gradient: score the mismatched rows without building a graph
+            kl_logps = sequence_logprobs(module(ids[b:], attn[b:], mask[b:]), mask[b:])
+        ref = batch["ref_logps"].to(logps.dtype) if "ref_logps" in batch else self.reference.logps(batch)
+        z_ref = kto_reference_point(kl_logps, ref[b:])
+        losses, rewards = kto_loss(
+            logps, ref[:b], labels, z_ref, self.mc.beta, self.mc.desirable_weight, self.mc.undesirable_weight
+        )
+        metrics = {
+            "rewards/desirable": rewards[labels],
+            "rewards/undesirable": rewards[~labels],
+            "logps/desirable": logps[labels].detach(),
+            "logps/undesirable": logps[~labels].detach(),
+            "kl": z_ref.expand(b),
+            "rewards/accuracies": ((rewards > 0) == labels).float(),
+        }
+        return losses, metrics
+
+    def length(self, item) -> int:
+        return len(item.prompt_ids) + max(len(item.completion_ids), len(item.kl_completion_ids))
