@@ -17,7 +17,7 @@ from alignkit.data import pad_sequences, to_binary, tokenize_completions
 from alignkit.logprobs import CompletionScorer, sequence_logprobs
 from alignkit.losses import kto_loss, kto_reference_point
 from alignkit.train.loop import Method
-from alignkit.train.reference import Reference
+from alignkit.train.reference import prepare_reference
 
 
 @dataclass(frozen=True)
@@ -69,26 +69,17 @@ class KTOMethod(Method):
 
     def setup(self, model, train_items, eval_items, accelerator):
         self._check_class_balance(train_items)
-        self.reference = Reference(
+        self.reference, splits = prepare_reference(
             model,
-            self.mc.reference,
-            self.mc.ref_model,
+            self.mc,
+            self.cfg,
             accelerator,
-            self.cfg.model.trust_remote_code,
-            self.cfg.train.logprob_chunk_size,
+            (train_items, eval_items),
+            lambda xs: collate_kto(xs, self.pad_id),
+            self.length,
+            lambda x, v: KTOItem(**{**x.__dict__, "ref_logp": v[0], "ref_kl_logp": v[1]}),
         )
-        if self.mc.reference == "live":
-            return train_items, eval_items
-        return tuple(self._precompute(items, accelerator) for items in (train_items, eval_items))
-
-    def _precompute(self, items, accelerator):
-        values = self.reference.precompute(
-            items, lambda xs: collate_kto(xs, self.pad_id), self.length, self.cfg.train.eval_batch_size, accelerator
-        )
-        return [
-            KTOItem(**{**x.__dict__, "ref_logp": values[i][0], "ref_kl_logp": values[i][1]})
-            for i, x in enumerate(items)
-        ]
+        return splits
 
     def _check_class_balance(self, items) -> None:
         """The paper (sec. 4.2) keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3]; say so when it is not."""

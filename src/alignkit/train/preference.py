@@ -17,7 +17,7 @@ from alignkit.data import TokenizedPair, collate_pairs, to_pairwise, tokenize_pa
 from alignkit.logprobs import CompletionScorer, sequence_logprobs
 from alignkit.losses import LOSSES, sft_loss
 from alignkit.train.loop import Method
-from alignkit.train.reference import Reference
+from alignkit.train.reference import prepare_reference
 
 
 @dataclass(frozen=True)
@@ -52,26 +52,17 @@ class PreferenceMethod(Method):
     def setup(self, model, train_items, eval_items, accelerator):
         if not self.spec.needs_reference:
             return train_items, eval_items
-        self.reference = Reference(
+        self.reference, splits = prepare_reference(
             model,
-            self.mc.reference,
-            self.mc.ref_model,
+            self.mc,
+            self.cfg,
             accelerator,
-            self.cfg.model.trust_remote_code,
-            self.cfg.train.logprob_chunk_size,
+            (train_items, eval_items),
+            lambda xs: collate_pairs(xs, self.pad_id),
+            self.length,
+            lambda x, v: ScoredPair(**{**x.__dict__, "ref_chosen": v[0], "ref_rejected": v[1]}),
         )
-        if self.mc.reference == "live":
-            return train_items, eval_items
-        return tuple(self._precompute(items, accelerator) for items in (train_items, eval_items))
-
-    def _precompute(self, items, accelerator):
-        values = self.reference.precompute(
-            items, lambda xs: collate_pairs(xs, self.pad_id), self.length, self.cfg.train.eval_batch_size, accelerator
-        )
-        return [
-            ScoredPair(**{**x.__dict__, "ref_chosen": values[i][0], "ref_rejected": values[i][1]})
-            for i, x in enumerate(items)
-        ]
+        return splits
 
     def collate(self, items):
         batch = collate_pairs(items, self.pad_id)

@@ -79,3 +79,28 @@ class Reference:
         if accelerator.num_processes > 1:
             results = gather_object(results)
         return dict(results)
+
+
+def prepare_reference(
+    model, method_cfg, cfg, accelerator, splits: tuple[list, ...], collate: Callable, length: Callable, attach: Callable
+) -> tuple[Reference, tuple[list, ...]]:
+    """The reference for ``method_cfg.reference`` / ``ref_model``, and ``splits`` with values attached.
+
+    With ``precompute``, every item of every split is replaced by ``attach(item, row_values)``; with ``live``,
+    the splits come back unchanged and the method calls ``Reference.logps`` per batch.
+    """
+    ref = Reference(
+        model,
+        method_cfg.reference,
+        method_cfg.ref_model,
+        accelerator,
+        cfg.model.trust_remote_code,
+        cfg.train.logprob_chunk_size,
+    )
+    if method_cfg.reference == "live":
+        return ref, splits
+    scored = []
+    for items in splits:
+        values = ref.precompute(items, collate, length, cfg.train.eval_batch_size, accelerator)
+        scored.append([attach(x, values[i]) for i, x in enumerate(items)])
+    return ref, tuple(scored)
