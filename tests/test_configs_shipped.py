@@ -10,10 +10,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHOD_OF = {"sft": "sft", "ipo": "ipo", "simpo": "simpo", "orpo": "orpo", "kto": "kto"}
 
 
+def method_of(path: Path) -> str:
+    return "rm" if path.stem.startswith("rm") else METHOD_OF.get(path.stem, "dpo")
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_config_validates(path):
-    method = METHOD_OF.get(path.stem, "dpo")
+    method = method_of(path)
     cfg = make_config(method, str(path))
     assert cfg.train.output_dir.startswith("runs/")
-    if method not in ("sft", "kto"):
+    if method not in ("sft", "kto", "rm"):
         assert cfg.method.loss == method

@@ -522,3 +522,14 @@ def test_real_hh_rlhf_converts():
         assert isinstance(ex.prompt, tuple) and ex.prompt[-1]["role"] == "user"
         assert all(m["role"] == "assistant" for m in ex.chosen + ex.rejected)
         assert ex.chosen != ex.rejected
+
+
+def test_slice_selects_records_by_position(tmp_path):
+    path = write_jsonl(tmp_path / "r.jsonl", [{"i": i} for i in range(10)])
+    assert [r["i"] for _, r in read_records(f"{path}[:3]")] == [0, 1, 2]
+    assert [r["i"] for _, r in read_records(f"{path}[7:]")] == [7, 8, 9]
+    assert [r["i"] for _, r in read_records(f"{path}[-2:]")] == [8, 9]
+    assert [r["i"] for _, r in read_records(f"{path}[2:4]")] == [2, 3]
+    assert read_records(f"{path}[2:4]")[0][0].endswith("r.jsonl:3")  # sources keep line numbers
+    with pytest.raises(DataError, match="does not exist"):
+        read_records(f"{tmp_path / 'missing.jsonl'}[:3]")

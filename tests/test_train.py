@@ -196,3 +196,14 @@ def test_overwrite_starts_afresh_and_drops_old_checkpoints(tiny_model_dir, pairs
     _train("dpo", tiny_model_dir, pairs_file, out, max_steps=1, overwrite=True)
     assert not list(out.glob("ckpt-*"))
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
+
+
+def test_data_order_shuffle_and_file_order():
+    from alignkit.train.loop import global_batch_indices
+
+    shuffled = [global_batch_indices(10, s, 4, seed=0) for s in range(4)]
+    assert sorted(shuffled[0] + shuffled[1]) != list(range(8))  # shuffled within the epoch
+    assert len(set(shuffled[0] + shuffled[1])) == 8  # no repeats within an epoch
+    assert global_batch_indices(10, 3, 4, seed=0) == shuffled[3]  # a pure function of (seed, step)
+    in_order = [global_batch_indices(10, s, 4, seed=0, shuffle=False) for s in range(3)]
+    assert in_order == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]  # epoch 2 starts over; the tail is dropped

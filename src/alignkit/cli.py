@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Align causal language models: SFT and the DPO family (dpo, ipo, simpo, orpo, hinge, robust).",
+    help="Align causal language models: SFT, the DPO family, KTO, reward models, best-of-N.",
 )
 
 SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --set train.learning_rate=1e-5"
@@ -22,7 +22,7 @@ SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --se
 
 @app.command()
 def train(
-    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust or kto"),
+    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto or rm"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
@@ -55,13 +55,7 @@ def generate(
     from alignkit.generation import generate as gen
     from alignkit.models import load_model, load_tokenizer, pick_device
 
-    prompts = list(prompt)
-    if prompts_file:
-        if not prompts_file.is_file():
-            raise UserError(f"--prompts-file {prompts_file} does not exist")
-        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise UserError("no prompts. Fix: pass --prompt TEXT or --prompts-file FILE")
+    prompts = _prompts(prompt, prompts_file)
     device = pick_device("auto")
     lm = load_model(model, torch.float32, device)
     tokenizer = load_tokenizer(model)
@@ -69,6 +63,111 @@ def generate(
         prompts, gen(lm, tokenizer, prompts, max_new_tokens, temperature, top_p, seed=seed, chat=not raw)
     ):
         typer.echo(f">>> {p}\n{out}\n")
+
+
+def _prompts(prompt: list[str], prompts_file: Path | None) -> list:
+    """Prompts from --prompt and --prompts-file (one per line, or .jsonl/.json records with a 'prompt' field)."""
+    prompts = list(prompt)
+    if prompts_file:
+        if not prompts_file.is_file():
+            raise UserError(f"--prompts-file {prompts_file} does not exist. Fix: pass an existing file")
+        if prompts_file.suffix in (".jsonl", ".json", ".gz", ".parquet", ".csv"):
+            from alignkit.data import read_records, to_prompt, validate_records
+
+            prompts += [x.prompt for x in validate_records(read_records(str(prompts_file)), to_prompt)[0]]
+        else:
+            prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError("no prompts. Fix: pass --prompt TEXT or --prompts-file FILE")
+    return prompts
+
+
+AGG_HELP = "How ensemble members combine: mean, min, percentile, mean_minus_std"
+
+
+@app.command()
+def score(
+    reward_model: str = typer.Argument(..., help="A reward model dir (or ensemble dir) written by alignkit train rm"),
+    input_: str = typer.Option(
+        ..., "--input", "-i", help="Records: prompt + response, messages, or prompt/chosen/rejected"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the scored records (.jsonl)"),
+    aggregate: str = typer.Option("mean", help=AGG_HELP),
+    alpha: float = typer.Option(1.0, help="mean_minus_std: reward = mean - alpha * std over members"),
+    percentile: float = typer.Option(10.0, help="percentile: which percentile of the members' rewards"),
+    batch_size: int = typer.Option(8, help="Sequences per forward"),
+):
+    """Score (prompt, response) records with a saved reward model or ensemble (normalized rewards)."""
+    from alignkit.data.feedback import write_jsonl
+    from alignkit.reward import AGGREGATIONS, RewardModel
+    from alignkit.reward.scoring import score_records
+
+    if aggregate not in AGGREGATIONS:
+        raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
+    records = _read_input(input_, out)
+    rm = RewardModel.load(reward_model)
+    scored, summary = score_records(rm, records, aggregate, alpha, percentile, batch_size)
+    typer.echo(f"scored {len(scored)} records with {rm.heads} reward head(s), aggregate {aggregate}")
+    if summary:
+        typer.echo(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    typer.echo(f"wrote {write_jsonl(out, scored)}")
+
+
+@app.command("best-of-n")
+def best_of_n_cmd(
+    reward_model: str = typer.Option(..., "--reward", "-r", help="Reward model or ensemble dir (alignkit train rm)"),
+    policy: str = typer.Option(
+        "smollm2-135m-instruct", "--policy", "-m", help="Policy: model dir, LoRA adapter dir, hub id, or the default"
+    ),
+    prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)"),
+    prompts_file: Optional[Path] = typer.Option(None, help="One prompt per line, or .jsonl records with 'prompt'"),
+    n: int = typer.Option(8, "--n", "-n", help="Samples per prompt"),
+    max_new_tokens: int = typer.Option(64, help="Tokens per sample"),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)"),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold"),
+    seed: int = typer.Option(0, help="Sampling seed"),
+    aggregate: str = typer.Option("mean", help=AGG_HELP),
+    alpha: float = typer.Option(1.0, help="mean_minus_std: reward = mean - alpha * std over members"),
+    percentile: float = typer.Option(10.0, help="percentile: which percentile of the members' rewards"),
+    out_dir: Path = typer.Option(
+        Path("runs/best-of-n"), "--out-dir", "-o", help="Writes samples.jsonl, summary.json, plot"
+    ),
+):
+    """Sample N completions per prompt and keep the best under a reward model; report scores and the KL bound."""
+    import json
+
+    import torch
+
+    from alignkit.data.feedback import write_jsonl
+    from alignkit.models import load_model, load_tokenizer, pick_device
+    from alignkit.reward import AGGREGATIONS, RewardModel
+    from alignkit.reward.best_of_n import best_of_n, best_of_n_kl, plot_best_of_n
+
+    if aggregate not in AGGREGATIONS:
+        raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
+    prompts = _prompts(prompt, prompts_file)
+    best_of_n_kl(n)
+    rm = RewardModel.load(reward_model)
+    lm = load_model(policy, torch.float32, pick_device("auto"))
+    tokenizer = load_tokenizer(policy)
+
+    def progress(i, total, result):
+        typer.echo(f"[{i}/{total}] best reward {float(result.rewards[result.best]):+.3f} "
+                   f"(mean of {n}: {float(result.rewards.mean()):+.3f})")  # fmt: skip
+
+    report = best_of_n(
+        lm, tokenizer, rm, prompts, n, max_new_tokens, temperature, top_p, seed, aggregate, alpha, percentile,
+        progress=progress,
+    )  # fmt: skip
+    summary = report.summary()
+    write_jsonl(out_dir / "samples.jsonl", [r.record() for r in report.results])
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_best_of_n(report, out_dir / "best_of_n.png")
+    typer.echo(
+        f"best-of-{n} on {summary['prompts']} prompts: mean reward {summary['reward_mean_n1']:+.3f} (one sample) -> "
+        f"{summary['reward_mean_best']:+.3f} (best); KL bound log N - (N-1)/N = {summary['kl_bound']:.3f} nats"
+    )
+    typer.echo(f"wrote {out_dir / 'samples.jsonl'}, {out_dir / 'summary.json'}, {out_dir / 'best_of_n.png'}")
 
 
 @app.command()
@@ -95,7 +194,7 @@ def demo(
 
 
 @app.command("config")
-def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust or kto")):
+def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto or rm")):
     """Print the full default config of METHOD as YAML, with every field."""
     import yaml
 

@@ -109,6 +109,7 @@ class TrainConfig:
     output_dir: str = _f("runs/alignkit", "Where checkpoints, metrics.jsonl, the config and the final model go.")
     overwrite: bool = _f(False, "Start afresh in an output_dir that already holds a run (its checkpoints are deleted).")
     seed: int = _f(42, "Seed for data order, initialization of LoRA and sampling.")
+    shuffle: bool = _f(True, "Reshuffle the training examples each epoch; false keeps file order (benchmarks).")
     learning_rate: float = _f(5e-6, "Peak learning rate of AdamW.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     adam_betas: list = _f([0.9, 0.999], "AdamW betas.")
@@ -289,6 +290,48 @@ class KTOConfig(RunConfig):
     def validate(self, where: str = "config") -> None:
         super().validate(where)
         self.method.validate(where)
+
+
+@dataclass
+class RewardMethodConfig:
+    margin: float = _f(0.0, "Required reward gap m in -log sigma(r_c - r_r - m) (Llama 2's margin); 0 = plain BT.")
+    center_weight: float = _f(0.0, "Reward-centering weight eta * (r_c + r_r)^2 (keeps rewards near 0); 0 = off.")
+    heads: int = _f(1, "Scalar heads on one trunk; > 1 makes a K-head ensemble (each head its own bootstrap).")
+    freeze_trunk: bool = _f(False, "Train only the head(s) on a frozen backbone: cheap, memory-light ensembles.")
+    ensemble_size: int = _f(1, "Train this many reward models (seed + k) into output_dir/member-k.")
+    bootstrap: bool = _f(
+        False, "Each member trains on a bootstrap resample (heads: Poisson(1) weights per pair and head)."
+    )
+    chat_format: bool = _f(
+        True, "Score text prompts/responses as a one-turn chat through the tokenizer's template (if it has one)."
+    )
+    norm_pairs: int = _f(256, "Training pairs scored after training for the reward mean/std saved with the model.")
+    calibration_bins: int = _f(10, "Confidence bins of the expected calibration error (ECE).")
+
+    def validate(self, where: str) -> None:
+        _require(self.margin >= 0, where, "method.margin", self.margin, "use 0 or a positive gap, e.g. 0.5")
+        _require(self.center_weight >= 0, where, "method.center_weight", self.center_weight, "use 0 or e.g. 0.01")
+        for name in ("heads", "ensemble_size", "norm_pairs"):
+            _require(getattr(self, name) >= 1, where, f"method.{name}", getattr(self, name), "use a whole number >= 1")
+        _require(self.calibration_bins >= 2, where, "method.calibration_bins", self.calibration_bins, "use e.g. 10")
+
+
+@dataclass
+class RewardConfig(RunConfig):
+    """Reward model (Bradley-Terry) on pairwise preferences: a scalar head on a causal-LM backbone."""
+
+    method: RewardMethodConfig = _f(RewardMethodConfig(), "Reward-model loss, heads and ensemble settings.")
+
+    def validate(self, where: str = "config") -> None:
+        super().validate(where)
+        self.method.validate(where)
+        _require(
+            not (self.method.freeze_trunk and self.lora is not None),
+            where,
+            "method.freeze_trunk",
+            True,
+            "a frozen trunk trains only the head; remove the lora section or set method.freeze_trunk=false",
+        )
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -215,6 +215,23 @@ def to_prompt(record: Any, source: str) -> PromptExample:
     return PromptExample(_content(record, "prompt"), source)
 
 
+def as_chat(prompt: Content, completion: Content) -> tuple[Content, Content]:
+    """Text as a one-turn conversation: prompt -> a user message, completion -> an assistant message.
+
+    Conversations pass unchanged; an empty text prompt (plain text scored as a whole) stays text. Used where a
+    model must see data the way a chat policy does (reward models, best-of-N with a different tokenizer).
+    """
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if not prompt:
+            return prompt, completion
+        return ({"role": "user", "content": prompt},), ({"role": "assistant", "content": completion},)
+    if isinstance(prompt, str):
+        prompt = ({"role": "user", "content": prompt},) if prompt else ()
+    if isinstance(completion, str):
+        completion = ({"role": "assistant", "content": completion},)
+    return prompt, completion
+
+
 def validate_records(
     records: list[tuple[str, Any]], convert: Callable[[Any, str], Any], on_invalid: str = "error", max_listed: int = 20
 ) -> tuple[list, list[str]]:

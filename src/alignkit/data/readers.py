@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,8 +26,20 @@ def builtin_path(name: str) -> Path:
     return Path(__file__).resolve().parent.parent / "resources" / name
 
 
+_SLICE = re.compile(r"^(.*)\[(-?\d*):(-?\d*)\]$")
+
+
 def read_records(spec: str, split: str = "train") -> list[Record]:
-    """All records of ``spec`` (a path, ``builtin:NAME``, or a hub dataset id) as ``(source, record)`` pairs."""
+    """All records of ``spec`` (a path, ``builtin:NAME``, or a hub dataset id) as ``(source, record)`` pairs.
+
+    A Python slice after the name selects records by position, as in HF's ``train[:1200]``:
+    ``pairs.jsonl.gz[:1200]``, ``pairs.jsonl.gz[1200:]``, ``pairs.jsonl.gz[-300:]``. Sources keep file line numbers.
+    """
+    sliced = _SLICE.match(spec)
+    if sliced and not Path(spec).exists():
+        name, start, stop = sliced.groups()
+        records = read_records(name, split)
+        return records[int(start) if start else None : int(stop) if stop else None]
     if spec.startswith(BUILTIN):
         path = builtin_path(spec[len(BUILTIN) :])
         if not path.is_file():

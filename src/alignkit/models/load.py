@@ -99,8 +99,11 @@ def _not_found(name: str | None, error: Exception) -> UserError:
     )
 
 
-def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
-    """Wrap ``model`` with a trainable LoRA adapter. The adapter records ``base_name`` so merge can find the base."""
+def apply_lora(model, cfg: LoRAConfig, base_name: str | None, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with a trainable LoRA adapter. The adapter records ``base_name`` so merge can find the base.
+
+    ``task_type="SEQ_CLS"`` (reward models): peft also trains and saves the classification head in full.
+    """
     from peft import LoraConfig, get_peft_model
 
     # peft records the base in adapter_config.json from these; the embedded default is stored by its name.
@@ -111,7 +114,7 @@ def apply_lora(model, cfg: LoRAConfig, base_name: str | None):
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     try:
         return get_peft_model(model, lora)

@@ -119,8 +119,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, expect
     return state
 
 
-def save_model(model, tokenizer, out: Path) -> None:
-    """Final model (or LoRA adapter) + tokenizer, written atomically to ``out``."""
+def save_model(model, tokenizer, out: Path, extra_files: dict[str, str] | None = None) -> None:
+    """Final model (or LoRA adapter) + tokenizer (+ ``extra_files`` {name: text}), written atomically to ``out``."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     if hasattr(model, "peft_config"):
@@ -129,6 +129,8 @@ def save_model(model, tokenizer, out: Path) -> None:
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text)
     old = out.with_name(f".{out.name}.old")
     if out.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -87,11 +87,28 @@ class Method:
         """Padded length of an item's longest row; forward-only passes batch items of similar length together."""
         return 0
 
+    def load_model(self, cfg: RunConfig, tokenizer):
+        """The trainable model (fp32 master weights): the policy, with LoRA if configured."""
+        from alignkit.models import load_policy
 
-def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:
-    """Example indices of optimizer step ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation."""
+        return load_policy(cfg.model, cfg.lora, device="cpu", tokenizer=tokenizer)[0]
+
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Turn averaged metrics into reported ones (e.g. per-bin calibration terms into an ECE)."""
+        return metrics
+
+    def finish(self, module, train_items: list, eval_items: list, eval_metrics: dict) -> dict[str, str]:
+        """After training, on the main process: extra files ``{name: text}`` saved with the model."""
+        return {}
+
+
+def global_batch_indices(n: int, step: int, global_batch: int, seed: int, shuffle: bool = True) -> list[int]:
+    """Example indices of optimizer step ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation
+    (the identity when ``shuffle`` is false)."""
     steps_per_epoch = n // global_batch
     epoch, offset = divmod(step, steps_per_epoch)
+    if not shuffle:
+        return list(range(offset * global_batch, (offset + 1) * global_batch))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     return perm[offset * global_batch : (offset + 1) * global_batch]
 
@@ -199,7 +216,7 @@ def fit(
     )
     while state.step < total_steps and not state.stopped_early:
         step_t0 = time.time()
-        indices = global_batch_indices(len(train_items), state.step, global_batch, tc.seed)
+        indices = global_batch_indices(len(train_items), state.step, global_batch, tc.seed, tc.shuffle)
         items = [train_items[i] for i in indices]
         total_weight = sum(method.weight(x) for x in items)
         mine = items[rank * tc.batch_size * tc.grad_accum : (rank + 1) * tc.batch_size * tc.grad_accum]
@@ -259,7 +276,7 @@ def fit(
             logged = {
                 "step": state.step,
                 "epoch": round(state.step / steps_per_epoch, 4),
-                **{k: window.sums[k] / window.counts[k] for k in window.sums},
+                **method.summarize({k: window.sums[k] / window.counts[k] for k in window.sums}),
             }
             window = MetricSums()
             history.append(logged)
@@ -279,7 +296,9 @@ def fit(
     model_dir = out / "model"
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(module).model, tokenizer, model_dir)
+        unwrapped = accelerator.unwrap_model(module)
+        extra = method.finish(unwrapped, train_items, eval_items, last_eval)
+        save_model(unwrapped.model, tokenizer, model_dir, extra)
     if tc.save_steps:
         save(state.step)
     if tc.report_to:
@@ -336,7 +355,7 @@ def evaluate(method: Method, module, items: list, batch_size: int, accelerator) 
         sums.add_scalar("loss", float((losses.float() * weights).sum()), float(weights.sum()))
         sums.add(metrics)
     module.train(was_training)
-    return {f"eval/{k}": v for k, v in sums.reduce(accelerator).items()}
+    return {f"eval/{k}": v for k, v in method.summarize(sums.reduce(accelerator)).items()}
 
 
 def _early_stopping(state: TrainState, metrics: dict, name: str, patience: int | None, log: Callable) -> None:

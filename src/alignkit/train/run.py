@@ -10,15 +10,16 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from alignkit.config import KTOConfig, PreferenceConfig, RunConfig, SFTConfig, load_config
+from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config
 from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
-from alignkit.models import load_policy, load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
+from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
 from alignkit.train.data import load_train_eval
 from alignkit.train.kto import KTOMethod
 from alignkit.train.loop import TrainResult, fit
 from alignkit.train.preference import PreferenceMethod
+from alignkit.train.reward import RewardMethod, run_ensemble
 from alignkit.train.sft import SFTMethod
 
 
@@ -29,7 +30,11 @@ class MethodEntry:
     loss: str | None = None  # preference methods: the loss the command name selects
 
 
-METHODS: dict[str, MethodEntry] = {"sft": MethodEntry(SFTConfig, SFTMethod), "kto": MethodEntry(KTOConfig, KTOMethod)}
+METHODS: dict[str, MethodEntry] = {
+    "sft": MethodEntry(SFTConfig, SFTMethod),
+    "kto": MethodEntry(KTOConfig, KTOMethod),
+    "rm": MethodEntry(RewardConfig, RewardMethod),
+}
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
 
 
@@ -87,11 +92,11 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     impl = METHODS[method].build(cfg, tok.pad_id)
     impl.log = log
     train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
-    model, _ = load_policy(cfg.model, cfg.lora, device="cpu", tokenizer=hf_tokenizer)
+    model = impl.load_model(cfg, hf_tokenizer)
     trainable, total = trainable_parameters(model)
     log(
         f"model {cfg.model.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
-        f"({'LoRA r=' + str(cfg.lora.r) if cfg.lora else 'full fine-tuning'}); device {accelerator.device}, "
+        f"({_training_mode(cfg)}); device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}"
     )
     model.to(accelerator.device)
@@ -101,12 +106,21 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
 def run(
     method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print, **sections
 ) -> TrainResult:
-    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto').
+    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto', 'rm').
 
     ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
     ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.
     """
-    p = prepare(method, cfg if cfg is not None else make_config(method, **sections), log)
+    cfg = cfg if cfg is not None else make_config(method, **sections)
+    if method == "rm" and cfg.method.ensemble_size > 1:
+        return run_ensemble(cfg, resume, callbacks, log)
+    p = prepare(method, cfg, log)
     return fit(
         p.method, p.cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, resume, callbacks, p.log
     )
+
+
+def _training_mode(cfg: RunConfig) -> str:
+    if cfg.lora:
+        return f"LoRA r={cfg.lora.r}"
+    return "heads only, frozen trunk" if getattr(cfg.method, "freeze_trunk", False) else "full fine-tuning"

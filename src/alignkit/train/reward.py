@@ -1,0 +1,227 @@
+"""Reward-model training (Bradley-Terry) on pairwise preferences, and ensembles of reward models.
+
+Each pair is scored as two full sequences (prompt + chosen, prompt + rejected) in one forward; the loss is
+``alignkit.losses.bradley_terry_loss``. With ``method.heads = K`` the model has K heads on one trunk, each
+trained on its own Poisson(1) bootstrap weights of the pairs (fixed per pair and head by the seed), so the
+heads disagree where the data is thin. With ``method.ensemble_size = K`` K separate models are trained (seed
++ k; with ``method.bootstrap`` each on a resample of the pairs) into ``output_dir/member-k``.
+
+After training, the rewards of up to ``method.norm_pairs`` training pairs give a mean/std per head, saved in
+``alignkit_reward.json`` with the model so scores are normalized the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from alignkit.config import RewardConfig
+from alignkit.data import TokenizedPair, as_chat, collate_pairs, to_pairwise, tokenize_pairs
+from alignkit.eval.reward import calibration_terms, ece_from_terms
+from alignkit.losses import bradley_terry_loss
+from alignkit.reward.model import ENSEMBLE_INFO, REWARD_INFO, RewardScorer, build_reward_model
+from alignkit.train.loop import Method, TrainResult
+
+CALIBRATION = "calibration/bin"
+
+
+@dataclass(frozen=True)
+class WeightedPair(TokenizedPair):
+    """A pair with one bootstrap weight per head (K-head ensembles)."""
+
+    head_weights: tuple = ()
+
+
+class RewardMethod(Method):
+    name = "rm"
+    convert = staticmethod(to_pairwise)
+
+    def __init__(self, cfg: RewardConfig, pad_id: int):
+        self.cfg, self.pad_id, self.mc = cfg, pad_id, cfg.method
+        self.member = 0  # index of this model in an ensemble (bootstrap seed)
+
+    def tokenize(self, examples, tok, *args):
+        if self.mc.chat_format and getattr(tok.hf, "chat_template", None):
+            examples = [_chat_pair(x) for x in examples]
+        return tokenize_pairs(examples, tok, *args)
+
+    def load_model(self, cfg: RewardConfig, tokenizer):
+        return build_reward_model(cfg.model, cfg.lora, self.mc.heads, self.mc.freeze_trunk, tokenizer)
+
+    def wrap(self, model):
+        return RewardScorer(model)
+
+    def setup(self, model, train_items, eval_items, accelerator):
+        seed = self.cfg.train.seed
+        if self.mc.bootstrap and self.mc.heads == 1:
+            rng = random.Random(seed * 1000 + self.member)
+            train_items = [train_items[rng.randrange(len(train_items))] for _ in train_items]
+            self.log(f"bootstrap resample of the {len(train_items)} training pairs (member {self.member})")
+        if self.mc.heads > 1:
+            g = torch.Generator().manual_seed(seed)
+            if self.mc.bootstrap:
+                w = torch.poisson(torch.ones(len(train_items), self.mc.heads), generator=g)
+            else:
+                w = torch.ones(len(train_items), self.mc.heads)
+            train_items = [
+                WeightedPair(**x.__dict__, head_weights=tuple(w[i].tolist())) for i, x in enumerate(train_items)
+            ]
+        return train_items, eval_items
+
+    def collate(self, items):
+        batch = collate_pairs(items, self.pad_id)
+        if items and isinstance(items[0], WeightedPair):
+            batch["head_weights"] = torch.tensor([x.head_weights for x in items])
+        return batch
+
+    def loss(self, module, batch):
+        rewards = module(batch["input_ids"], batch["attention_mask"])  # (2B, heads)
+        b = rewards.shape[0] // 2
+        chosen, rejected = rewards[:b], rewards[b:]
+        per_head = bradley_terry_loss(chosen, rejected, self.mc.margin, self.mc.center_weight)  # (B, heads)
+        if "head_weights" in batch:
+            losses = (per_head * batch["head_weights"].to(per_head.dtype)).mean(-1)
+        else:
+            losses = per_head.mean(-1)
+        c, r = chosen.detach().mean(-1), rejected.detach().mean(-1)  # the ensemble mean of the heads
+        metrics = {
+            "rewards/chosen": c,
+            "rewards/rejected": r,
+            "rewards/margins": c - r,
+            "rewards/accuracies": (c > r).float(),
+            "calibration/brier": (torch.sigmoid(c - r) - 1) ** 2,
+            "rewards/_mean": (c + r) / 2,
+            "rewards/_sq": (c**2 + r**2) / 2,
+        }
+        if self.mc.heads > 1:
+            metrics["rewards/head_std"] = torch.cat([chosen, rejected]).detach().std(-1, unbiased=False)
+        terms = calibration_terms(c, r, self.mc.calibration_bins)
+        metrics.update({f"{CALIBRATION}{i:02d}": terms[:, i] for i in range(terms.shape[1])})
+        return losses, metrics
+
+    def summarize(self, metrics):
+        out = {k: v for k, v in metrics.items() if not k.startswith((CALIBRATION, "rewards/_"))}
+        bins = [v for k, v in sorted(metrics.items()) if k.startswith(CALIBRATION)]
+        if bins:
+            out["calibration/ece"] = ece_from_terms(bins)
+        if "rewards/_mean" in metrics:
+            mean, sq = metrics["rewards/_mean"], metrics["rewards/_sq"]
+            out["rewards/mean"] = mean
+            out["rewards/std"] = max(sq - mean**2, 0.0) ** 0.5
+        return out
+
+    def length(self, item) -> int:
+        return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
+
+    @torch.no_grad()
+    def finish(self, module, train_items, eval_items, eval_metrics):
+        """Reward mean/std per head over up to ``norm_pairs`` training pairs -> ``alignkit_reward.json``."""
+        was_training = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        pairs = sorted(train_items[: self.mc.norm_pairs], key=self.length)
+        rewards = []
+        for s in range(0, len(pairs), self.cfg.train.eval_batch_size):
+            batch = collate_pairs(pairs[s : s + self.cfg.train.eval_batch_size], self.pad_id)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(self.cfg, device)):
+                rewards.append(module(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+        module.train(was_training)
+        r = torch.cat(rewards).cpu()  # (2n, heads)
+        d = self.cfg.data
+        info = {
+            "format": "alignkit-reward-model",
+            "version": 1,
+            "heads": self.mc.heads,
+            "mean": r.mean(0).tolist(),
+            "std": r.std(0, unbiased=False).tolist(),
+            "normalized_on": f"{len(pairs)} training pairs ({2 * len(pairs)} responses)",
+            "base_model": self.cfg.model.name,
+            "chat_format": self.mc.chat_format,
+            "max_length": d.max_length,
+            "max_prompt_length": d.max_prompt_length,
+            "prompt_truncation": d.prompt_truncation,
+            "seed": self.cfg.train.seed,
+            "member": self.member,
+            "bootstrap": self.mc.bootstrap,
+            "eval_metrics": eval_metrics,
+        }
+        self.log(f"reward normalization: mean {_fmt(info['mean'])}, std {_fmt(info['std'])} over {len(pairs)} pairs")
+        return {REWARD_INFO: json.dumps(info, indent=1) + "\n"}
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.3f}" for v in values)
+
+
+def _bf16(cfg, device) -> bool:
+    from alignkit.models import pick_mixed_precision
+
+    return pick_mixed_precision(cfg.model.dtype, device) == "bf16"
+
+
+def _chat_pair(x):
+    """A text pair as a one-turn chat (see ``as_chat``)."""
+    prompt, chosen = as_chat(x.prompt, x.chosen)
+    _, rejected = as_chat(x.prompt, x.rejected)
+    return replace(x, prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def run_ensemble(cfg: RewardConfig, resume: str | bool = False, callbacks=(), log=print) -> TrainResult:
+    """Train ``method.ensemble_size`` reward models (seed + k) into ``output_dir/member-k``; writes
+    ``ensemble.json`` listing them. With ``resume``, finished members are kept and the rest resumed."""
+    from alignkit.train.loop import fit
+    from alignkit.train.run import prepare
+
+    out = Path(cfg.train.output_dir)
+    k_total = cfg.method.ensemble_size
+    results, p = [], None
+    for k in range(k_total):
+        member_cfg = copy.deepcopy(cfg)
+        member_cfg.method.ensemble_size = 1
+        member_cfg.train.seed = cfg.train.seed + k
+        member_cfg.train.output_dir = str(out / f"member-{k}")
+        done = (out / f"member-{k}" / "model" / REWARD_INFO).is_file()
+        if resume and done:
+            log(f"ensemble member {k + 1}/{k_total}: already trained, kept")
+            continue
+        log(f"ensemble member {k + 1}/{k_total}: seed {member_cfg.train.seed}")
+        p = prepare("rm", member_cfg, log)
+        p.method.member = k
+        member_resume = resume if resume and any((out / f"member-{k}").glob("ckpt-*")) else False
+        results.append(
+            fit(
+                p.method,
+                member_cfg,
+                p.model,
+                p.tokenizer,
+                p.train_items,
+                p.eval_items,
+                p.accelerator,
+                member_resume,
+                callbacks,
+                p.log,
+            )  # fmt: skip
+        )
+    if p is None or p.accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{ENSEMBLE_INFO}.tmp"
+        tmp.write_text(json.dumps({"members": [f"member-{k}/model" for k in range(k_total)]}, indent=1) + "\n")
+        tmp.replace(out / ENSEMBLE_INFO)
+    log(f"ensemble of {k_total} reward models: {out} (score with: alignkit score {out} ...)")
+    last = results[-1] if results else None
+    return TrainResult(
+        out,
+        out,
+        sum(r.steps for r in results),
+        last.final_metrics if last else {},
+        last.eval_metrics if last else {},
+        sum(r.wall_seconds for r in results),
+        max((r.peak_memory_mb for r in results), default=0.0),
+        False,
+        [h for r in results for h in r.history],
+    )
