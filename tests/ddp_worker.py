@@ -1,4 +1,4 @@
-"""Run under `accelerate launch`: train DPO on the tiny model, then every rank saves its own weights."""
+"""Run under `accelerate launch`: train METHOD (dpo, kto, rm) on the tiny model; every rank saves its weights."""
 
 import sys
 from pathlib import Path
@@ -9,8 +9,9 @@ from alignkit.train import fit, make_config, prepare
 from alignkit.train.checkpoint import trainable_state
 
 model_dir, data, out, batch_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+method = sys.argv[5] if len(sys.argv) > 5 else "dpo"
 cfg = make_config(
-    "dpo",
+    method,
     overrides=[
         f"model.name={model_dir}",
         "model.device=cpu",
@@ -26,6 +27,6 @@ cfg = make_config(
         "train.warmup_ratio=0",
     ],
 )
-p = prepare("dpo", cfg, log=lambda *a: None)
+p = prepare(method, cfg, log=lambda *a: None)
 fit(p.method, cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, log=lambda *a: None)
 save_file(trainable_state(p.model), str(out / f"rank{p.accelerator.process_index}.safetensors"))

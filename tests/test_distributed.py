@@ -24,7 +24,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int) -> None:
+def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int, method: str = "dpo") -> None:
     # On a machine without GPUs, accelerate spawns ranks (torchrun, gloo backend) only through its --multi_gpu
     # launcher; plain --num_processes 2 would run a single process.
     launcher = [sys.executable]
@@ -44,7 +44,7 @@ def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int) -
             "--main_process_port",
             str(_free_port()),
         ]
-    cmd = launcher + [str(WORKER), model_dir, data, str(out), str(batch_size)]
+    cmd = launcher + [str(WORKER), model_dir, data, str(out), str(batch_size), method]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -76,3 +76,40 @@ def test_two_processes_match_one_process(tiny_model_dir, pairs_file, tmp_path):
         assert a["tokens_per_second"] * a["seconds_per_step"] == pytest.approx(
             b["tokens_per_second"] * b["seconds_per_step"], rel=1e-6
         )
+
+
+def _kto_file(tmp_path: Path) -> str:
+    from helpers import write_jsonl
+
+    records = [
+        {
+            "prompt": f"What is {i} plus {i + 1}?",
+            "completion": f"It is {2 * i + 1}." if i % 2 else "No.",
+            "label": bool(i % 2),
+        }
+        for i in range(16)
+    ]
+    return str(write_jsonl(tmp_path / "kto.jsonl", records))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", ["kto", "rm"])
+def test_two_processes_match_one_process_kto_and_rm(method, tiny_model_dir, pairs_file, tmp_path):
+    """KTO's z_ref is all-reduced over processes and the reward model's head trains under DDP: 2 processes x 2
+    examples give the same steps as 1 process x 4."""
+    data = _kto_file(tmp_path) if method == "kto" else pairs_file
+    _launch(2, tiny_model_dir, data, tmp_path / "ddp", batch_size=2, method=method)
+    _launch(1, tiny_model_dir, data, tmp_path / "single", batch_size=4, method=method)
+    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
+    for k in rank0:
+        torch.testing.assert_close(rank0[k], rank1[k], atol=0, rtol=0)
+        torch.testing.assert_close(rank0[k], single[k], atol=1e-4, rtol=0)
+    ddp_rows = read_jsonl(tmp_path / "ddp" / "metrics.jsonl")
+    single_rows = read_jsonl(tmp_path / "single" / "metrics.jsonl")
+    for a, b in zip(ddp_rows, single_rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        if method == "kto":
+            assert a["kl"] == pytest.approx(b["kl"], rel=1e-5, abs=1e-7)

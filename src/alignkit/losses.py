@@ -173,15 +173,20 @@ def bradley_terry_loss(
     return losses
 
 
-def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
+def kto_reference_point(policy_kl_logps: Tensor, ref_kl_logps: Tensor, all_reduce=None) -> Tensor:
     """KTO's reference point z_ref, Ethayarajh et al. 2024, sec. 4.1: a batch estimate of KL(pi || pi_ref).
 
     Computed on mismatched pairs (x_i, y_j), j != i, so it does not depend on the completions being scored:
     z_ref = max(0, mean_i [log pi(y_j|x_i) - log pi_ref(y_j|x_i)]), detached (no gradient flows through it).
     The course notes call it a running average; the paper (and TRL) use this per-batch estimate, which plays
-    the same role. Inputs ``(batch,)`` summed log-probs; returns a scalar tensor.
+    the same role. Inputs ``(batch,)`` summed log-probs; returns a scalar tensor. ``all_reduce`` (optional, in
+    place, sum) makes the mean run over every process's batch, as TRL gathers the KL terms across processes.
     """
-    return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+    ratios = (policy_kl_logps - ref_kl_logps).detach().float()
+    totals = torch.stack([ratios.sum(), torch.tensor(float(ratios.numel()), device=ratios.device)])
+    if all_reduce is not None:
+        all_reduce(totals)
+    return (totals[0] / totals[1]).clamp(min=0).to(policy_kl_logps.dtype)
 
 
 def kto_loss(

@@ -114,7 +114,9 @@ class KTOMethod(Method):
         with torch.no_grad():  # z_ref carries no gradient: score the mismatched rows without building a graph
             kl_logps = sequence_logprobs(module(ids[b:], attn[b:], mask[b:]), mask[b:])
         ref = batch["ref_logps"].to(logps.dtype) if "ref_logps" in batch else self.reference.logps(batch)
-        z_ref = kto_reference_point(kl_logps, ref[b:])
+        # training: z_ref over the global micro-batch (every process runs the same number of micro-steps);
+        # evaluation shards may differ in batch count, so there each process keeps its own estimate
+        z_ref = kto_reference_point(kl_logps, ref[b:], _all_reduce() if module.training else None)
         losses, rewards = kto_loss(
             logps, ref[:b], labels, z_ref, self.mc.beta, self.mc.desirable_weight, self.mc.undesirable_weight
         )
@@ -130,3 +132,12 @@ class KTOMethod(Method):
 
     def length(self, item) -> int:
         return len(item.prompt_ids) + max(len(item.completion_ids), len(item.kl_completion_ids))
+
+
+def _all_reduce():
+    """An in-place sum over processes when torch.distributed runs with more than one, else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.all_reduce
+    return None
