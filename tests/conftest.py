@@ -73,3 +73,13 @@ def tiny_sections(model_dir: str, train_file: str, out: Path, **train) -> dict:
             **train,
         },
     }
+
+
+@pytest.fixture(autouse=True)
+def reference_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test gets its own reference log-prob cache (the real one lives in ~/.cache/alignkit/reference)."""
+    import alignkit.train.reference as reference
+
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setattr(reference, "cache_root", lambda: root)
+    return root / "reference"

@@ -226,3 +226,49 @@ def test_bf16_autocast_close_to_fp32(batch, fused):
     scored[:, 0] = False
     assert (bf16[~scored] == 0).all()
     torch.testing.assert_close(bf16.detach(), fp32, atol=0.1, rtol=0.05)
+
+
+def test_prefix_shared_pairs_equal_plain_values_and_gradients():
+    """One row per pair (prompt once, 4D mask, rejected positions restarting after the prompt) gives the
+    summed log-probs and gradients of the two-row layout; an empty prompt and uneven lengths included."""
+    from alignkit.data.collate import collate_pairs, collate_pairs_shared
+    from alignkit.data.tokenize import TokenizedPair
+    from alignkit.logprobs import CompletionScorer, sequence_logprobs
+
+    pairs = [
+        TokenizedPair([1, 5, 6, 7], [8, 9, 2], [10, 2], "a"),
+        TokenizedPair([1, 11], [12, 13, 14, 15, 2], [16, 17, 18, 2], "b"),
+        TokenizedPair([], [20, 21, 2], [22, 2], "c"),
+    ]
+    results = []
+    for shared in (False, True):
+        model = tiny_llama(vocab_size=64)
+        scorer = CompletionScorer(model)
+        if shared:
+            b = collate_pairs_shared(pairs, pad_id=0)
+            keys = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
+            sums = scorer(b["input_ids"], b["attention_mask"], shared={k: b[k] for k in keys})
+            assert b["completion_tokens"].tolist() == [3, 5, 2, 2, 4, 1]  # first token of "c" has no predecessor
+        else:
+            b = collate_pairs(pairs, pad_id=0)
+            sums = sequence_logprobs(scorer(b["input_ids"], b["attention_mask"], b["completion_mask"]),
+                                     b["completion_mask"])  # fmt: skip
+        (sums * torch.arange(1.0, 7.0)).sum().backward()
+        results.append((sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_shared_mask_layout():
+    from alignkit.data.collate import collate_pairs_shared
+    from alignkit.data.tokenize import TokenizedPair
+
+    b = collate_pairs_shared([TokenizedPair([1, 2], [3, 4], [5], "a"), TokenizedPair([1], [3], [5], "b")], pad_id=0)
+    mask = b["attention_mask"][0, 0]
+    assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 2]
+    assert mask[4].tolist() == [True, True, False, False, True]  # rejected sees the prompt, not chosen
+    assert mask[3].tolist() == [True, True, True, True, False]
+    pad_row = b["attention_mask"][1, 0]
+    assert pad_row[3].tolist() == [False, False, False, True, False]  # padding attends to itself only
+    assert int(b["logical_tokens"]) == (2 * 2 + 2 + 1) + (2 * 1 + 1 + 1)

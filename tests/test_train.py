@@ -207,3 +207,44 @@ def test_data_order_shuffle_and_file_order():
     assert global_batch_indices(10, 3, 4, seed=0) == shuffled[3]  # a pure function of (seed, step)
     in_order = [global_batch_indices(10, s, 4, seed=0, shuffle=False) for s in range(3)]
     assert in_order == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 2, 3]]  # epoch 2 starts over; the tail is dropped
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.0}])
+def test_prefix_sharing_trains_like_the_plain_layout(lora, tiny_model_dir, pairs_file, tmp_path):
+    """Same losses, metrics, token counts and weights with one row per pair (prompt once) as with two rows."""
+    runs = [
+        _train("dpo", tiny_model_dir, pairs_file, tmp_path / str(shared), lora=lora, prefix_sharing=shared)
+        for shared in (False, True)
+    ]
+    for a, b in zip(runs[0].history, runs[1].history):
+        for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+        assert a["tokens_per_second"] * a["seconds_per_step"] == pytest.approx(
+            b["tokens_per_second"] * b["seconds_per_step"], rel=1e-9
+        )
+    weights = [load_file(r.model_dir / ("adapter_model.safetensors" if lora else "model.safetensors")) for r in runs]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(value, weights[1][name], atol=1e-4, rtol=0)
+
+
+def test_reference_logprobs_are_cached_on_disk(tiny_model_dir, pairs_file, tmp_path, reference_cache_dir):
+    logs = []
+    sections = tiny_sections(tiny_model_dir, pairs_file, tmp_path / "a")
+    first = run("dpo", make_config("dpo", **sections), log=logs.append)
+    assert any("computed for" in str(line) for line in logs)
+    assert len(list(reference_cache_dir.glob("*.pt"))) == 1
+    logs.clear()
+    sections["train"]["output_dir"] = str(tmp_path / "b")
+    second = run("dpo", make_config("dpo", **sections), log=logs.append)
+    assert any("reused from the cache" in str(line) for line in logs)
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+    # other data (or another precision, model, layout) is another key
+    sections["data"]["max_length"] = 32
+    sections["train"]["output_dir"] = str(tmp_path / "c")
+    run("dpo", make_config("dpo", **sections), log=logs.append)
+    assert len(list(reference_cache_dir.glob("*.pt"))) == 2
+    sections["method"] = {"reference_cache": False}
+    sections["train"]["output_dir"] = str(tmp_path / "d")
+    logs.clear()
+    run("dpo", make_config("dpo", **sections), log=logs.append)
+    assert any("computed for" in str(line) for line in logs)

@@ -133,6 +133,10 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     logprob_chunk_size: int = _f(1024, "Positions per chunk in the fused log-prob head.")
+    prefix_sharing: bool = _f(
+        True,
+        "Pairs: encode the prompt once (one row prompt+chosen+rejected, 4D mask); off where the model cannot.",
+    )
 
     def validate(self, where: str) -> None:
         _require(
@@ -216,6 +220,9 @@ class PreferenceMethodConfig:
         ("precompute", "live"),
     )
     ref_model: str | None = _f(None, "A different reference model (path or hub id); None = the initial policy.")
+    reference_cache: bool = _f(
+        True, "Keep precomputed reference log-probs on disk, keyed by model, data and precision; reuse on reruns."
+    )
 
     def validate(self, where: str) -> None:
         _require(self.beta is None or self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
@@ -274,6 +281,9 @@ class KTOMethodConfig:
     undesirable_weight: float = _f(1.0, "lambda_U, weight of undesirable (thumbs-down) examples.")
     reference: str = _f("precompute", "Reference log-probs: precompute once, or live.", ("precompute", "live"))
     ref_model: str | None = _f(None, "A different reference model (path or hub id); None = the initial policy.")
+    reference_cache: bool = _f(
+        True, "Keep precomputed reference log-probs on disk, keyed by model, data and precision; reuse on reruns."
+    )
 
     def validate(self, where: str) -> None:
         _require(self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")

@@ -146,6 +146,38 @@ def token_logprobs(
     return out
 
 
+def supports_prefix_sharing(model: nn.Module) -> bool:
+    """True when the fused head applies and attention takes a custom boolean 4D mask (SDPA, flex)."""
+    lm = unwrap_causal_lm(model)
+    impl = getattr(getattr(lm, "config", None), "_attn_implementation", None)
+    return supports_fused_head(model) and impl in ("sdpa", "flex_attention")
+
+
+def segment_logprobs(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    position_ids: Tensor,
+    logp_index: Tensor,
+    logp_labels: Tensor,
+    logp_segments: Tensor,
+    n_segments: int,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Summed log-probs per segment of prefix-shared rows (``collate_pairs_shared``): ``(n_segments,)`` float32.
+
+    One decoder pass over ``(B, T)`` rows with a ``(B, 1, T, T)`` mask; the hidden states at ``logp_index``
+    (flat into ``B * T``) score ``logp_labels`` through the fused head, and are summed per ``logp_segments``.
+    """
+    lm = unwrap_causal_lm(model)
+    hidden = lm.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    picked = hidden.reshape(-1, hidden.shape[-1])[logp_index]  # (n, h)
+    logps = linear_label_logprobs(picked, lm.get_output_embeddings(), logp_labels, chunk_size)
+    return torch.zeros(n_segments, dtype=logps.dtype, device=logps.device).index_add(0, logp_segments, logps)
+
+
 def sequence_logprobs(token_logps: Tensor, completion_mask: Tensor, average: bool = False) -> Tensor:
     """Sum (or mean, ``average=True``) of per-token completion log-probs: ``(batch, seq)`` -> ``(batch,)``."""
     total = token_logps.sum(-1)
@@ -167,5 +199,26 @@ class CompletionScorer(nn.Module):
         self.chunk_size = chunk_size
         self.fused = supports_fused_head(model)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
-        return token_logprobs(self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size)
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        completion_mask: Tensor | None = None,
+        shared: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Per-token log-probs ``(batch, seq)``; or, for a prefix-shared pair batch (``shared`` holds the
+        ``position_ids``/``logp_*``/``completion_tokens`` of ``collate_pairs_shared``), summed log-probs ``(2B,)``.
+        """
+        if shared is None:
+            return token_logprobs(self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size)
+        return segment_logprobs(
+            self.model,
+            input_ids,
+            attention_mask,
+            shared["position_ids"],
+            shared["logp_index"],
+            shared["logp_labels"],
+            shared["logp_segments"],
+            shared["completion_tokens"].shape[0],
+            self.chunk_size,
+        )

@@ -50,3 +50,57 @@ def collate_completions(
     if items and items[0].label is not None:
         batch["labels"] = torch.tensor([bool(x.label) for x in items])
     return batch
+
+
+def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prefix sharing (Wang & Hegde 2024): one row per pair, ``prompt + chosen + rejected``, so the prompt is
+    encoded once. Rejected tokens see the prompt and earlier rejected tokens only, at the positions they would
+    have after the prompt alone; chosen tokens see the prompt and earlier chosen tokens.
+
+    Returns ``input_ids``, ``position_ids`` ``(B, T)``; ``attention_mask`` ``(B, 1, T, T)`` bool (True = may
+    attend; a padding token attends to itself only); and the scored tokens, ``n`` of them: ``logp_index``
+    ``(n,)`` flat index into ``(B * T)`` of the hidden state that predicts each, ``logp_labels`` ``(n,)``, and
+    ``logp_segments`` ``(n,)``: chosen of pair b -> b, rejected of pair b -> B + b (the ``collate_pairs`` row
+    order). ``completion_tokens`` ``(2B,)`` counts scored tokens per segment; ``logical_tokens`` is the number
+    of non-padding tokens ``collate_pairs`` would have fed (2P + C + R per pair), for throughput.
+    """
+    b = len(pairs)
+    seq = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    input_ids = torch.full((b, seq), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((b, seq), dtype=torch.long)
+    segment = torch.full((b, seq), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
+    index, labels, segments, counts, logical = [], [], [], [0] * (2 * b), 0
+    for i, p in enumerate(pairs):
+        n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+        total = n_p + n_c + n_r
+        input_ids[i, :total] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
+        position_ids[i, : n_p + n_c] = torch.arange(n_p + n_c)
+        position_ids[i, n_p + n_c : total] = torch.arange(n_p, n_p + n_r)
+        segment[i, :n_p], segment[i, n_p : n_p + n_c], segment[i, n_p + n_c : total] = 0, 1, 2
+        # token k of a completion is predicted by the hidden state just before it in its own branch
+        chosen_from = [n_p - 1 + k for k in range(n_c)]
+        rejected_from = [n_p - 1] + [n_p + n_c + k for k in range(n_r - 1)]
+        if n_p == 0:  # no prompt: the first completion token has no predecessor and is not scored
+            chosen_from, rejected_from = chosen_from[1:], rejected_from[1:]
+        for ids, seg, at in ((p.chosen_ids, i, chosen_from), (p.rejected_ids, b + i, rejected_from)):
+            ids = ids[len(ids) - len(at) :]
+            index += [i * seq + t for t in at]
+            labels += ids
+            segments += [seg] * len(at)
+            counts[seg] = len(at)
+        logical += 2 * n_p + n_c + n_r
+    q, k = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    visible = (k == 0) | (q == k)  # everyone sees the prompt; a completion sees its own branch
+    mask = causal & visible & (q >= 0) & (k >= 0)
+    mask |= torch.eye(seq, dtype=torch.bool) & (q < 0)  # padding attends to itself (no empty softmax rows)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask[:, None],
+        "logp_index": torch.tensor(index, dtype=torch.long),
+        "logp_labels": torch.tensor(labels, dtype=torch.long),
+        "logp_segments": torch.tensor(segments, dtype=torch.long),
+        "completion_tokens": torch.tensor(counts, dtype=torch.long),
+        "logical_tokens": torch.tensor(logical),
+    }

@@ -78,6 +78,8 @@ class KTOMethod(Method):
             lambda xs: collate_kto(xs, self.pad_id),
             self.length,
             lambda x, v: KTOItem(**{**x.__dict__, "ref_logp": v[0], "ref_kl_logp": v[1]}),
+            variant="kto",
+            log=self.log,
         )
         return splits
 

@@ -14,7 +14,8 @@ import torch
 
 from alignkit.config import PreferenceConfig
 from alignkit.data import TokenizedPair, collate_pairs, to_pairwise, tokenize_pairs
-from alignkit.logprobs import CompletionScorer, sequence_logprobs
+from alignkit.data.collate import collate_pairs_shared
+from alignkit.logprobs import CompletionScorer, segment_logprobs, sequence_logprobs, supports_prefix_sharing
 from alignkit.losses import LOSSES, sft_loss
 from alignkit.train.loop import Method
 from alignkit.train.reference import prepare_reference
@@ -45,11 +46,13 @@ class PreferenceMethod(Method):
         self.params = {k: v for k, v in self.params.items() if k in self.spec.params}
         self.sft_weight = self.mc.resolved_sft_weight
         self.reference = None  # set up before training when the loss needs one
+        self.shared = False  # prefix sharing, decided in setup() for the model at hand
 
     def wrap(self, model):
         return CompletionScorer(model, self.cfg.train.logprob_chunk_size)
 
     def setup(self, model, train_items, eval_items, accelerator):
+        self.shared = self.cfg.train.prefix_sharing and _prefix_sharing_works(model, train_items, self.pad_id, self.log)
         if not self.spec.needs_reference:
             return train_items, eval_items
         self.reference, splits = prepare_reference(
@@ -58,23 +61,33 @@ class PreferenceMethod(Method):
             self.cfg,
             accelerator,
             (train_items, eval_items),
-            lambda xs: collate_pairs(xs, self.pad_id),
+            self._collate_rows,
             self.length,
             lambda x, v: ScoredPair(**{**x.__dict__, "ref_chosen": v[0], "ref_rejected": v[1]}),
+            variant=f"pairs shared={self.shared}",
+            log=self.log,
         )
         return splits
 
+    def _collate_rows(self, items):
+        return collate_pairs_shared(items, self.pad_id) if self.shared else collate_pairs(items, self.pad_id)
+
     def collate(self, items):
-        batch = collate_pairs(items, self.pad_id)
+        batch = self._collate_rows(items)
         if self.spec.needs_reference and self.mc.reference == "precompute":
             batch["ref_logps"] = torch.tensor([x.ref_chosen for x in items] + [x.ref_rejected for x in items])
         return batch
 
     def loss(self, module, batch):
-        mask = batch["completion_mask"]
-        token_logps = module(batch["input_ids"], batch["attention_mask"], mask)  # (2B, seq)
-        sums = sequence_logprobs(token_logps, mask)  # (2B,)
-        n_tokens = mask[:, 1:].sum(-1).clamp(min=1)
+        if "logp_index" in batch:  # prefix-shared: one row per pair
+            shared = {k: batch[k] for k in SHARED_KEYS}
+            sums = module(batch["input_ids"], batch["attention_mask"], shared=shared)  # (2B,)
+            n_tokens = batch["completion_tokens"].clamp(min=1)
+        else:
+            mask = batch["completion_mask"]
+            token_logps = module(batch["input_ids"], batch["attention_mask"], mask)  # (2B, seq)
+            sums = sequence_logprobs(token_logps, mask)  # (2B,)
+            n_tokens = mask[:, 1:].sum(-1).clamp(min=1)
         means = sums / n_tokens
         b = sums.shape[0] // 2
         policy = means if self.spec.average_logps else sums
@@ -103,5 +116,43 @@ class PreferenceMethod(Method):
         )
         return losses, metrics
 
+    def tokens(self, batch: dict) -> int:
+        """Non-padding tokens of the chosen and rejected sequences (the prompt counted for both), either layout."""
+        if "logical_tokens" in batch:
+            return int(batch["logical_tokens"])
+        return int(batch["attention_mask"].sum())
+
     def length(self, item) -> int:
+        if self.shared:
+            return len(item.prompt_ids) + len(item.chosen_ids) + len(item.rejected_ids)
         return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
+
+
+SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
+
+
+@torch.no_grad()
+def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
+    """Prefix sharing needs the fused head and a 4D-mask attention; a one-time check on two training pairs
+    confirms the shared and plain layouts give the same log-probs (else the plain layout is used)."""
+    if not supports_prefix_sharing(model):
+        log("prefix sharing off: this model needs the plain layout (logit transform or attention without 4D masks)")
+        return False
+    sample = items[:2]
+    was_training = model.training
+    model.eval()
+    plain = collate_pairs(sample, pad_id)
+    device = next(model.parameters()).device
+    expected = sequence_logprobs(
+        CompletionScorer(model)(*(plain[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask"))),
+        plain["completion_mask"].to(device),
+    )
+    b = {k: v.to(device) for k, v in collate_pairs_shared(sample, pad_id).items()}
+    got = segment_logprobs(model, b["input_ids"], b["attention_mask"], *(b[k] for k in SHARED_KEYS[:-1]),
+                           b["completion_tokens"].shape[0])  # fmt: skip
+    model.train(was_training)
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-3):
+        log(f"prefix sharing off: shared and plain log-probs differ for this model ({got.tolist()} vs "
+            f"{expected.tolist()})")  # fmt: skip
+        return False
+    return True

@@ -8,14 +8,20 @@ completion log-probs are either precomputed once for every item before training,
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import torch
 from accelerate.utils import gather_object
 
-from alignkit.logprobs import token_logprobs
+from alignkit.logprobs import segment_logprobs, token_logprobs
 from alignkit.models import load_model
+from alignkit.models.embedded import cache_root
+from alignkit.models.load import resolve_model_path
 
 
 class Reference:
@@ -48,13 +54,26 @@ class Reference:
         was_training = self.model.training
         self.model.eval()
         with self.model.disable_adapter() if self.disable_adapter else nullcontext():
-            logps = token_logprobs(
-                self.model,
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["completion_mask"],
-                chunk_size=self.chunk_size,
-            ).sum(-1)
+            if "logp_index" in batch:  # prefix-shared pairs (collate_pairs_shared)
+                logps = segment_logprobs(
+                    self.model,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    batch["position_ids"],
+                    batch["logp_index"],
+                    batch["logp_labels"],
+                    batch["logp_segments"],
+                    batch["completion_tokens"].shape[0],
+                    self.chunk_size,
+                )
+            else:
+                logps = token_logprobs(
+                    self.model,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    batch["completion_mask"],
+                    chunk_size=self.chunk_size,
+                ).sum(-1)
         self.model.train(was_training)
         return logps
 
@@ -82,12 +101,23 @@ class Reference:
 
 
 def prepare_reference(
-    model, method_cfg, cfg, accelerator, splits: tuple[list, ...], collate: Callable, length: Callable, attach: Callable
+    model,
+    method_cfg,
+    cfg,
+    accelerator,
+    splits: tuple[list, ...],
+    collate: Callable,
+    length: Callable,
+    attach: Callable,
+    variant: str = "",
+    log: Callable = print,
 ) -> tuple[Reference, tuple[list, ...]]:
     """The reference for ``method_cfg.reference`` / ``ref_model``, and ``splits`` with values attached.
 
     With ``precompute``, every item of every split is replaced by ``attach(item, row_values)``; with ``live``,
-    the splits come back unchanged and the method calls ``Reference.logps`` per batch.
+    the splits come back unchanged and the method calls ``Reference.logps`` per batch. Precomputed values are
+    cached on disk (``method.reference_cache``) under a key of the reference model's files, the token ids of
+    every item, the precision, device type and ``variant`` (the batch layout), so a rerun skips the forward.
     """
     ref = Reference(
         model,
@@ -99,8 +129,42 @@ def prepare_reference(
     )
     if method_cfg.reference == "live":
         return ref, splits
-    scored = []
+    path = None
+    if getattr(method_cfg, "reference_cache", False):
+        key = cache_key(method_cfg.ref_model or cfg.model.name, splits, accelerator, variant)
+        path = cache_root() / "reference" / f"{key}.pt"
+    if path is not None and path.is_file():
+        per_split = torch.load(path, weights_only=True)
+        log(f"reference log-probs: reused from the cache {path}")
+    else:
+        t0 = time.time()
+        per_split = []
+        for items in splits:
+            values = ref.precompute(items, collate, length, cfg.train.eval_batch_size, accelerator)
+            per_split.append([values[i] for i in range(len(items))])
+        log(f"reference log-probs: computed for {sum(map(len, splits))} examples in {time.time() - t0:.1f}s")
+        if path is not None and accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(per_split, tmp)
+            os.replace(tmp, path)
+    scored = tuple([attach(x, v) for x, v in zip(items, values)] for items, values in zip(splits, per_split))
+    return ref, scored
+
+
+def cache_key(model_name: str | None, splits: tuple[list, ...], accelerator, variant: str) -> str:
+    """sha256 of what the reference values depend on: the model's files (name, size, mtime), every item's
+    token ids, the precision and device type, and the batch layout."""
+    path = Path(resolve_model_path(model_name))
+    files = (
+        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+        if path.is_dir()
+        else str(model_name)
+    )
+    h = hashlib.sha256()
+    h.update(repr((1, str(path), files, accelerator.mixed_precision, accelerator.device.type, variant)).encode())
     for items in splits:
-        values = ref.precompute(items, collate, length, cfg.train.eval_batch_size, accelerator)
-        scored.append([attach(x, values[i]) for i, x in enumerate(items)])
-    return ref, tuple(scored)
+        h.update(b"|split|")
+        for x in items:
+            h.update(repr([v for _, v in sorted(vars(x).items()) if isinstance(v, list)]).encode())
+    return h.hexdigest()[:32]
