@@ -353,3 +353,15 @@ def test_cli_score_errors(trained_rm, tmp_path):
     res = runner.invoke(app, ["score", str(trained_rm), "-i", str(f), "-o", str(tmp_path / "o.jsonl"),
                               "--aggregate", "median"])  # fmt: skip
     assert res.exit_code != 0 and "median" in str(res.exception)
+
+
+def test_rm_prefix_sharing_trains_like_plain_layout(tiny_model_dir, tmp_path):
+    runs = []
+    for shared in (False, True):
+        sec = _rm_sections(tiny_model_dir, tmp_path, f"rm-{shared}", steps=3)
+        sec["train"]["prefix_sharing"] = shared
+        runs.append(run("rm", **sec))
+    for a, b in zip(runs[0].history, runs[1].history):
+        for key in ("loss", "rewards/margins", "grad_norm"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key

@@ -61,8 +61,9 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
     attend; a padding token attends to itself only); and the scored tokens, ``n`` of them: ``logp_index``
     ``(n,)`` flat index into ``(B * T)`` of the hidden state that predicts each, ``logp_labels`` ``(n,)``, and
     ``logp_segments`` ``(n,)``: chosen of pair b -> b, rejected of pair b -> B + b (the ``collate_pairs`` row
-    order). ``completion_tokens`` ``(2B,)`` counts scored tokens per segment; ``logical_tokens`` is the number
-    of non-padding tokens ``collate_pairs`` would have fed (2P + C + R per pair), for throughput.
+    order). ``completion_tokens`` ``(2B,)`` counts scored tokens per segment; ``last_index`` ``(2B,)`` is the
+    flat index of each segment's last token (reward models pool there); ``logical_tokens`` is the number of
+    non-padding tokens ``collate_pairs`` would have fed (2P + C + R per pair), for throughput.
     """
     b = len(pairs)
     seq = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
@@ -70,6 +71,7 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
     position_ids = torch.zeros((b, seq), dtype=torch.long)
     segment = torch.full((b, seq), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
     index, labels, segments, counts, logical = [], [], [], [0] * (2 * b), 0
+    last = [0] * (2 * b)
     for i, p in enumerate(pairs):
         n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
         total = n_p + n_c + n_r
@@ -89,6 +91,7 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
             segments += [seg] * len(at)
             counts[seg] = len(at)
         logical += 2 * n_p + n_c + n_r
+        last[i], last[b + i] = i * seq + n_p + n_c - 1, i * seq + total - 1
     q, k = segment[:, :, None], segment[:, None, :]
     causal = torch.ones(seq, seq, dtype=torch.bool).tril()
     visible = (k == 0) | (q == k)  # everyone sees the prompt; a completion sees its own branch
@@ -102,5 +105,6 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
         "logp_labels": torch.tensor(labels, dtype=torch.long),
         "logp_segments": torch.tensor(segments, dtype=torch.long),
         "completion_tokens": torch.tensor(counts, dtype=torch.long),
+        "last_index": torch.tensor(last, dtype=torch.long),
         "logical_tokens": torch.tensor(logical),
     }

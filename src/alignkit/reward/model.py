@@ -101,12 +101,25 @@ class RewardScorer(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        last_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Rows ``(B, T)`` with a 2D mask -> ``(B, heads)``; or prefix-shared pair rows (``collate_pairs_shared``:
+        4D mask, ``position_ids``, ``last_index`` ``(2B,)``) -> ``(2B, heads)``, chosen rows first."""
         clf = classifier_of(self.model)
         trunk = getattr(clf, clf.base_model_prefix)
-        hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, d)
-        last = attention_mask.sum(-1) - 1  # (B,)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
+        hidden = trunk(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (B, T, d)
+        if last_index is not None:
+            pooled = hidden.reshape(-1, hidden.shape[-1])[last_index]
+        else:
+            last = attention_mask.sum(-1) - 1  # (B,)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
         return head_of(self.model)(pooled).float()
 
 

@@ -22,9 +22,10 @@ import torch
 
 from alignkit.config import RewardConfig
 from alignkit.data import TokenizedPair, as_chat, collate_pairs, to_pairwise, tokenize_pairs
+from alignkit.data.collate import collate_pairs_shared
 from alignkit.eval.reward import calibration_terms, ece_from_terms
 from alignkit.losses import bradley_terry_loss
-from alignkit.reward.model import ENSEMBLE_INFO, REWARD_INFO, RewardScorer, build_reward_model
+from alignkit.reward.model import ENSEMBLE_INFO, REWARD_INFO, RewardScorer, build_reward_model, classifier_of
 from alignkit.train.loop import Method, TrainResult
 
 CALIBRATION = "calibration/bin"
@@ -44,6 +45,7 @@ class RewardMethod(Method):
     def __init__(self, cfg: RewardConfig, pad_id: int):
         self.cfg, self.pad_id, self.mc = cfg, pad_id, cfg.method
         self.member = 0  # index of this model in an ensemble (bootstrap seed)
+        self.shared = False  # prefix sharing, decided in setup()
 
     def tokenize(self, examples, tok, *args):
         if self.mc.chat_format and getattr(tok.hf, "chat_template", None):
@@ -57,6 +59,7 @@ class RewardMethod(Method):
         return RewardScorer(model)
 
     def setup(self, model, train_items, eval_items, accelerator):
+        self.shared = self.cfg.train.prefix_sharing and _prefix_sharing_works(model, train_items, self.pad_id, self.log)
         seed = self.cfg.train.seed
         if self.mc.bootstrap and self.mc.heads == 1:
             rng = random.Random(seed * 1000 + self.member)
@@ -73,14 +76,20 @@ class RewardMethod(Method):
             ]
         return train_items, eval_items
 
+    def _collate_rows(self, items):
+        if self.shared:
+            b = collate_pairs_shared(items, self.pad_id)
+            return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids", "last_index", "logical_tokens")}
+        return collate_pairs(items, self.pad_id)
+
     def collate(self, items):
-        batch = collate_pairs(items, self.pad_id)
+        batch = self._collate_rows(items)
         if items and isinstance(items[0], WeightedPair):
             batch["head_weights"] = torch.tensor([x.head_weights for x in items])
         return batch
 
     def loss(self, module, batch):
-        rewards = module(batch["input_ids"], batch["attention_mask"])  # (2B, heads)
+        rewards = _score(module, batch)  # (2B, heads)
         b = rewards.shape[0] // 2
         chosen, rejected = rewards[:b], rewards[b:]
         per_head = bradley_terry_loss(chosen, rejected, self.mc.margin, self.mc.center_weight)  # (B, heads)
@@ -115,7 +124,12 @@ class RewardMethod(Method):
             out["rewards/std"] = max(sq - mean**2, 0.0) ** 0.5
         return out
 
+    def tokens(self, batch: dict) -> int:
+        return int(batch["logical_tokens"]) if "logical_tokens" in batch else int(batch["attention_mask"].sum())
+
     def length(self, item) -> int:
+        if self.shared:
+            return len(item.prompt_ids) + len(item.chosen_ids) + len(item.rejected_ids)
         return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
 
     @torch.no_grad()
@@ -127,9 +141,9 @@ class RewardMethod(Method):
         pairs = sorted(train_items[: self.mc.norm_pairs], key=self.length)
         rewards = []
         for s in range(0, len(pairs), self.cfg.train.eval_batch_size):
-            batch = collate_pairs(pairs[s : s + self.cfg.train.eval_batch_size], self.pad_id)
+            batch = self._collate_rows(pairs[s : s + self.cfg.train.eval_batch_size])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(self.cfg, device)):
-                rewards.append(module(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float())
+                rewards.append(_score(module, {k: v.to(device) for k, v in batch.items()}))
         module.train(was_training)
         r = torch.cat(rewards).cpu()  # (2n, heads)
         d = self.cfg.data
@@ -152,6 +166,34 @@ class RewardMethod(Method):
         }
         self.log(f"reward normalization: mean {_fmt(info['mean'])}, std {_fmt(info['std'])} over {len(pairs)} pairs")
         return {REWARD_INFO: json.dumps(info, indent=1) + "\n"}
+
+
+def _score(module, batch: dict) -> torch.Tensor:
+    """Rewards ``(2B, heads)`` of a collated pair batch in either layout (chosen rows first)."""
+    if "last_index" in batch:
+        return module(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["last_index"])
+    return module(batch["input_ids"], batch["attention_mask"])
+
+
+@torch.no_grad()
+def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
+    """The shared layout needs attention that takes a 4D mask; a one-time check on two pairs confirms it gives
+    the rewards of the plain layout (else the plain layout is used)."""
+    clf = classifier_of(model)
+    if getattr(clf.config, "_attn_implementation", None) not in ("sdpa", "flex_attention"):
+        log("prefix sharing off: this model's attention does not take a custom 4D mask")
+        return False
+    scorer, device = RewardScorer(model), next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    plain = {k: v.to(device) for k, v in collate_pairs(items[:2], pad_id).items()}
+    shared = {k: v.to(device) for k, v in collate_pairs_shared(items[:2], pad_id).items()}
+    expected, got = _score(scorer, plain), _score(scorer, shared)
+    model.train(was_training)
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+        log(f"prefix sharing off: shared and plain rewards differ for this model ({got} vs {expected})")
+        return False
+    return True
 
 
 def _fmt(values: list[float]) -> str:
