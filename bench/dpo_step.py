@@ -1,8 +1,12 @@
 """Seconds per DPO step on the embedded SmolLM2-135M-Instruct: real hh-rlhf pairs, 4 pairs per step,
-max length 256, full fine-tuning vs LoRA, fp32 vs bf16 autocast. Each configuration runs in its own process so
-peak memory (RSS) is its own.
+max length 256, full fine-tuning vs LoRA, fp32 vs bf16 autocast, prefix sharing on vs off. Each configuration
+runs in its own process so peak memory (RSS) is its own.
 
-    .venv/bin/python bench/dpo_step.py [--steps 6] [--data ../shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz]
+    .venv/bin/python bench/dpo_step.py [--steps 6] [--cases full:bf16:shared,full:bf16:plain]
+        [--data ../shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz]
+
+Tokens/s counts the non-padding tokens of the chosen and rejected sequences (prompt counted for both), the
+same count in both layouts.
 
 The first step (warm-up) is excluded from the timing. Reference log-probs are precomputed before training
 (alignkit's default) and that time is reported separately.
@@ -20,10 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
-CASES = [("full", "fp32"), ("full", "bf16"), ("lora", "fp32"), ("lora", "bf16")]
+CASES = "full:fp32:shared,full:bf16:shared,full:bf16:plain,lora:fp32:shared,lora:bf16:shared,lora:bf16:plain"
 
 
-def one(mode: str, dtype: str, steps: int, data: str) -> dict:
+def one(mode: str, dtype: str, layout: str, steps: int, data: str) -> dict:
     from alignkit.train import make_config, run
     from alignkit.train.metrics import read_jsonl
 
@@ -40,6 +44,8 @@ def one(mode: str, dtype: str, steps: int, data: str) -> dict:
         f"train.max_steps={steps}",
         "train.logging_steps=1",
         "train.learning_rate=1e-6",
+        f"train.prefix_sharing={layout == 'shared'}",
+        "method.reference_cache=false",
     ]
     if mode == "lora":
         overrides += ["lora.r=16"]
@@ -51,6 +57,7 @@ def one(mode: str, dtype: str, steps: int, data: str) -> dict:
     return {
         "mode": mode,
         "dtype": dtype,
+        "layout": layout,
         "seconds_per_step": step_s,
         "tokens_per_second": sum(r["tokens_per_second"] for r in rows) / len(rows),
         "peak_rss_mb": result.peak_memory_mb,
@@ -63,15 +70,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--cases", default=CASES, help="mode:dtype:layout,... (full|lora, fp32|bf16, shared|plain)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         print(json.dumps(one(*args.case.split(":"), args.steps, args.data)))
         return
     rows = []
-    for mode, dtype in CASES:
+    for case in args.cases.split(","):
+        mode, dtype, layout = case.split(":")
         proc = subprocess.run(
-            [sys.executable, __file__, "--case", f"{mode}:{dtype}", "--steps", str(args.steps), "--data", args.data],
+            [sys.executable, __file__, "--case", case, "--steps", str(args.steps), "--data", args.data],
             capture_output=True,
             text=True,
         )
@@ -80,7 +89,8 @@ def main() -> None:
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(
-            f"{mode:5s} {dtype:5s}  {r['seconds_per_step']:6.2f} s/step  {r['tokens_per_second']:7.0f} tokens/s  "
+            f"{mode:5s} {dtype:5s} {layout:6s}  {r['seconds_per_step']:6.2f} s/step  "
+            f"{r['tokens_per_second']:7.0f} tokens/s  "
             f"peak RSS {r['peak_rss_mb']:6.0f} MB  (setup {r['setup_seconds']:.0f} s)",
             flush=True,
         )
