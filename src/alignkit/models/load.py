@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,6 +16,11 @@ from alignkit.models.embedded import embedded_model_dir
 def resolve_model_path(name: str | None) -> str:
     """The embedded default's cache dir for ``smollm2-135m-instruct`` or None; else ``name`` unchanged."""
     return str(embedded_model_dir()) if name in (None, "", EMBEDDED_MODEL) else name
+
+
+def quiet_known_warnings() -> None:
+    """peft/accelerate read a transformers property deprecated in 5.x; the warning says nothing a user can act on."""
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -82,6 +88,7 @@ def load_model(
     if adapter.is_file():
         from peft import PeftModel
 
+        quiet_known_warnings()
         base = json.loads(adapter.read_text()).get("base_model_name_or_path")
         model = load_model(base, dtype, device, trust_remote_code)
         return PeftModel.from_pretrained(model, path, is_trainable=False).eval()

@@ -20,6 +20,7 @@ from alignkit.data.formats import Content
 from alignkit.data.tokenize import TruncationStats, fit_lengths
 from alignkit.errors import UserError
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision
+from alignkit.models.load import quiet_known_warnings
 from alignkit.reward.aggregate import aggregate, uncertainty
 from alignkit.reward.model import ENSEMBLE_INFO, REWARD_INFO, RewardScorer, load_classifier, read_info
 
@@ -66,6 +67,7 @@ class RewardModel:
         else:
             dirs = [path]
         infos = [read_info(d) for d in dirs]
+        quiet_known_warnings()
         dev = pick_device(device)
         tokenizer = load_tokenizer(str(dirs[0]))
         members: list[Member] = []
@@ -124,8 +126,15 @@ class RewardModel:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     r = m.scorer(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
                 out[idx] = r.float().cpu()
-            columns.append((out - m.mean) / m.std if normalize else out)
-        return torch.cat(columns, dim=1)
+            columns.append(out)
+        raw = torch.cat(columns, dim=1)
+        return self.normalize(raw) if normalize else raw
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """``(n, heads)`` raw rewards -> (r - mean) / std with each member's saved statistics."""
+        mean = torch.cat([m.mean for m in self.members])
+        std = torch.cat([m.std for m in self.members])
+        return (raw - mean) / std
 
     def reward(
         self,
@@ -176,14 +185,18 @@ def score_records(
     if pairwise:
         pairs, _ = validate_records(records, to_pairwise)
         prompts = [x.prompt for x in pairs]
-        r_c, s_c, all_c = reward.reward(prompts, [x.chosen for x in pairs], how, alpha, percentile, batch_size)
-        r_r, s_r, all_r = reward.reward(prompts, [x.rejected for x in pairs], how, alpha, percentile, batch_size)
+        raw_c = reward.score(prompts, [x.chosen for x in pairs], batch_size, normalize=False)
+        raw_r = reward.score(prompts, [x.rejected for x in pairs], batch_size, normalize=False)
+        norm_c, norm_r = reward.normalize(raw_c), reward.normalize(raw_r)
+        r_c, s_c = aggregate(norm_c, how, alpha, percentile), uncertainty(norm_c)
+        r_r, s_r = aggregate(norm_r, how, alpha, percentile), uncertainty(norm_r)
         out = [
             {**rec, "reward_chosen": float(a), "reward_rejected": float(b), "reward_std_chosen": float(sa),
              "reward_std_rejected": float(sb)}
             for (_, rec), a, b, sa, sb in zip(records, r_c, r_r, s_c, s_r)
         ]  # fmt: skip
-        return out, reward_metrics(r_c, r_r)
+        # calibration is a property of the trained (raw) scale: sigma(r_c - r_r) is the model's preference probability
+        return out, reward_metrics(aggregate(raw_c, how, alpha, percentile), aggregate(raw_r, how, alpha, percentile))
     examples, _ = validate_records(records, to_scored)
     r, std, every = reward.reward([x.prompt for x in examples], [x.completion for x in examples], how, alpha,
                                   percentile, batch_size)  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,6 +14,7 @@ from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
+from alignkit.models.load import quiet_known_warnings
 from alignkit.train.data import load_train_eval
 from alignkit.train.kto import KTOMethod
 from alignkit.train.loop import TrainResult, fit
@@ -73,8 +73,7 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     if method in METHODS and METHODS[method].loss is not None:
         cfg.method.loss = METHODS[method].loss
     cfg.validate()
-    # peft/accelerate read a transformers property deprecated in 5.x; the warning says nothing a user can act on
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    quiet_known_warnings()
     device = pick_device(cfg.model.device)
     # accelerate keeps one AcceleratorState per process; a second run in the same process (API, notebook) may use
     # another precision. Reset it, keeping the process-group state that `accelerate launch` set up.
