@@ -153,29 +153,27 @@ def supports_prefix_sharing(model: nn.Module) -> bool:
     return supports_fused_head(model) and impl in ("sdpa", "flex_attention")
 
 
-def segment_logprobs(
-    model: nn.Module,
-    input_ids: Tensor,
-    attention_mask: Tensor,
-    position_ids: Tensor,
-    logp_index: Tensor,
-    logp_labels: Tensor,
-    logp_segments: Tensor,
-    n_segments: int,
-    chunk_size: int = 1024,
-) -> Tensor:
-    """Summed log-probs per segment of prefix-shared rows (``collate_pairs_shared``): ``(n_segments,)`` float32.
+SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
 
-    One decoder pass over ``(B, T)`` rows with a ``(B, 1, T, T)`` mask; the hidden states at ``logp_index``
-    (flat into ``B * T``) score ``logp_labels`` through the fused head, and are summed per ``logp_segments``.
+
+def segment_logprobs(model: nn.Module, batch: dict[str, Tensor], chunk_size: int = 1024) -> Tensor:
+    """Summed log-probs per segment of a prefix-shared batch (``collate_pairs_shared``): ``(2B,)`` float32.
+
+    One decoder pass over ``input_ids`` ``(B, T)`` with the ``(B, 1, T, T)`` mask and ``position_ids``; the hidden
+    states at ``logp_index`` (flat into ``B * T``) score ``logp_labels`` through the fused head and are summed per
+    ``logp_segments`` (one segment per entry of ``completion_tokens``).
     """
     lm = unwrap_causal_lm(model)
     hidden = lm.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
     ).last_hidden_state
-    picked = hidden.reshape(-1, hidden.shape[-1])[logp_index]  # (n, h)
-    logps = linear_label_logprobs(picked, lm.get_output_embeddings(), logp_labels, chunk_size)
-    return torch.zeros(n_segments, dtype=logps.dtype, device=logps.device).index_add(0, logp_segments, logps)
+    picked = hidden.reshape(-1, hidden.shape[-1])[batch["logp_index"]]  # (n, h)
+    logps = linear_label_logprobs(picked, lm.get_output_embeddings(), batch["logp_labels"], chunk_size)
+    n_segments = batch["completion_tokens"].shape[0]
+    return torch.zeros(n_segments, dtype=logps.dtype, device=logps.device).index_add(0, batch["logp_segments"], logps)
 
 
 def sequence_logprobs(token_logps: Tensor, completion_mask: Tensor, average: bool = False) -> Tensor:
@@ -212,13 +210,5 @@ class CompletionScorer(nn.Module):
         if shared is None:
             return token_logprobs(self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size)
         return segment_logprobs(
-            self.model,
-            input_ids,
-            attention_mask,
-            shared["position_ids"],
-            shared["logp_index"],
-            shared["logp_labels"],
-            shared["logp_segments"],
-            shared["completion_tokens"].shape[0],
-            self.chunk_size,
+            self.model, {"input_ids": input_ids, "attention_mask": attention_mask, **shared}, self.chunk_size
         )

@@ -15,7 +15,13 @@ import torch
 from alignkit.config import PreferenceConfig
 from alignkit.data import TokenizedPair, collate_pairs, to_pairwise, tokenize_pairs
 from alignkit.data.collate import collate_pairs_shared
-from alignkit.logprobs import CompletionScorer, segment_logprobs, sequence_logprobs, supports_prefix_sharing
+from alignkit.logprobs import (
+    SHARED_KEYS,
+    CompletionScorer,
+    segment_logprobs,
+    sequence_logprobs,
+    supports_prefix_sharing,
+)
 from alignkit.losses import LOSSES, sft_loss
 from alignkit.train.loop import Method
 from alignkit.train.reference import prepare_reference
@@ -128,9 +134,6 @@ class PreferenceMethod(Method):
         return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
 
 
-SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
-
-
 @torch.no_grad()
 def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
     """Prefix sharing needs the fused head and a 4D-mask attention; a one-time check on two training pairs
@@ -148,8 +151,7 @@ def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
         plain["completion_mask"].to(device),
     )
     b = {k: v.to(device) for k, v in collate_pairs_shared(sample, pad_id).items()}
-    got = segment_logprobs(model, b["input_ids"], b["attention_mask"], *(b[k] for k in SHARED_KEYS[:-1]),
-                           b["completion_tokens"].shape[0])  # fmt: skip
+    got = segment_logprobs(model, b)
     model.train(was_training)
     if not torch.allclose(got, expected, rtol=1e-4, atol=1e-3):
         log(f"prefix sharing off: shared and plain log-probs differ for this model ({got.tolist()} vs "

@@ -55,17 +55,7 @@ class Reference:
         self.model.eval()
         with self.model.disable_adapter() if self.disable_adapter else nullcontext():
             if "logp_index" in batch:  # prefix-shared pairs (collate_pairs_shared)
-                logps = segment_logprobs(
-                    self.model,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    batch["position_ids"],
-                    batch["logp_index"],
-                    batch["logp_labels"],
-                    batch["logp_segments"],
-                    batch["completion_tokens"].shape[0],
-                    self.chunk_size,
-                )
+                logps = segment_logprobs(self.model, batch, self.chunk_size)
             else:
                 logps = token_logprobs(
                     self.model,
