@@ -10,10 +10,12 @@ Cases (each in its own subprocess, so peak RSS is its own), alternating per mode
   trl-best       bf16 autocast + precompute_ref_log_probs=True (padding_free is disabled in TRL 1.16 and
                  use_logits_to_keep no longer exists: 1.16 always scores through its fused LM head).
   alignkit-default   model.dtype=auto (bf16 autocast on a CPU with native bf16), reference precomputed, and
-                     alignkit's default batch layout (train.prefix_sharing: one row prompt+chosen+rejected per pair).
+                     alignkit's default batch layout (train.prefix_sharing + train.packing: prompt+chosen+rejected
+                     per pair, all pairs of a batch in one unpadded row, attention per pair).
   alignkit-fp32      model.dtype=fp32, otherwise the same.
 Other variants: ``--trl fp32,bf16,fp32-precompute,bf16-precompute``; ``--alignkit bf16,fp32-live,bf16-plain,...``
-(``plain`` = train.prefix_sharing=false: two rows per pair like TRL; ``shared`` forces it on).
+(``plain`` = train.prefix_sharing=false: two rows per pair like TRL; ``shared`` = prefix sharing in one padded row
+per pair, train.packing=false; ``packed`` = all pairs in one unpadded row, alignkit's default on SDPA models).
 On CPU, TRL's ``bf16=True`` needs ``use_cpu=True`` (set for every TRL case); accelerate then runs the forward under
 ``torch.autocast("cpu", bfloat16)``, the same autocast alignkit uses (both report accelerate's mixed_precision).
 TRL's literal out-of-the-box config differs from "trl-default": on a machine without a GPU, ``DPOConfig()`` raises
@@ -103,9 +105,9 @@ def parse_variant(framework: str, name: str) -> tuple[str, str, str | None]:
     precision = words[0]
     reference = next((w for w in words[1:] if w in ("live", "precompute")), None)
     reference = reference or ("live" if framework == "trl" else "precompute")
-    layout = next((w for w in words[1:] if w in ("plain", "shared")), None)
+    layout = next((w for w in words[1:] if w in ("plain", "shared", "packed")), None)
     allowed = ("fp32", "bf16") if framework == "trl" else ("fp32", "bf16", "auto")
-    known = {"live", "precompute"} | ({"plain", "shared"} if framework == "alignkit" else set())
+    known = {"live", "precompute"} | ({"plain", "shared", "packed"} if framework == "alignkit" else set())
     if precision not in allowed or not set(words[1:]) <= known:
         raise SystemExit(f"unknown {framework} variant {name!r}: use default, best (TRL), or e.g. bf16-precompute")
     return precision, reference, layout
@@ -376,8 +378,11 @@ def run_alignkit(spec: dict) -> dict:
     ]
     if any(f.name == "reference_cache" for f in dataclasses.fields(PreferenceMethodConfig)):
         overrides.append(f"method.reference_cache={str(s.get('alignkit_reference_cache', False)).lower()}")
-    if case.get("layout") and any(f.name == "prefix_sharing" for f in dataclasses.fields(TrainConfig)):
-        overrides.append(f"train.prefix_sharing={str(case['layout'] == 'shared').lower()}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if case.get("layout") and "prefix_sharing" in fields:
+        overrides.append(f"train.prefix_sharing={str(case['layout'] != 'plain').lower()}")
+    if case.get("layout") and "packing" in fields:
+        overrides.append(f"train.packing={str(case['layout'] == 'packed').lower()}")
     if case["mode"] == "lora":
         targets = s["lora_targets"] if isinstance(s["lora_targets"], str) else json.dumps(s["lora_targets"])
         overrides += [
@@ -410,7 +415,8 @@ def run_alignkit(spec: dict) -> dict:
         if rec["training"]:
             rec["pairs"].append([[len(x.prompt_ids), len(x.chosen_ids), len(x.rejected_ids)] for x in items])
             rec["logical"].append(p.method.tokens(batch))
-            rec["layout"].add("shared" if "logp_index" in batch else "plain")
+            shared = "shared" if "logp_index" in batch else "plain"
+            rec["layout"].add("packed" if "segment_lengths" in batch else shared)
         return batch
 
     def on_step(state, metrics):

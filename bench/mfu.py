@@ -90,9 +90,10 @@ def model_shape(model) -> dict:
 
 
 def dpo_step_flops(shape: dict, pairs: list[list[int]], layout: str, lora: bool, live_reference: bool) -> float:
-    """Model FLOPs of one DPO optimizer step over ``pairs`` ``[[P, C, R], ...]`` in ``layout`` (plain | shared)."""
+    """Model FLOPs of one DPO optimizer step over ``pairs`` ``[[P, C, R], ...]`` in ``layout``
+    (plain | shared | packed)."""
     n, h, w = shape["body_params"], shape["head_params"], shape["n_layers"] * shape["attn_width"]
-    if layout == "shared":
+    if layout in ("shared", "packed"):  # packed: the same pairs back to back, no padding
         tokens = sum(p + c + r for p, c, r in pairs)
         attn = sum((p + c) ** 2 + r * (p + r) for p, c, r in pairs)
     else:

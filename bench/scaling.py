@@ -1,7 +1,7 @@
 """alignkit DPO throughput and memory across max length x batch size on the embedded SmolLM2-135M-Instruct.
 
     .venv/bin/python bench/scaling.py [--lengths 256,512,1024] [--batches 2,4,8] [--steps 4] [--mode full]
-                                      [--dtype auto] [--select longest] [--layout plain|shared]
+                                      [--dtype auto] [--select longest] [--layout plain|shared|packed]
                                       [--out bench/results/scaling.json]
 
 Each (max length, batch) cell runs alignkit DPO in its own subprocess (the same child as bench/dpo_vs_trl.py, so
@@ -99,7 +99,7 @@ def grid(args, lengths: list[int], batches: list[int], pairs: list, model_dir: s
             raw = run_case(case, settings, args.timeout)
             d = derive(case, raw, peaks)
             timed = raw["pairs"][1:] or raw["pairs"]  # [[prompt, chosen, rejected] tokens per pair] per step
-            shared = raw["layout"] == "shared"
+            shared = raw["layout"] in ("shared", "packed")
             row = {
                 "max_length": max_length,
                 "batch": batch,
@@ -112,7 +112,10 @@ def grid(args, lengths: list[int], batches: list[int], pairs: list, model_dir: s
                 "layout": raw["layout"],
                 "mean_sequence_tokens": statistics.mean(p + x for step in timed for p, c, r in step for x in (c, r)),
                 "mean_padded_row_length": statistics.mean(
-                    max((p + c + r) if shared else (p + max(c, r)) for p, c, r in step) for step in timed
+                    sum(p + c + r for p, c, r in step)  # packed: one row, no padding
+                    if raw["layout"] == "packed"
+                    else max((p + c + r) if shared else (p + max(c, r)) for p, c, r in step)
+                    for step in timed
                 ),
                 "setup_s": d["setup_s"],
                 "precompute_s": d["precompute_s"],
@@ -139,7 +142,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="alignkit model.dtype")
     ap.add_argument("--reference", choices=("precompute", "live"), default="precompute")
     ap.add_argument("--select", choices=("longest", "first"), default="longest")
-    ap.add_argument("--layout", choices=("plain", "shared"), help="alignkit train.prefix_sharing off / on")
+    ap.add_argument("--layout", choices=("plain", "shared", "packed"), help="alignkit batch layout (unset: default)")
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default=str(DEFAULT_OUT))

@@ -228,36 +228,84 @@ def test_bf16_autocast_close_to_fp32(batch, fused):
     torch.testing.assert_close(bf16.detach(), fp32, atol=0.1, rtol=0.05)
 
 
+PAIRS = [  # (prompt, chosen, rejected) token ids: uneven lengths, one without a prompt
+    ([1, 5, 6, 7], [8, 9, 2], [10, 2]),
+    ([1, 11], [12, 13, 14, 15, 2], [16, 17, 18, 2]),
+    ([], [20, 21, 2], [22, 2]),
+]
+
+
 def test_prefix_shared_pairs_equal_plain_values_and_gradients():
-    """One row per pair (prompt once, 4D mask, rejected positions restarting after the prompt) gives the
-    summed log-probs and gradients of the two-row layout; an empty prompt and uneven lengths included."""
+    """One sequence per pair (prompt once, 4D mask, rejected positions restarting after the prompt), padded rows
+    or all pairs packed in one row, gives the summed log-probs and gradients of the two-row layout; an empty prompt
+    and uneven lengths included. Packed rows switch the model to per-pair (segmented) SDPA."""
     from alignkit.data.collate import collate_pairs, collate_pairs_shared
     from alignkit.data.tokenize import TokenizedPair
-    from alignkit.logprobs import CompletionScorer, sequence_logprobs
+    from alignkit.logprobs import CompletionScorer, sequence_logprobs, shared_inputs
+    from alignkit.models.attention import SEGMENTED
 
-    pairs = [
-        TokenizedPair([1, 5, 6, 7], [8, 9, 2], [10, 2], "a"),
-        TokenizedPair([1, 11], [12, 13, 14, 15, 2], [16, 17, 18, 2], "b"),
-        TokenizedPair([], [20, 21, 2], [22, 2], "c"),
-    ]
-    results = []
-    for shared in (False, True):
-        model = tiny_llama(vocab_size=64)
+    pairs = [TokenizedPair(p, c, r, str(i)) for i, (p, c, r) in enumerate(PAIRS)]
+    results = {}
+    for layout in ("plain", "shared", "packed"):
+        model = tiny_llama(vocab_size=64, attn_implementation="sdpa")
         scorer = CompletionScorer(model)
-        if shared:
-            b = collate_pairs_shared(pairs, pad_id=0)
-            keys = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
-            sums = scorer(b["input_ids"], b["attention_mask"], shared={k: b[k] for k in keys})
-            assert b["completion_tokens"].tolist() == [3, 5, 2, 2, 4, 1]  # first token of "c" has no predecessor
-        else:
+        if layout == "plain":
             b = collate_pairs(pairs, pad_id=0)
             sums = sequence_logprobs(scorer(b["input_ids"], b["attention_mask"], b["completion_mask"]),
                                      b["completion_mask"])  # fmt: skip
+        else:
+            b = collate_pairs_shared(pairs, pad_id=0, packed=layout == "packed")
+            sums = scorer(b["input_ids"], b["attention_mask"], shared=shared_inputs(b))
+            assert b["completion_tokens"].tolist() == [3, 5, 2, 2, 4, 1]  # first token of "c" has no predecessor
+            assert b["input_ids"].shape == ((1, 25) if layout == "packed" else (3, 11))
+        assert model.config._attn_implementation == (SEGMENTED if layout == "packed" else "sdpa")
         (sums * torch.arange(1.0, 7.0)).sum().backward()
-        results.append((sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4)
+        results[layout] = (sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    for layout in ("shared", "packed"):
+        torch.testing.assert_close(results[layout][0], results["plain"][0], atol=1e-5, rtol=1e-5)
+        for name, grad in results["plain"][1].items():
+            torch.testing.assert_close(results[layout][1][name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_segmented_sdpa_equals_full_mask_sdpa_and_skips_cross_blocks(monkeypatch):
+    """Per-block SDPA over a packed row equals SDPA with the whole block-diagonal mask; it calls SDPA once per
+    segment on that segment's slice only; without segment lengths it is transformers' SDPA unchanged."""
+    import transformers.integrations.sdpa_attention as sdpa_mod
+
+    from alignkit.data.collate import collate_pairs_shared
+    from alignkit.data.tokenize import TokenizedPair
+    from alignkit.models import attention
+
+    model = tiny_llama(vocab_size=64)
+    module = model.model.layers[0].self_attn
+    b = collate_pairs_shared([TokenizedPair(p, c, r, "x") for p, c, r in PAIRS], pad_id=0, packed=True)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 25, 8, generator=g)
+    k, v = torch.randn(1, 2, 25, 8, generator=g), torch.randn(1, 2, 25, 8, generator=g)
+    full, _ = sdpa_mod.sdpa_attention_forward(module, q, k, v, b["attention_mask"], scaling=8**-0.5)
+    seen = []
+    real = sdpa_mod.sdpa_attention_forward
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda m, q, *a, **kw: seen.append(q.shape[2]) or real(m, q, *a, **kw)
+    )
+    lengths = b["segment_lengths"].tolist()
+    got, _ = attention.segmented_sdpa(module, q, k, v, b["attention_mask"], segment_lengths=lengths, scaling=8**-0.5)
+    assert seen == lengths == [9, 11, 5]
+    assert got.shape == (1, 25, 4, 8)
+    torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-5)
+    same, _ = attention.segmented_sdpa(module, q, k, v, b["attention_mask"], scaling=8**-0.5)
+    torch.testing.assert_close(same, full, atol=0, rtol=0)
+
+
+def test_use_segmented_attention_switches_sdpa_only(tmp_path):
+    from alignkit.models.attention import SEGMENTED, use_segmented_attention
+
+    sdpa, eager = tiny_llama(vocab_size=64, attn_implementation="sdpa"), tiny_llama(attn_implementation="eager")
+    assert use_segmented_attention(sdpa) and use_segmented_attention(sdpa)  # idempotent
+    assert sdpa.config._attn_implementation == SEGMENTED
+    assert not use_segmented_attention(eager) and eager.config._attn_implementation == "eager"
+    sdpa.save_pretrained(tmp_path)  # the switch is not saved: the model loads anywhere without alignkit
+    assert SEGMENTED not in (tmp_path / "config.json").read_text()
 
 
 def test_prefix_shared_mask_layout():
@@ -272,3 +320,23 @@ def test_prefix_shared_mask_layout():
     pad_row = b["attention_mask"][1, 0]
     assert pad_row[3].tolist() == [False, False, False, True, False]  # padding attends to itself only
     assert int(b["logical_tokens"]) == (2 * 2 + 2 + 1) + (2 * 1 + 1 + 1)
+
+
+def test_packed_pairs_layout():
+    from alignkit.data.collate import collate_pairs_shared
+    from alignkit.data.tokenize import TokenizedPair
+
+    pairs = [TokenizedPair([1, 2], [3, 4], [5], "a"), TokenizedPair([1], [3], [5], "b")]
+    b = collate_pairs_shared(pairs, pad_id=0, packed=True)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 1, 3, 5]]  # no padding
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 1]]
+    assert b["segment_lengths"].tolist() == [5, 3]
+    mask = b["attention_mask"][0, 0]
+    assert mask[:5, 5:].sum() == 0 and mask[5:, :5].sum() == 0  # pairs never see each other
+    assert mask[7].tolist() == [False] * 5 + [True, False, True]  # rejected of pair 2: its prompt and itself
+    assert b["last_index"].tolist() == [3, 6, 4, 7]  # chosen ends, then rejected ends, flat into the row
+    assert b["logp_index"].tolist() == [1, 2, 1, 5, 5]  # chosen 3, 4 and rejected 5 of pair 1; pair 2
+    assert b["logp_segments"].tolist() == [0, 0, 2, 1, 3]
+    padded = collate_pairs_shared(pairs, pad_id=0)
+    assert int(b["logical_tokens"]) == int(padded["logical_tokens"])
+    assert "segment_lengths" not in padded

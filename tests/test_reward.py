@@ -357,11 +357,12 @@ def test_cli_score_errors(trained_rm, tmp_path):
 
 def test_rm_prefix_sharing_trains_like_plain_layout(tiny_model_dir, tmp_path):
     runs = []
-    for shared in (False, True):
-        sec = _rm_sections(tiny_model_dir, tmp_path, f"rm-{shared}", steps=3)
-        sec["train"]["prefix_sharing"] = shared
+    for shared, packed in ((False, False), (True, False), (True, True)):
+        sec = _rm_sections(tiny_model_dir, tmp_path, f"rm-{shared}-{packed}", steps=3)
+        sec["train"].update(prefix_sharing=shared, packing=packed)
         runs.append(run("rm", **sec))
-    for a, b in zip(runs[0].history, runs[1].history):
-        for key in ("loss", "rewards/margins", "grad_norm"):
-            if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for other in runs[1:]:
+        for a, b in zip(runs[0].history, other.history):
+            for key in ("loss", "rewards/margins", "grad_norm"):
+                if key in a:
+                    assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key

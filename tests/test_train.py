@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,20 +212,24 @@ def test_data_order_shuffle_and_file_order():
 
 @pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.0}])
 def test_prefix_sharing_trains_like_the_plain_layout(lora, tiny_model_dir, pairs_file, tmp_path):
-    """Same losses, metrics, token counts and weights with one row per pair (prompt once) as with two rows."""
+    """Same losses, metrics, token counts and weights with one sequence per pair (prompt once), padded rows or all
+    pairs packed in one row, as with two rows per pair."""
+    layouts = {"plain": (False, False), "shared": (True, False), "packed": (True, True)}
     runs = [
-        _train("dpo", tiny_model_dir, pairs_file, tmp_path / str(shared), lora=lora, prefix_sharing=shared)
-        for shared in (False, True)
+        _train("dpo", tiny_model_dir, pairs_file, tmp_path / name, lora=lora, prefix_sharing=s, packing=p)
+        for name, (s, p) in layouts.items()
     ]
-    for a, b in zip(runs[0].history, runs[1].history):
-        for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-        assert a["tokens_per_second"] * a["seconds_per_step"] == pytest.approx(
-            b["tokens_per_second"] * b["seconds_per_step"], rel=1e-9
-        )
+    for other in runs[1:]:
+        for a, b in zip(runs[0].history, other.history):
+            for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+            assert a["tokens_per_second"] * a["seconds_per_step"] == pytest.approx(
+                b["tokens_per_second"] * b["seconds_per_step"], rel=1e-9
+            )
     weights = [load_file(r.model_dir / ("adapter_model.safetensors" if lora else "model.safetensors")) for r in runs]
-    for name, value in weights[0].items():
-        torch.testing.assert_close(value, weights[1][name], atol=1e-4, rtol=0)
+    for w in weights[1:]:
+        for name, value in weights[0].items():
+            torch.testing.assert_close(value, w[name], atol=1e-4, rtol=0)
 
 
 def test_reference_logprobs_are_cached_on_disk(tiny_model_dir, pairs_file, tmp_path, reference_cache_dir):
@@ -248,3 +253,22 @@ def test_reference_logprobs_are_cached_on_disk(tiny_model_dir, pairs_file, tmp_p
     logs.clear()
     run("dpo", make_config("dpo", **sections), log=logs.append)
     assert any("computed for" in str(line) for line in logs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in():
+    """After keep_freed_memory(), a 64 MiB buffer allocated and freed over and over (like a training step's logits)
+    reuses its pages: no fresh page faults once the heap has grown (glibc's default unmaps it on every free and
+    faults its 16k pages back in on every allocation)."""
+    import resource
+
+    from alignkit.models.cpu_memory import keep_freed_memory
+
+    assert keep_freed_memory() and keep_freed_memory()  # applies once, then a no-op
+    n = 16 * 2**20  # 64 MiB of float32
+    for _ in range(3):
+        torch.ones(n)  # grows the heap (faults the first times), then freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(n)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert float(x[-1]) == 1.0 and faults < 1000, faults

@@ -137,6 +137,13 @@ class TrainConfig:
         True,
         "Pairs: encode the prompt once (one row prompt+chosen+rejected, 4D mask); off where the model cannot.",
     )
+    packing: bool = _f(
+        True,
+        "With prefix sharing: all pairs of a batch in one unpadded row, attention run per pair (SDPA models).",
+    )
+    reuse_cpu_memory: bool = _f(
+        True, "CPU on Linux: glibc malloc keeps freed memory for reuse (no page faults each step; process-wide)."
+    )
 
     def validate(self, where: str) -> None:
         _require(

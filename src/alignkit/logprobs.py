@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alignkit.models.attention import SEGMENTED, use_segmented_attention
+
 Tensor = torch.Tensor
 
 # Config attributes of models whose logits are transformed after the head (softcap, scale): use the plain path.
@@ -150,26 +152,44 @@ def supports_prefix_sharing(model: nn.Module) -> bool:
     """True when the fused head applies and attention takes a custom boolean 4D mask (SDPA, flex)."""
     lm = unwrap_causal_lm(model)
     impl = getattr(getattr(lm, "config", None), "_attn_implementation", None)
-    return supports_fused_head(model) and impl in ("sdpa", "flex_attention")
+    return supports_fused_head(model) and impl in ("sdpa", "flex_attention", SEGMENTED)
 
 
 SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
 
 
-def segment_logprobs(model: nn.Module, batch: dict[str, Tensor], chunk_size: int = 1024) -> Tensor:
-    """Summed log-probs per segment of a prefix-shared batch (``collate_pairs_shared``): ``(2B,)`` float32.
+def shared_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The keys of a prefix-shared batch that ``segment_logprobs`` needs besides ids and mask (packed or not)."""
+    return {k: batch[k] for k in (*SHARED_KEYS, "segment_lengths") if k in batch}
 
-    One decoder pass over ``input_ids`` ``(B, T)`` with the ``(B, 1, T, T)`` mask and ``position_ids``; the hidden
-    states at ``logp_index`` (flat into ``B * T``) score ``logp_labels`` through the fused head and are summed per
-    ``logp_segments`` (one segment per entry of ``completion_tokens``).
-    """
-    lm = unwrap_causal_lm(model)
-    hidden = lm.base_model(
+
+def decoder_hidden(decoder: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Last hidden states ``(R, T, d)`` of a prefix-shared batch (``collate_pairs_shared``, packed or not).
+
+    ``decoder`` is the transformers base model (``LlamaModel`` etc.); a packed batch runs its attention per pair
+    (``models.attention.segmented_sdpa``) when the model uses SDPA, else the block-diagonal mask alone keeps the
+    pairs apart."""
+    extra = {}
+    if "segment_lengths" in batch and use_segmented_attention(decoder):
+        extra["segment_lengths"] = batch["segment_lengths"].tolist()
+    return decoder(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
         use_cache=False,
+        **extra,
     ).last_hidden_state
+
+
+def segment_logprobs(model: nn.Module, batch: dict[str, Tensor], chunk_size: int = 1024) -> Tensor:
+    """Summed log-probs per segment of a prefix-shared batch (``collate_pairs_shared``): ``(2B,)`` float32.
+
+    One decoder pass over ``input_ids`` ``(R, T)`` with the ``(R, 1, T, T)`` mask and ``position_ids``; the hidden
+    states at ``logp_index`` (flat into ``R * T``) score ``logp_labels`` through the fused head and are summed per
+    ``logp_segments`` (one segment per entry of ``completion_tokens``).
+    """
+    lm = unwrap_causal_lm(model)
+    hidden = decoder_hidden(lm.base_model, batch)
     picked = hidden.reshape(-1, hidden.shape[-1])[batch["logp_index"]]  # (n, h)
     logps = linear_label_logprobs(picked, lm.get_output_embeddings(), batch["logp_labels"], chunk_size)
     n_segments = batch["completion_tokens"].shape[0]

@@ -52,33 +52,49 @@ def collate_completions(
     return batch
 
 
-def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """Prefix sharing (Wang & Hegde 2024): one row per pair, ``prompt + chosen + rejected``, so the prompt is
-    encoded once. Rejected tokens see the prompt and earlier rejected tokens only, at the positions they would
+def shared_pair_mask(n_prompt: int, n_chosen: int, n_rejected: int) -> torch.Tensor:
+    """Who may attend to whom in one ``prompt + chosen + rejected`` sequence: ``(L, L)`` bool, True = may attend.
+    Causal; everyone sees the prompt; a completion sees its own branch only."""
+    kind = torch.tensor([0] * n_prompt + [1] * n_chosen + [2] * n_rejected)
+    q, k = kind[:, None], kind[None, :]
+    return torch.ones(len(kind), len(kind), dtype=torch.bool).tril() & ((k == 0) | (q == k))
+
+
+def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int, packed: bool = False) -> dict[str, torch.Tensor]:
+    """Prefix sharing (Wang & Hegde 2024): each pair is one sequence ``prompt + chosen + rejected``, so the prompt
+    is encoded once. Rejected tokens see the prompt and earlier rejected tokens only, at the positions they would
     have after the prompt alone; chosen tokens see the prompt and earlier chosen tokens.
 
-    Returns ``input_ids``, ``position_ids`` ``(B, T)``; ``attention_mask`` ``(B, 1, T, T)`` bool (True = may
-    attend; a padding token attends to itself only); and the scored tokens, ``n`` of them: ``logp_index``
-    ``(n,)`` flat index into ``(B * T)`` of the hidden state that predicts each, ``logp_labels`` ``(n,)``, and
-    ``logp_segments`` ``(n,)``: chosen of pair b -> b, rejected of pair b -> B + b (the ``collate_pairs`` row
-    order). ``completion_tokens`` ``(2B,)`` counts scored tokens per segment; ``last_index`` ``(2B,)`` is the
-    flat index of each segment's last token (reward models pool there); ``logical_tokens`` is the number of
-    non-padding tokens ``collate_pairs`` would have fed (2P + C + R per pair), for throughput.
+    Rows: one right-padded row per pair, ``R = B`` rows of ``T`` = the longest pair; or with ``packed`` all pairs
+    back to back in ``R = 1`` row of ``T`` = the sum of their lengths, no padding, plus ``segment_lengths`` ``(B,)``
+    (the pair lengths, for ``models.attention.segmented_sdpa``).
+
+    Returns ``input_ids``, ``position_ids`` ``(R, T)``; ``attention_mask`` ``(R, 1, T, T)`` bool (True = may
+    attend; block-diagonal when packed; a padding token attends to itself only); and the scored tokens, ``n`` of
+    them: ``logp_index`` ``(n,)`` flat index into ``(R * T)`` of the hidden state that predicts each,
+    ``logp_labels`` ``(n,)``, and ``logp_segments`` ``(n,)``: chosen of pair b -> b, rejected of pair b -> B + b
+    (the ``collate_pairs`` row order). ``completion_tokens`` ``(2B,)`` counts scored tokens per segment;
+    ``last_index`` ``(2B,)`` is the flat index of each segment's last token (reward models pool there);
+    ``logical_tokens`` is the number of non-padding tokens ``collate_pairs`` would have fed (2P + C + R per pair),
+    for throughput.
     """
     b = len(pairs)
-    seq = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    input_ids = torch.full((b, seq), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((b, seq), dtype=torch.long)
-    segment = torch.full((b, seq), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected, -1 padding
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    rows, seq = (1, sum(lengths)) if packed else (b, max(lengths))
+    input_ids = torch.full((rows, seq), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, seq), dtype=torch.long)
+    mask = torch.zeros((rows, 1, seq, seq), dtype=torch.bool)
     index, labels, segments, counts, logical = [], [], [], [0] * (2 * b), 0
     last = [0] * (2 * b)
     for i, p in enumerate(pairs):
         n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
-        total = n_p + n_c + n_r
-        input_ids[i, :total] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
-        position_ids[i, : n_p + n_c] = torch.arange(n_p + n_c)
-        position_ids[i, n_p + n_c : total] = torch.arange(n_p, n_p + n_r)
-        segment[i, :n_p], segment[i, n_p : n_p + n_c], segment[i, n_p + n_c : total] = 0, 1, 2
+        total = lengths[i]
+        row, s = (0, sum(lengths[:i])) if packed else (i, 0)  # the pair's row and first column
+        base = row * seq + s  # flat index of its first token
+        input_ids[row, s : s + total] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
+        position_ids[row, s : s + n_p + n_c] = torch.arange(n_p + n_c)
+        position_ids[row, s + n_p + n_c : s + total] = torch.arange(n_p, n_p + n_r)
+        mask[row, 0, s : s + total, s : s + total] = shared_pair_mask(n_p, n_c, n_r)
         # token k of a completion is predicted by the hidden state just before it in its own branch
         chosen_from = [n_p - 1 + k for k in range(n_c)]
         rejected_from = [n_p - 1] + [n_p + n_c + k for k in range(n_r - 1)]
@@ -86,21 +102,18 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
             chosen_from, rejected_from = chosen_from[1:], rejected_from[1:]
         for ids, seg, at in ((p.chosen_ids, i, chosen_from), (p.rejected_ids, b + i, rejected_from)):
             ids = ids[len(ids) - len(at) :]
-            index += [i * seq + t for t in at]
+            index += [base + t for t in at]
             labels += ids
             segments += [seg] * len(at)
             counts[seg] = len(at)
         logical += 2 * n_p + n_c + n_r
-        last[i], last[b + i] = i * seq + n_p + n_c - 1, i * seq + total - 1
-    q, k = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
-    visible = (k == 0) | (q == k)  # everyone sees the prompt; a completion sees its own branch
-    mask = causal & visible & (q >= 0) & (k >= 0)
-    mask |= torch.eye(seq, dtype=torch.bool) & (q < 0)  # padding attends to itself (no empty softmax rows)
-    return {
+        last[i], last[b + i] = base + n_p + n_c - 1, base + total - 1
+        if not packed:  # padding attends to itself (no empty softmax rows)
+            mask[row, 0, range(total, seq), range(total, seq)] = True
+    batch = {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "attention_mask": mask[:, None],
+        "attention_mask": mask,
         "logp_index": torch.tensor(index, dtype=torch.long),
         "logp_labels": torch.tensor(labels, dtype=torch.long),
         "logp_segments": torch.tensor(segments, dtype=torch.long),
@@ -108,3 +121,6 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, t
         "last_index": torch.tensor(last, dtype=torch.long),
         "logical_tokens": torch.tensor(logical),
     }
+    if packed:
+        batch["segment_lengths"] = torch.tensor(lengths, dtype=torch.long)
+    return batch

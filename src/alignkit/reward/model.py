@@ -15,6 +15,7 @@ import torch
 
 from alignkit.config import EMBEDDED_MODEL, LoRAConfig, ModelConfig
 from alignkit.errors import UserError
+from alignkit.logprobs import decoder_hidden
 from alignkit.models.load import apply_lora, resolve_model_path
 
 REWARD_INFO = "alignkit_reward.json"  # normalization statistics and scoring settings, saved with the model
@@ -107,17 +108,20 @@ class RewardScorer(torch.nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
+        segment_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Rows ``(B, T)`` with a 2D mask -> ``(B, heads)``; or prefix-shared pair rows (``collate_pairs_shared``:
-        4D mask, ``position_ids``, ``last_index`` ``(2B,)``) -> ``(2B, heads)``, chosen rows first."""
+        """Rows ``(B, T)`` with a 2D mask -> ``(B, heads)``; or prefix-shared pairs (``collate_pairs_shared``, packed
+        or not: 4D mask, ``position_ids``, ``last_index`` ``(2B,)``) -> ``(2B, heads)``, chosen rows first."""
         clf = classifier_of(self.model)
         trunk = getattr(clf, clf.base_model_prefix)
-        hidden = trunk(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # (B, T, d)
         if last_index is not None:
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+            if segment_lengths is not None:
+                batch["segment_lengths"] = segment_lengths
+            hidden = decoder_hidden(trunk, batch)  # (R, T, d)
             pooled = hidden.reshape(-1, hidden.shape[-1])[last_index]
         else:
+            hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
             last = attention_mask.sum(-1) - 1  # (B,)
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, d)
         return head_of(self.model)(pooled).float()

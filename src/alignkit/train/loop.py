@@ -163,7 +163,11 @@ def fit(
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    # fused: one kernel over all parameters (CPU and CUDA); the per-tensor loop costs ~0.3 s/step at 135M on CPU
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    optimizer = torch.optim.AdamW(
+        params, lr=tc.learning_rate, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay, fused=fused or None
+    )
     scheduler = get_scheduler(
         tc.lr_scheduler if tc.lr_scheduler != "constant" else "constant_with_warmup",
         optimizer,

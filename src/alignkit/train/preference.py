@@ -16,13 +16,14 @@ from alignkit.config import PreferenceConfig
 from alignkit.data import TokenizedPair, collate_pairs, to_pairwise, tokenize_pairs
 from alignkit.data.collate import collate_pairs_shared
 from alignkit.logprobs import (
-    SHARED_KEYS,
     CompletionScorer,
     segment_logprobs,
     sequence_logprobs,
+    shared_inputs,
     supports_prefix_sharing,
 )
 from alignkit.losses import LOSSES, sft_loss
+from alignkit.models.attention import use_segmented_attention
 from alignkit.train.loop import Method
 from alignkit.train.reference import prepare_reference
 
@@ -58,7 +59,12 @@ class PreferenceMethod(Method):
         return CompletionScorer(model, self.cfg.train.logprob_chunk_size)
 
     def setup(self, model, train_items, eval_items, accelerator):
-        self.shared = self.cfg.train.prefix_sharing and _prefix_sharing_works(model, train_items, self.pad_id, self.log)
+        tc = self.cfg.train
+        self.packed = tc.prefix_sharing and tc.packing and use_segmented_attention(model)
+        self.shared = tc.prefix_sharing and _prefix_sharing_works(
+            model, train_items, self.pad_id, self.packed, self.log
+        )
+        self.log(f"batch layout: {layout_name(self.shared, self.packed)}")
         if not self.spec.needs_reference:
             return train_items, eval_items
         self.reference, splits = prepare_reference(
@@ -70,13 +76,15 @@ class PreferenceMethod(Method):
             self._collate_rows,
             self.length,
             lambda x, v: ScoredPair(**{**x.__dict__, "ref_chosen": v[0], "ref_rejected": v[1]}),
-            variant=f"pairs shared={self.shared}",
+            variant=f"pairs shared={self.shared}",  # packing changes no value, only speed
             log=self.log,
         )
         return splits
 
     def _collate_rows(self, items):
-        return collate_pairs_shared(items, self.pad_id) if self.shared else collate_pairs(items, self.pad_id)
+        if self.shared:
+            return collate_pairs_shared(items, self.pad_id, packed=self.packed)
+        return collate_pairs(items, self.pad_id)
 
     def collate(self, items):
         batch = self._collate_rows(items)
@@ -86,8 +94,7 @@ class PreferenceMethod(Method):
 
     def loss(self, module, batch):
         if "logp_index" in batch:  # prefix-shared: one row per pair
-            shared = {k: batch[k] for k in SHARED_KEYS}
-            sums = module(batch["input_ids"], batch["attention_mask"], shared=shared)  # (2B,)
+            sums = module(batch["input_ids"], batch["attention_mask"], shared=shared_inputs(batch))  # (2B,)
             n_tokens = batch["completion_tokens"].clamp(min=1)
         else:
             mask = batch["completion_mask"]
@@ -134,10 +141,18 @@ class PreferenceMethod(Method):
         return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
 
 
+def layout_name(shared: bool, packed: bool) -> str:
+    if not shared:
+        return "two rows per pair (prompt+chosen, prompt+rejected), padded"
+    if packed:
+        return "prefix sharing, all pairs packed in one row (attention per pair, no padding)"
+    return "prefix sharing, one padded row per pair (prompt+chosen+rejected)"
+
+
 @torch.no_grad()
-def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
+def _prefix_sharing_works(model, items: list, pad_id: int, packed: bool, log) -> bool:
     """Prefix sharing needs the fused head and a 4D-mask attention; a one-time check on two training pairs
-    confirms the shared and plain layouts give the same log-probs (else the plain layout is used)."""
+    confirms the shared layout (``packed`` or not) gives the log-probs of the plain one (else plain is used)."""
     if not supports_prefix_sharing(model):
         log("prefix sharing off: this model needs the plain layout (logit transform or attention without 4D masks)")
         return False
@@ -150,7 +165,7 @@ def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
         CompletionScorer(model)(*(plain[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask"))),
         plain["completion_mask"].to(device),
     )
-    b = {k: v.to(device) for k, v in collate_pairs_shared(sample, pad_id).items()}
+    b = {k: v.to(device) for k, v in collate_pairs_shared(sample, pad_id, packed=packed).items()}
     got = segment_logprobs(model, b)
     model.train(was_training)
     if not torch.allclose(got, expected, rtol=1e-4, atol=1e-3):

@@ -25,8 +25,10 @@ from alignkit.data import TokenizedPair, as_chat, collate_pairs, to_pairwise, to
 from alignkit.data.collate import collate_pairs_shared
 from alignkit.eval.reward import calibration_terms, ece_from_terms
 from alignkit.losses import bradley_terry_loss
+from alignkit.models.attention import SEGMENTED, use_segmented_attention
 from alignkit.reward.model import ENSEMBLE_INFO, REWARD_INFO, RewardScorer, build_reward_model, classifier_of
 from alignkit.train.loop import Method, TrainResult
+from alignkit.train.preference import layout_name
 
 CALIBRATION = "calibration/bin"
 
@@ -59,7 +61,12 @@ class RewardMethod(Method):
         return RewardScorer(model)
 
     def setup(self, model, train_items, eval_items, accelerator):
-        self.shared = self.cfg.train.prefix_sharing and _prefix_sharing_works(model, train_items, self.pad_id, self.log)
+        tc = self.cfg.train
+        self.packed = tc.prefix_sharing and tc.packing and use_segmented_attention(classifier_of(model))
+        self.shared = tc.prefix_sharing and _prefix_sharing_works(
+            model, train_items, self.pad_id, self.packed, self.log
+        )
+        self.log(f"batch layout: {layout_name(self.shared, self.packed)}")
         seed = self.cfg.train.seed
         if self.mc.bootstrap and self.mc.heads == 1:
             rng = random.Random(seed * 1000 + self.member)
@@ -78,8 +85,9 @@ class RewardMethod(Method):
 
     def _collate_rows(self, items):
         if self.shared:
-            b = collate_pairs_shared(items, self.pad_id)
-            return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids", "last_index", "logical_tokens")}
+            b = collate_pairs_shared(items, self.pad_id, packed=self.packed)
+            keep = ("input_ids", "attention_mask", "position_ids", "last_index", "segment_lengths", "logical_tokens")
+            return {k: b[k] for k in keep if k in b}
         return collate_pairs(items, self.pad_id)
 
     def collate(self, items):
@@ -171,23 +179,29 @@ class RewardMethod(Method):
 def _score(module, batch: dict) -> torch.Tensor:
     """Rewards ``(2B, heads)`` of a collated pair batch in either layout (chosen rows first)."""
     if "last_index" in batch:
-        return module(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["last_index"])
+        return module(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["position_ids"],
+            batch["last_index"],
+            batch.get("segment_lengths"),
+        )
     return module(batch["input_ids"], batch["attention_mask"])
 
 
 @torch.no_grad()
-def _prefix_sharing_works(model, items: list, pad_id: int, log) -> bool:
-    """The shared layout needs attention that takes a 4D mask; a one-time check on two pairs confirms it gives
-    the rewards of the plain layout (else the plain layout is used)."""
+def _prefix_sharing_works(model, items: list, pad_id: int, packed: bool, log) -> bool:
+    """The shared layout needs attention that takes a 4D mask; a one-time check on two pairs confirms it (``packed``
+    or not) gives the rewards of the plain layout (else the plain layout is used)."""
     clf = classifier_of(model)
-    if getattr(clf.config, "_attn_implementation", None) not in ("sdpa", "flex_attention"):
+    if getattr(clf.config, "_attn_implementation", None) not in ("sdpa", "flex_attention", SEGMENTED):
         log("prefix sharing off: this model's attention does not take a custom 4D mask")
         return False
     scorer, device = RewardScorer(model), next(model.parameters()).device
     was_training = model.training
     model.eval()
     plain = {k: v.to(device) for k, v in collate_pairs(items[:2], pad_id).items()}
-    shared = {k: v.to(device) for k, v in collate_pairs_shared(items[:2], pad_id).items()}
+    shared = {k: v.to(device) for k, v in collate_pairs_shared(items[:2], pad_id, packed=packed).items()}
     expected, got = _score(scorer, plain), _score(scorer, shared)
     model.train(was_training)
     if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):

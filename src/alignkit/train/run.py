@@ -14,6 +14,7 @@ from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
+from alignkit.models.cpu_memory import keep_freed_memory
 from alignkit.models.load import quiet_known_warnings
 from alignkit.train.data import load_train_eval
 from alignkit.train.kto import KTOMethod
@@ -75,6 +76,8 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     cfg.validate()
     quiet_known_warnings()
     device = pick_device(cfg.model.device)
+    if device.type == "cpu" and cfg.train.reuse_cpu_memory:
+        keep_freed_memory()
     # accelerate keeps one AcceleratorState per process; a second run in the same process (API, notebook) may use
     # another precision. Reset it, keeping the process-group state that `accelerate launch` set up.
     AcceleratorState._reset_state(reset_partial_state=False)

@@ -1,0 +1,61 @@
+"""Segmented SDPA: attention over packed rows without computing the blocks the mask removes.
+
+A packed row holds several independent sequences back to back (``collate_pairs_shared(..., packed=True)``): no
+padding, so every linear layer sees only real tokens, and a ``(1, 1, T, T)`` block-diagonal mask. Plain SDPA would
+compute all ``T x T`` scores and mask most of them; this attention function runs SDPA once per block instead, so
+attention costs ``sum(L_i^2)`` rather than ``(sum L_i)^2``. The mask stays complete, so any other attention
+implementation computes the same result, only slower. Without ``segment_lengths`` the function is transformers'
+own SDPA, so a model switched to it behaves exactly as before everywhere else (generation, plain batches).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+SEGMENTED = "alignkit_segmented_sdpa"
+
+
+def segmented_sdpa(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    segment_lengths: list[int] | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SDPA per segment of a packed row. query ``(1, heads, T, d)``, key/value ``(1, kv_heads, T, d)``, mask
+    ``(1, 1, T, T)`` bool with ``segment_lengths`` summing to T -> ``(1, T, heads, d)`` (transformers' layout)."""
+    if segment_lengths is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    outputs, start = [], 0
+    for n in segment_lengths:
+        end = start + n
+        block = attention_mask[:, :, start:end, start:end] if attention_mask is not None else None
+        out, _ = sdpa_attention_forward(
+            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], block, **kwargs
+        )
+        outputs.append(out)
+        start = end
+    return torch.cat(outputs, dim=1), None
+
+
+AttentionInterface.register(SEGMENTED, segmented_sdpa)
+AttentionMaskInterface.register(SEGMENTED, sdpa_mask)
+
+
+def use_segmented_attention(model: nn.Module) -> bool:
+    """Switch a transformers model (or a PEFT wrapper's base) from SDPA to ``segmented_sdpa``; True when the model
+    can take packed rows. Idempotent; other attention implementations are left alone (False). The setting is not
+    saved with the model (transformers does not serialize it)."""
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    config = getattr(inner, "config", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if impl == "sdpa":
+        config._attn_implementation = SEGMENTED
+        return True
+    return impl == SEGMENTED
