@@ -138,18 +138,28 @@ def test_completion_scorer_forward_equals_token_logprobs(model, batch):
     assert {id(p) for p in scorer.parameters()} == {id(p) for p in model.parameters()}
 
 
-def test_linear_label_logprobs_with_bias_matches_log_softmax():
+@pytest.mark.parametrize("keep_softmax", [True, False], ids=["kept", "recomputed"])
+def test_linear_label_logprobs_with_bias_matches_log_softmax(keep_softmax, monkeypatch):
+    """Both backward paths (softmax kept from forward; recomputed when over KEEP_PROBS_BYTES) are exact, with a
+    non-uniform incoming gradient, a bias and a last chunk shorter than the others; backward can run twice."""
+    monkeypatch.setattr(logprobs_mod, "KEEP_PROBS_BYTES", 2**30 if keep_softmax else 0)
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 11, bias=True)
     hidden = torch.randn(7, 8, requires_grad=True)
     labels = torch.randint(0, 11, (7,))
+    weights = torch.linspace(-1.0, 2.0, 7)
     out = linear_label_logprobs(hidden, head, labels, chunk_size=3)
-    out.sum().backward()
+    (out * weights).sum().backward(retain_graph=True)
+    first = hidden.grad.clone()
+    hidden.grad = None
+    head.zero_grad()
+    (out * weights).sum().backward()
+    torch.testing.assert_close(hidden.grad, first, atol=0, rtol=0)  # the kept softmax is not modified in place
     grads = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
     hidden.grad = None
     head.zero_grad()
     ref = torch.log_softmax(head(hidden), -1).gather(1, labels[:, None]).squeeze(1)
-    ref.sum().backward()
+    (ref * weights).sum().backward()
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     for got, want in zip(grads, (hidden.grad, head.weight.grad, head.bias.grad)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
