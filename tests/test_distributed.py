@@ -112,4 +112,4 @@ def test_two_processes_match_one_process_kto_and_rm(method, tiny_model_dir, pair
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         if method == "kto":
-            assert a["kl"] == pytest.approx(b["kl"], rel=1e-5, abs=1e-7)
+            assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-7)  # float32 summation order

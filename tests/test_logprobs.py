@@ -307,6 +307,39 @@ def test_segmented_sdpa_equals_full_mask_sdpa_and_skips_cross_blocks(monkeypatch
     torch.testing.assert_close(same, full, atol=0, rtol=0)
 
 
+def test_segmented_sdpa_runs_bf16_attention_in_fp32_on_cpu(monkeypatch):
+    """Under bf16 autocast on CPU the per-segment SDPA gets fp32 inputs (faster there, and more precise) and the
+    result comes back in bf16, close to the fp32 computation."""
+    import transformers.integrations.sdpa_attention as sdpa_mod
+
+    from alignkit.data.collate import collate_pairs_shared
+    from alignkit.data.tokenize import TokenizedPair
+    from alignkit.models import attention
+
+    module = tiny_llama(vocab_size=64).model.layers[0].self_attn
+    b = collate_pairs_shared([TokenizedPair(p, c, r, "x") for p, c, r in PAIRS], pad_id=0, packed=True)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 25, 8, generator=g) for h in (4, 2, 2))
+    expected, _ = sdpa_mod.sdpa_attention_forward(module, q, k, v, b["attention_mask"], scaling=8**-0.5)
+    dtypes, real = [], sdpa_mod.sdpa_attention_forward
+    monkeypatch.setattr(
+        attention, "sdpa_attention_forward", lambda m, q, *a, **kw: dtypes.append(q.dtype) or real(m, q, *a, **kw)
+    )
+    lengths = b["segment_lengths"].tolist()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = attention.segmented_sdpa(
+            module,
+            q.bfloat16(),
+            k.bfloat16(),
+            v.bfloat16(),
+            b["attention_mask"],
+            segment_lengths=lengths,
+            scaling=8**-0.5,
+        )
+    assert dtypes == [torch.float32] * 3 and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=0.03, rtol=0.02)
+
+
 def test_use_segmented_attention_switches_sdpa_only(tmp_path):
     from alignkit.models.attention import SEGMENTED, use_segmented_attention
 

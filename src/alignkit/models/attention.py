@@ -10,6 +10,8 @@ own SDPA, so a model switched to it behaves exactly as before everywhere else (g
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -32,16 +34,23 @@ def segmented_sdpa(
     ``(1, 1, T, T)`` bool with ``segment_lengths`` summing to T -> ``(1, T, heads, d)`` (transformers' layout)."""
     if segment_lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    dtype, device = query.dtype, query.device.type
+    upcast = device == "cpu" and dtype == torch.bfloat16
+    if upcast:
+        # PyTorch's CPU flash attention is ~1.5x faster in fp32 than in bf16 at these sizes, and more precise;
+        # autocast would cast the inputs back to bf16, so it is off here. The output returns to bf16 for o_proj.
+        query, key, value = query.float(), key.float(), value.float()
     outputs, start = [], 0
-    for n in segment_lengths:
-        end = start + n
-        block = attention_mask[:, :, start:end, start:end] if attention_mask is not None else None
-        out, _ = sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], block, **kwargs
-        )
-        outputs.append(out)
-        start = end
-    return torch.cat(outputs, dim=1), None
+    with torch.autocast(device, enabled=False) if upcast else contextlib.nullcontext():
+        for n in segment_lengths:
+            end = start + n
+            block = attention_mask[:, :, start:end, start:end] if attention_mask is not None else None
+            out, _ = sdpa_attention_forward(
+                module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], block, **kwargs
+            )
+            outputs.append(out)
+            start = end
+    return torch.cat(outputs, dim=1).to(dtype), None
 
 
 AttentionInterface.register(SEGMENTED, segmented_sdpa)
