@@ -11,7 +11,8 @@ warm-up and not timed. Reported: seconds/step, tokens/s (chosen + rejected seque
 each, as in bench/dpo_vs_trl.py), pairs/s, MFU against this machine's matmul peak measured at the start
 (bench/mfu.py), peak RSS of the cell's process, and what the batches actually held: mean tokens per chosen /
 rejected sequence and mean padded row length (each step's rows are padded to the longest; a prefix-shared row holds
-prompt + chosen + rejected), since max length is only an upper bound.
+prompt + chosen + rejected; a packed batch is one unpadded row of all its pairs), since max length is only an upper
+bound.
 
 Data: real hh-rlhf pairs (``--data``, read in place), invalid records skipped. ``--select longest`` (default) takes
 the ``steps x batch`` longest pairs that fit in the cell's max length (kept in file order), so longer limits really
@@ -126,7 +127,7 @@ def grid(args, lengths: list[int], batches: list[int], pairs: list, model_dir: s
                 f"L={max_length:5d} B={batch:2d}  {row['seconds_per_step']:7.2f} s/step  "
                 f"{row['tokens_per_second']:7.0f} tokens/s  MFU {row['mfu_percent']:5.1f}%  "
                 f"peak RSS {row['peak_rss_mb']:6.0f} MB  sequences {row['mean_sequence_tokens']:.0f} tokens, "
-                f"{row['layout']} rows padded to {row['mean_padded_row_length']:.0f}",
+                f"{row['layout']} rows of {row['mean_padded_row_length']:.0f}",
                 flush=True,
             )
 
