@@ -213,12 +213,15 @@ def test_data_order_shuffle_and_file_order():
 @pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.0}])
 def test_prefix_sharing_trains_like_the_plain_layout(lora, tiny_model_dir, pairs_file, tmp_path):
     """Same losses, metrics, token counts and weights with one sequence per pair (prompt once), padded rows or all
-    pairs packed in one row, as with two rows per pair."""
-    layouts = {"plain": (False, False), "shared": (True, False), "packed": (True, True)}
-    runs = [
-        _train("dpo", tiny_model_dir, pairs_file, tmp_path / name, lora=lora, prefix_sharing=s, packing=p)
-        for name, (s, p) in layouts.items()
-    ]
+    pairs packed in one row (also under gradient checkpointing, which recomputes the per-pair attention), as with
+    two rows per pair."""
+    layouts = {
+        "plain": {"prefix_sharing": False},
+        "shared": {"packing": False},
+        "packed": {},
+        "packed-checkpointed": {"gradient_checkpointing": True},
+    }
+    runs = [_train("dpo", tiny_model_dir, pairs_file, tmp_path / name, lora=lora, **kw) for name, kw in layouts.items()]
     for other in runs[1:]:
         for a, b in zip(runs[0].history, other.history):
             for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected", "grad_norm"):
