@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alignkit.models.attention import SEGMENTED, use_segmented_attention
+from alignkit.models.attention import takes_4d_mask, use_segmented_attention
 
 Tensor = torch.Tensor
 
@@ -169,9 +169,7 @@ def token_logprobs(
 
 def supports_prefix_sharing(model: nn.Module) -> bool:
     """True when the fused head applies and attention takes a custom boolean 4D mask (SDPA, flex)."""
-    lm = unwrap_causal_lm(model)
-    impl = getattr(getattr(lm, "config", None), "_attn_implementation", None)
-    return supports_fused_head(model) and impl in ("sdpa", "flex_attention", SEGMENTED)
+    return supports_fused_head(model) and takes_4d_mask(unwrap_causal_lm(model))
 
 
 SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")

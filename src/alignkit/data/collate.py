@@ -85,11 +85,12 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int, packed: bool =
     position_ids = torch.zeros((rows, seq), dtype=torch.long)
     mask = torch.zeros((rows, 1, seq, seq), dtype=torch.bool)
     index, labels, segments, counts, logical = [], [], [], [0] * (2 * b), 0
-    last = [0] * (2 * b)
+    last, offset = [0] * (2 * b), 0
     for i, p in enumerate(pairs):
         n_p, n_c, n_r = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
         total = lengths[i]
-        row, s = (0, sum(lengths[:i])) if packed else (i, 0)  # the pair's row and first column
+        row, s = (0, offset) if packed else (i, 0)  # the pair's row and first column
+        offset += total
         base = row * seq + s  # flat index of its first token
         input_ids[row, s : s + total] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids)
         position_ids[row, s : s + n_p + n_c] = torch.arange(n_p + n_c)

@@ -57,12 +57,23 @@ AttentionInterface.register(SEGMENTED, segmented_sdpa)
 AttentionMaskInterface.register(SEGMENTED, sdpa_mask)
 
 
+def _config(model: nn.Module):
+    """The transformers config of a model or of a PEFT wrapper's base model (None if it has none)."""
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return getattr(inner, "config", None)
+
+
+def takes_4d_mask(model: nn.Module) -> bool:
+    """True when the model's attention takes a custom boolean ``(B, 1, T, T)`` mask (SDPA, flex, segmented SDPA),
+    as prefix-shared pairs need. ``model``: a transformers model or a PEFT wrapper."""
+    return getattr(_config(model), "_attn_implementation", None) in ("sdpa", "flex_attention", SEGMENTED)
+
+
 def use_segmented_attention(model: nn.Module) -> bool:
     """Switch a transformers model (or a PEFT wrapper's base) from SDPA to ``segmented_sdpa``; True when the model
     can take packed rows. Idempotent; other attention implementations are left alone (False). The setting is not
     saved with the model (transformers does not serialize it)."""
-    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    config = getattr(inner, "config", None)
+    config = _config(model)
     impl = getattr(config, "_attn_implementation", None)
     if impl == "sdpa":
         config._attn_implementation = SEGMENTED

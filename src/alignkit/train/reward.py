@@ -25,7 +25,7 @@ from alignkit.data import TokenizedPair, as_chat, collate_pairs, to_pairwise, to
 from alignkit.data.collate import collate_pairs_shared
 from alignkit.eval.reward import calibration_terms, ece_from_terms
 from alignkit.losses import bradley_terry_loss
-from alignkit.models.attention import SEGMENTED, use_segmented_attention
+from alignkit.models.attention import takes_4d_mask, use_segmented_attention
 from alignkit.reward.model import ENSEMBLE_INFO, REWARD_INFO, RewardScorer, build_reward_model, classifier_of
 from alignkit.train.loop import Method, TrainResult
 from alignkit.train.preference import layout_name
@@ -194,7 +194,7 @@ def _prefix_sharing_works(model, items: list, pad_id: int, packed: bool, log) ->
     """The shared layout needs attention that takes a 4D mask; a one-time check on two pairs confirms it (``packed``
     or not) gives the rewards of the plain layout (else the plain layout is used)."""
     clf = classifier_of(model)
-    if getattr(clf.config, "_attn_implementation", None) not in ("sdpa", "flex_attention", SEGMENTED):
+    if not takes_4d_mask(clf):
         log("prefix sharing off: this model's attention does not take a custom 4D mask")
         return False
     scorer, device = RewardScorer(model), next(model.parameters()).device
