@@ -271,7 +271,11 @@ def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in():
     n = 16 * 2**20  # 64 MiB of float32
     for _ in range(3):
         torch.ones(n)  # grows the heap (faults the first times), then freed
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    x = torch.ones(n)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert float(x[-1]) == 1.0 and faults < 1000, faults
+    faults = []
+    for _ in range(5):  # the median: a one-off fault burst elsewhere in the process (other threads) does not count
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.ones(n)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        assert float(x[-1]) == 1.0
+        del x
+    assert sorted(faults)[2] < 1000, faults
