@@ -27,6 +27,18 @@ def tiny_model_dir(tmp_path_factory, embedded_tokenizer) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def word_model_dir(tmp_path_factory) -> str:
+    """A 2-layer Llama over the tiny word-level vocabulary, initialized wide (std 0.3) so its samples vary, saved
+    with its tokenizer: online methods learn on it in seconds."""
+    from helpers import VOCAB, make_word_tokenizer
+
+    path = tmp_path_factory.mktemp("word-llama")
+    tiny_llama(vocab_size=len(VOCAB) + 2, initializer_range=0.3, eos_token_id=VOCAB["<|im_end|>"]).save_pretrained(path)
+    make_word_tokenizer().save_pretrained(path)
+    return str(path)
+
+
 def pair_records(n: int) -> list[dict]:
     """Conversational pairs with a consistent contrast (a number answer vs a refusal)."""
     return [

@@ -82,6 +82,10 @@ class DataConfig:
     on_invalid: str = _f(
         "error", "Invalid records: error (list them and stop) or skip (count and go on).", ("error", "skip")
     )
+    prompt_field: str = _f("prompt", "Prompt-only data (online methods): the field holding the prompt, e.g. question.")
+    prompt_template: str | None = _f(
+        None, "Prompt-only text prompts: a str.format pattern over the record's fields, e.g. '{question} Answer:'."
+    )
 
     def validate(self, where: str) -> None:
         _require(bool(self.train), where, "data.train", self.train, "set data.train to a data file")

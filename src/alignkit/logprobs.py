@@ -40,10 +40,11 @@ class _LinearLabelLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, want_entropy=False):
         n = hidden.shape[0]
         out = hidden.new_empty(n, dtype=torch.float32)
         lse = hidden.new_empty(n, dtype=torch.float32)
+        entropy = hidden.new_zeros(n if want_entropy else 0, dtype=torch.float32)
         keep = n * weight.shape[0] * hidden.element_size() <= KEEP_PROBS_BYTES
         cols = torch.arange(min(chunk_size, n), device=hidden.device)
         probs = []
@@ -52,14 +53,20 @@ class _LinearLabelLogProbs(torch.autograd.Function):
             logits = _chunk_logits(hidden[s:e], weight, bias)  # (vocab, c)
             lse[s:e] = torch.logsumexp(logits, dim=0)
             out[s:e] = logits[labels[s:e], cols[: e - s]] - lse[s:e]
-            if keep:
-                probs.append(logits.sub_(lse[s:e]).exp_().to(hidden.dtype))
+            if keep or want_entropy:
+                logp = logits.sub_(lse[s:e])  # in place: log softmax
+                p = logp.exp()
+                if want_entropy:
+                    entropy[s:e] = -(p * logp).sum(0)
+                if keep:
+                    probs.append(p.to(hidden.dtype))
         ctx.save_for_backward(hidden, weight, bias, labels, lse, *probs)
         ctx.chunk_size = chunk_size
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_entropy=None):
         hidden, weight, bias, labels, lse, *probs = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n, size = hidden.shape[0], ctx.chunk_size
@@ -92,6 +99,7 @@ class _LinearLabelLogProbs(torch.autograd.Function):
             grad_b.to(bias.dtype) if grad_b is not None else None,
             None,
             None,
+            None,
         )
 
 
@@ -103,12 +111,24 @@ def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return logits.float()
 
 
-def linear_label_logprobs(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk_size: int = 1024) -> Tensor:
-    """log p(labels) under ``head(hidden)``: hidden ``(n, h)``, labels ``(n,)`` -> ``(n,)`` float32.
+def linear_label_logprobs(
+    hidden: Tensor,
+    head: nn.Linear,
+    labels: Tensor,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """log p(labels) under ``softmax(head(hidden) / temperature)``: hidden ``(n, h)``, labels ``(n,)`` -> ``(n,)``
+    float32; with ``entropy`` also the entropy of each position's distribution ``(n,)`` (no gradient).
 
-    Honors autocast: operands are cast to the autocast dtype once, outside the chunk loop.
+    Honors autocast: operands are cast to the autocast dtype once, outside the chunk loop. The temperature scales
+    the hidden states and the bias, ``(h / T) W^T + b / T = (h W^T + b) / T``, so the head weight is never copied.
     """
     weight, bias = head.weight, head.bias
+    if temperature != 1.0:
+        hidden = hidden / temperature
+        bias = bias / temperature if bias is not None else None
     if torch.is_autocast_enabled(hidden.device.type):
         dtype = torch.get_autocast_dtype(hidden.device.type)
         hidden, weight = hidden.to(dtype), weight.to(dtype)
@@ -116,7 +136,8 @@ def linear_label_logprobs(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk
     else:
         hidden = hidden.to(weight.dtype)
     with torch.autocast(hidden.device.type, enabled=False):
-        return _LinearLabelLogProbs.apply(hidden, weight, bias, labels, chunk_size)
+        logps, ent = _LinearLabelLogProbs.apply(hidden, weight, bias, labels, chunk_size, entropy)
+    return (logps, ent) if entropy else logps
 
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -141,30 +162,37 @@ def token_logprobs(
     completion_mask: Tensor,
     fused: bool | None = None,
     chunk_size: int = 1024,
-) -> Tensor:
-    """Per-token log-probs of completion tokens: ``(batch, seq)`` float32, 0 where ``completion_mask`` is 0.
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-token log-probs of completion tokens under ``softmax(logits / temperature)``: ``(batch, seq)`` float32,
+    0 where ``completion_mask`` is 0; with ``entropy`` also each scored position's entropy ``(batch, seq)``.
 
     ``fused=None`` picks the fused path when the model supports it.
     """
     scored = completion_mask[:, 1:].bool()  # (batch, seq - 1): token t + 1 is scored from position t
     labels = input_ids[:, 1:][scored]  # (n,)
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    ent = torch.zeros(input_ids.shape if entropy else (0,), dtype=torch.float32, device=input_ids.device)
     if fused is None:
         fused = supports_fused_head(model)
     if fused:
         lm = unwrap_causal_lm(model)
         hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        logps = linear_label_logprobs(hidden[:, :-1][scored], lm.get_output_embeddings(), labels, chunk_size)
+        result = linear_label_logprobs(
+            hidden[:, :-1][scored], lm.get_output_embeddings(), labels, chunk_size, temperature, entropy
+        )
+        logps, entropies = result if entropy else (result, None)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-        logps = torch.cat(
-            [
-                logits[b][scored[b]].float().log_softmax(-1).gather(1, input_ids[b, 1:][scored[b], None]).squeeze(1)
-                for b in range(input_ids.shape[0])
-            ]
-        )
+        rows = [(logits[b][scored[b]].float() / temperature).log_softmax(-1) for b in range(input_ids.shape[0])]
+        logps = torch.cat([r.gather(1, input_ids[b, 1:][scored[b], None]).squeeze(1) for b, r in enumerate(rows)])
+        entropies = torch.cat([-(r.exp() * r).sum(-1).detach() for r in rows]) if entropy else None
     out[:, 1:][scored] = logps
-    return out
+    if not entropy:
+        return out
+    ent[:, 1:][scored] = entropies
+    return out, ent
 
 
 def supports_prefix_sharing(model: nn.Module) -> bool:
@@ -240,12 +268,18 @@ class CompletionScorer(nn.Module):
         attention_mask: Tensor,
         completion_mask: Tensor | None = None,
         shared: dict[str, Tensor] | None = None,
-    ) -> Tensor:
-        """Per-token log-probs ``(batch, seq)``; or, for a prefix-shared pair batch (``shared`` holds the
+        temperature: float = 1.0,
+        entropy: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Per-token log-probs ``(batch, seq)`` under ``softmax(logits / temperature)`` (with ``entropy``: and each
+        position's entropy ``(batch, seq)``); or, for a prefix-shared pair batch (``shared`` holds the
         ``position_ids``/``logp_*``/``completion_tokens`` of ``collate_pairs_shared``), summed log-probs ``(2B,)``.
         """
         if shared is None:
-            return token_logprobs(self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size)
+            return token_logprobs(
+                self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size, temperature,
+                entropy,
+            )  # fmt: skip
         return segment_logprobs(
             self.model, {"input_ids": input_ids, "attention_mask": attention_mask, **shared}, self.chunk_size
         )

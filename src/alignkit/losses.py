@@ -5,6 +5,8 @@ defined on sequence likelihoods (DPO, IPO, hinge, robust), or length-averaged on
 says so (SimPO, ORPO, SFT). Each function returns *per-example* losses of shape ``(batch,)`` (the trainer
 reduces them) and, where the method defines one, the implicit rewards of chosen and rejected completions,
 detached, for logging. ``bradley_terry_loss`` takes reward-model scores instead, and ``kto_loss`` binary labels.
+The RL losses (``clipped_policy_loss``, ``clipped_value_loss``) are per token ``(B, T)``: the online methods reduce
+them (token mean, sequence mean, or a constant normalizer) through the trainer's per-example weights.
 
 ``LOSSES`` maps a method name to its function and declares whether it needs reference log-probs and
 which log-prob reduction it expects, so the preference trainer never special-cases a method by name.
@@ -209,6 +211,36 @@ def kto_loss(
     desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (logratios - reference_point)))
     undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (reference_point - logratios)))
     return torch.where(desirable.bool(), desirable_losses, undesirable_losses), beta * logratios.detach()
+
+
+def clipped_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, clip_low: float = 0.2, clip_high: float = 0.2
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PPO's clipped surrogate objective (Schulman et al. 2017, eq. 7) per token, with separate lower and upper
+    clip ranges (DAPO's clip-higher, Yu et al. 2025, eq. 10); GRPO uses the same objective (Shao et al. 2024, eq. 3).
+
+    rho = pi(y_t) / pi_old(y_t) = exp(logps - old_logps);
+    L_t = -min(rho A_t, clip(rho, 1 - eps_low, 1 + eps_high) A_t).
+    ``logps``, ``old_logps`` ``(B, T)``, ``advantages`` ``(B, T)`` or ``(B, 1)`` (one per sequence, broadcast).
+    Returns per-token losses ``(B, T)`` and, detached, where the lower / upper clip was active ``(B, T)`` bool
+    (rho < 1 - eps_low with A < 0, rho > 1 + eps_high with A > 0: the tokens whose gradient the clip removed).
+    """
+    ratio = torch.exp(logps - old_logps)
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    losses = -torch.minimum(ratio * advantages, clipped * advantages)
+    ratio, advantages = ratio.detach(), advantages.detach()
+    return losses, (ratio < 1.0 - clip_low) & (advantages < 0), (ratio > 1.0 + clip_high) & (advantages > 0)
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = 0.2) -> Tensor:
+    """PPO's value loss with the value clipped around its rollout-time estimate (as in OpenAI's baselines ppo2):
+    L_t = 0.5 max((V_t - R_t)^2, (clip(V_t, V_old - eps, V_old + eps) - R_t)^2); ``clip`` None = unclipped MSE.
+    All inputs ``(B, T)``; returns per-token losses ``(B, T)``."""
+    unclipped = (values - returns) ** 2
+    if clip is None:
+        return 0.5 * unclipped
+    clipped = (old_values + (values - old_values).clamp(-clip, clip) - returns) ** 2
+    return 0.5 * torch.maximum(unclipped, clipped)
 
 
 def _logratios(

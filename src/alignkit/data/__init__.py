@@ -18,10 +18,12 @@ from alignkit.data.readers import read_records
 from alignkit.data.tokenize import (
     TokenizedCompletion,
     TokenizedPair,
+    TokenizedPrompt,
     Tokenizer,
     TruncationStats,
     tokenize_completions,
     tokenize_pairs,
+    tokenize_prompts,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "Tokenizer",
     "TokenizedCompletion",
     "TokenizedPair",
+    "TokenizedPrompt",
     "TruncationStats",
     "collate_completions",
     "collate_pairs",
@@ -45,5 +48,6 @@ __all__ = [
     "to_sft",
     "tokenize_completions",
     "tokenize_pairs",
+    "tokenize_prompts",
     "validate_records",
 ]

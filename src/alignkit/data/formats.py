@@ -18,7 +18,7 @@ Problems are collected per record with its source (``file:line``) and field, the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 from alignkit.errors import DataError
@@ -55,6 +55,7 @@ class BinaryExample:
 class PromptExample:
     prompt: Content
     source: str
+    columns: dict = field(default_factory=dict)  # the record's other fields (gold answers, tests), for rewards
 
 
 class InvalidRecord(Exception):
@@ -209,10 +210,27 @@ def to_binary(record: Any, source: str) -> BinaryExample:
     return BinaryExample(prompt, completion, record["label"], source)
 
 
-def to_prompt(record: Any, source: str) -> PromptExample:
+def to_prompt(record: Any, source: str, prompt_field: str = "prompt", template: str | None = None) -> PromptExample:
+    """A prompt-only record: the prompt from ``prompt_field`` (text or messages), the other fields kept as
+    ``columns``.
+
+    ``template`` (text prompts): a ``str.format`` pattern over the record's fields, e.g.
+    ``"{question}\nGive the final answer after ####."``."""
     if not isinstance(record, dict):
         raise InvalidRecord("record", f"must be an object, got {type(record).__name__}")
-    return PromptExample(_content(record, "prompt"), source)
+    if record.get(prompt_field) is None:
+        others = ", ".join(k for k in record if isinstance(record[k], str)) or "none"
+        raise InvalidRecord(prompt_field, f"is missing (text fields here: {others}); set data.prompt_field to "
+                            "the field that holds the prompt")  # fmt: skip
+    prompt = _content(record, prompt_field)
+    if template is not None and isinstance(prompt, str):
+        try:
+            prompt = template.format(**record)
+        except KeyError as e:
+            raise InvalidRecord(e.args[0], f"is missing (data.prompt_template uses {{{e.args[0]}}})") from None
+        except (IndexError, ValueError) as e:
+            raise InvalidRecord(prompt_field, f"data.prompt_template {template!r} cannot be filled: {e}") from None
+    return PromptExample(prompt, source, {k: v for k, v in record.items() if k != prompt_field})
 
 
 def as_chat(prompt: Content, completion: Content) -> tuple[Content, Content]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alignkit.data.formats import BinaryExample, Content, PairwiseExample, SFTExample
+from alignkit.data.formats import BinaryExample, Content, PairwiseExample, PromptExample, SFTExample
 from alignkit.errors import DataError
 
 
@@ -32,6 +32,18 @@ class TokenizedCompletion:
     completion_ids: list[int]
     source: str
     label: bool | None = None
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt for online methods: its ids as generation sees them, the prompt itself and the record's other
+    fields (for reward functions), and ``index``, its position in the data set (it seeds the prompt's samples)."""
+
+    prompt_ids: list[int]
+    prompt: Content
+    columns: dict
+    source: str
+    index: int
 
 
 @dataclass
@@ -74,6 +86,17 @@ class Tokenizer:
             return ""
         return self.hf.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
 
+    def with_bos(self, prompt_ids: list[int]) -> list[int]:
+        """``prompt_ids`` with the BOS the tokenizer adds by itself, unless the rendered prompt already carries it."""
+        if self.auto_bos is not None and (not prompt_ids or prompt_ids[0] != self.auto_bos):
+            return [self.auto_bos] + prompt_ids
+        return prompt_ids
+
+    def prompt_ids(self, prompt: Content) -> list[int]:
+        """Token ids of a prompt as generation sees it (chat template with the generation prompt), as ``split``
+        tokenizes the prompt of a prompt/completion example."""
+        return self.with_bos(self.encode(self.render_prompt(prompt)))
+
     def split(self, prompt: Content, completion: Content) -> tuple[list[int], list[int]]:
         """(prompt ids, completion ids) of one prompt + completion."""
         if isinstance(completion, str):
@@ -91,8 +114,7 @@ class Tokenizer:
                         "rendering is a prefix of the full conversation"
                     )
             prompt_ids, completion_ids = self.encode(prompt_text), self.encode(full[len(prompt_text) :])
-        if self.auto_bos is not None and (not prompt_ids or prompt_ids[0] != self.auto_bos):
-            prompt_ids = [self.auto_bos] + prompt_ids
+        prompt_ids = self.with_bos(prompt_ids)
         if self.eos_id in completion_ids:
             last = len(completion_ids) - 1 - completion_ids[::-1].index(self.eos_id)
             completion_ids = completion_ids[: last + 1]
@@ -190,4 +212,30 @@ def tokenize_completions(
         )
         if fitted is not None:
             out.append(TokenizedCompletion(fitted[0], fitted[1][0], ex.source, getattr(ex, "label", None)))
+    return out, stats
+
+
+def tokenize_prompts(
+    examples: list[PromptExample],
+    tok: Tokenizer,
+    max_prompt_length: int,
+    keep: str = "keep_end",
+    policy: str = "truncate",
+    chat: bool = True,
+) -> tuple[list[TokenizedPrompt], TruncationStats]:
+    """Prompt-only examples -> ``TokenizedPrompt``s. With ``chat`` (and a tokenizer with a chat template) a text
+    prompt becomes one user message, as chat models are prompted; prompts over ``max_prompt_length`` tokens are
+    truncated (keeping ``keep``), skipped or refused, by ``policy``."""
+    stats, out = TruncationStats(), []
+    use_chat = chat and bool(getattr(tok.hf, "chat_template", None))
+    for ex in examples:
+        prompt = ex.prompt
+        if use_chat and isinstance(prompt, str):
+            prompt = ({"role": "user", "content": prompt},)
+        ids = tok.prompt_ids(prompt)
+        fitted = fit_lengths(
+            ids, [[]], max_prompt_length, max_prompt_length, keep, policy, stats, ex.source, tok.auto_bos
+        )
+        if fitted is not None:
+            out.append(TokenizedPrompt(fitted[0], prompt, ex.columns, ex.source, len(out)))
     return out, stats

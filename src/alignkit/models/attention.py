@@ -28,10 +28,14 @@ def segmented_sdpa(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     segment_lengths: list[int] | None = None,
+    decode_attention: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """SDPA per segment of a packed row. query ``(1, heads, T, d)``, key/value ``(1, kv_heads, T, d)``, mask
-    ``(1, 1, T, T)`` bool with ``segment_lengths`` summing to T -> ``(1, T, heads, d)`` (transformers' layout)."""
+    ``(1, 1, T, T)`` bool with ``segment_lengths`` summing to T -> ``(1, T, heads, d)`` (transformers' layout).
+    ``decode_attention`` (the sampler sets it): one query token per row attends with two batched matmuls."""
+    if decode_attention and query.shape[2] == 1:
+        return decode_attention_forward(query, key, value, attention_mask, kwargs.get("scaling")), None
     if segment_lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     dtype, device = query.dtype, query.device.type
@@ -51,6 +55,30 @@ def segmented_sdpa(
             outputs.append(out)
             start = end
     return torch.cat(outputs, dim=1).to(dtype), None
+
+
+def decode_attention_forward(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float | None
+) -> torch.Tensor:
+    """Attention of one new token per row: query ``(B, heads, 1, d)``, key/value ``(B, kv_heads, L, d)`` (views of a
+    KV cache), bool mask ``(B, 1, 1, L)`` or None -> ``(B, 1, heads, d)``.
+
+    Each key/value head serves its group of query heads in one ``bmm`` without repeating the cache; PyTorch's CPU
+    flash kernel takes ~10x longer on these shapes (it tiles over query blocks, and a decode step has one query)."""
+    b, heads, _, d = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    scaling = d**-0.5 if scaling is None else scaling
+    q = query.reshape(b * kv_heads, group, d)
+    scores = torch.bmm(q, key.reshape(b * kv_heads, length, d).transpose(1, 2)).view(b, kv_heads, group, length)
+    scores = scores.float() * scaling
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask.view(b, 1, 1, length), float("-inf"))
+    elif mask is not None:  # additive float mask
+        scores = scores + mask.view(b, 1, 1, length).float()
+    probs = scores.softmax(-1).to(value.dtype).view(b * kv_heads, group, length)
+    out = torch.bmm(probs, value.reshape(b * kv_heads, length, value.shape[-1]))  # (B * kv_heads, group, d)
+    return out.view(b, 1, heads, value.shape[-1])
 
 
 AttentionInterface.register(SEGMENTED, segmented_sdpa)

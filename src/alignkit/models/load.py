@@ -141,6 +141,14 @@ def load_policy(cfg: ModelConfig, lora: LoRAConfig | None, device: torch.device 
     return model, tokenizer
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 (LoRA's included): online methods need the sampled and the trained
+    log-probs to be of one and the same policy (as TRL and OpenRLHF do for RL)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def trainable_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

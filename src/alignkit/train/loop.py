@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -63,6 +63,7 @@ class Method:
     """
 
     name = "method"
+    online = False  # online methods sample their training data in the loop (train/rollout.py)
     log: Callable = staticmethod(print)  # set by prepare() to the run's logger
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -97,6 +98,46 @@ class Method:
         """Turn averaged metrics into reported ones (e.g. per-bin calibration terms into an ECE)."""
         return metrics
 
+    def global_batch(self, tc, world: int) -> int:
+        """Items (examples, or prompts for online methods) one step takes over all processes."""
+        return tc.batch_size * tc.grad_accum * world
+
+    def optimizer_steps_per_step(self) -> int:
+        """Optimizer steps one loop step takes (online methods: passes x minibatches over a rollout)."""
+        return 1
+
+    def updates(self, module, items: list, step: int, sums: MetricSums) -> Iterator[list]:
+        """This process's items of a step -> the item lists of its optimizer steps (one each). Offline methods
+        train on the items themselves; online methods first turn prompts into scored samples (the rollout),
+        adding its metrics to ``sums``."""
+        yield items
+
+    def end_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        """After a step, on every process, with its reduced metrics: update controllers; returns extra metrics."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Method state a checkpoint keeps (JSON-serializable), e.g. an adaptive KL coefficient."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @torch.no_grad()
+    def evaluate(self, module, items: list, batch_size: int, accelerator) -> dict[str, float]:
+        """Mean of every metric (and the weighted loss) over ``items``, computed in shards across processes."""
+        sums = MetricSums()
+        mine = sorted(items[accelerator.process_index :: accelerator.num_processes], key=self.length)  # less padding
+        for s in range(0, len(mine), batch_size):
+            chunk = mine[s : s + batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in self.collate(chunk).items()}
+            weights = torch.tensor([self.weight(x) for x in chunk], device=accelerator.device)
+            with accelerator.autocast():
+                losses, metrics = self.loss(module, batch)
+            sums.add_scalar("loss", float((losses.float() * weights).sum()), float(weights.sum()))
+            sums.add(metrics)
+        return self.summarize(sums.reduce(accelerator))
+
     def finish(self, module, train_items: list, eval_items: list, eval_metrics: dict) -> dict[str, str]:
         """After training, on the main process: extra files ``{name: text}`` saved with the model."""
         return {}
@@ -130,7 +171,7 @@ def fit(
     tc = cfg.train
     out = Path(tc.output_dir)
     world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = tc.batch_size * tc.grad_accum * world
+    global_batch = method.global_batch(tc, world)
     if len(train_items) < global_batch:
         raise UserError(
             f"{len(train_items)} training examples, fewer than one global batch of {global_batch} "
@@ -145,12 +186,19 @@ def fit(
         )
     steps_per_epoch = len(train_items) // global_batch
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
-    warmup = tc.warmup_steps or int(tc.warmup_ratio * total_steps)
-    log(
-        f"global batch = {tc.batch_size} per device x {tc.grad_accum} accumulation x {world} process(es) = "
-        f"{global_batch} examples/step; {total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs of "
-        f"{len(train_items)} examples), warmup {warmup}"
-    )
+    optimizer_steps = total_steps * method.optimizer_steps_per_step()
+    warmup = tc.warmup_steps or int(tc.warmup_ratio * optimizer_steps)
+    if not method.online:
+        log(
+            f"global batch = {tc.batch_size} per device x {tc.grad_accum} accumulation x {world} process(es) = "
+            f"{global_batch} examples/step; {total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs of "
+            f"{len(train_items)} examples), warmup {warmup}"
+        )
+    else:
+        log(
+            f"{global_batch} prompts/step; {total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs of "
+            f"{len(train_items)} prompts), {optimizer_steps} optimizer steps, warmup {warmup}"
+        )
 
     if not resume:
         _claim_output_dir(out, tc.overwrite, accelerator)
@@ -162,7 +210,8 @@ def fit(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    params = [p for p in model.parameters() if p.requires_grad]
+    wrapped = method.wrap(model)
+    params = [p for p in wrapped.parameters() if p.requires_grad]
     # fused: one kernel over all parameters (CPU and CUDA); the per-tensor loop costs ~0.3 s/step at 135M on CPU
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     optimizer = torch.optim.AdamW(
@@ -172,17 +221,18 @@ def fit(
         tc.lr_scheduler if tc.lr_scheduler != "constant" else "constant_with_warmup",
         optimizer,
         num_warmup_steps=warmup,
-        num_training_steps=total_steps,
+        num_training_steps=optimizer_steps,
     )
-    module, optimizer = accelerator.prepare(method.wrap(model), optimizer)
+    module, optimizer = accelerator.prepare(wrapped, optimizer)
     module.train()
 
     state = TrainState()
     ckpt = find_resume_checkpoint(out, resume)
     expected = {"global_batch": global_batch, "num_train_examples": len(train_items), "seed": tc.seed}
     if ckpt is not None:
-        saved = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator, expected)
+        saved = load_checkpoint(ckpt, wrapped, optimizer, scheduler, accelerator, expected)
         state = TrainState(**{k: saved[k] for k in TrainState.__dataclass_fields__ if k in saved})
+        method.load_state_dict(saved.get("method_state", {}))
         log(f"resumed from {ckpt} at step {state.step}")
     jsonl = (
         JsonlLog(out / "metrics.jsonl", state.step if ckpt is not None else None)
@@ -202,10 +252,10 @@ def fit(
         save_checkpoint(
             out,
             step,
-            model,
+            wrapped,
             optimizer,
             scheduler,
-            {**expected, **state.__dict__, "method": method.name},
+            {**expected, **state.__dict__, "method": method.name, "method_state": method.state_dict()},
             accelerator,
             tc.keep_last,
         )
@@ -218,52 +268,62 @@ def fit(
         disable=not accelerator.is_local_main_process,
         dynamic_ncols=True,
     )
-    while state.step < total_steps and not state.stopped_early:
-        step_t0 = time.time()
-        indices = global_batch_indices(len(train_items), state.step, global_batch, tc.seed, tc.shuffle)
-        items = [train_items[i] for i in indices]
-        total_weight = sum(method.weight(x) for x in items)
-        mine = items[rank * tc.batch_size * tc.grad_accum : (rank + 1) * tc.batch_size * tc.grad_accum]
-        sums, tokens = MetricSums(), 0
-        for micro in range(tc.grad_accum):
-            chunk = mine[micro * tc.batch_size : (micro + 1) * tc.batch_size]
+
+    def optimizer_step(items: list, sums: MetricSums) -> float | None:
+        """One optimizer step on this process's ``items`` (micro-batches of train.batch_size); the loss of each
+        example is weighted and divided by the total weight over all processes. Returns the gradient norm, or
+        None when every example has weight 0 (nothing to learn from: no step)."""
+        total_weight = _global_sum(sum(method.weight(x) for x in items), accelerator)
+        if total_weight == 0:
+            return None
+        n_micro = max(1, math.ceil(len(items) / tc.batch_size))
+        for micro in range(n_micro):
+            chunk = items[micro * tc.batch_size : (micro + 1) * tc.batch_size]
             batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}
             weights = torch.tensor([method.weight(x) for x in chunk], device=accelerator.device)
-            sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(module)
+            sync = nullcontext() if micro == n_micro - 1 else accelerator.no_sync(module)
             with sync, accelerator.autocast():
                 losses, metrics = method.loss(module, batch)
                 loss = (losses * weights).sum() / total_weight
                 accelerator.backward(loss * world)  # DDP averages gradients over processes
-            sums.add_scalar("loss", float((losses.detach().float() * weights).sum()), 0.0)
+            sums.add_scalar("loss", float((losses.detach().float() * weights).sum()) / total_weight, 0.0)
             sums.add(metrics)
-            tokens += method.tokens(batch)
-        sums.add_scalar("loss", 0.0, total_weight / world)  # reduced: sum of w*loss over all processes / total weight
-        sums.add_scalar("tokens", float(tokens), 1.0 / world)  # reduced: total tokens over all processes
+            sums.add_scalar("tokens", float(method.tokens(batch)), 0.0)
+        sums.add_scalar("loss", 0.0, 1.0 / world)  # reduced: the global weighted mean, averaged over steps
         if tc.max_grad_norm is not None:
-            grad_norm = accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+            grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
         else:
-            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        step_metrics = sums.reduce(accelerator)
-        grad_norm = float(grad_norm)
-        if not math.isfinite(step_metrics["loss"]) or not math.isfinite(grad_norm):
-            last = sorted(out.glob("ckpt-*"))
-            raise TrainingDiverged(
-                f"step {state.step + 1}: loss is {step_metrics['loss']}, gradient norm {grad_norm}. Training stopped; "
-                f"{'the last checkpoint ' + str(last[-1]) + ' is intact' if last else 'no checkpoint was written'}. "
-                f"Batch examples: {', '.join(getattr(x, 'source', '?') for x in items[:4])}. Fix: lower "
-                "train.learning_rate, use model.dtype=fp32, or check these records"
-            )
+            norms = [p.grad.norm() for p in params if p.grad is not None]
+            grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        if not math.isfinite(grad_norm):  # the same on every process: gradients are all-reduced
+            _diverged(state.step + 1, float("nan"), grad_norm, out, items)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    while state.step < total_steps and not state.stopped_early:
+        step_t0 = time.time()
+        indices = global_batch_indices(len(train_items), state.step, global_batch, tc.seed, tc.shuffle)
+        mine = [train_items[i] for i in indices][rank::world]
+        sums, grad_norms = MetricSums(), []
+        for update in method.updates(module, mine, state.step, sums):
+            grad_norm = optimizer_step(update, sums)
+            if grad_norm is not None:
+                grad_norms.append(grad_norm)
+        sums.add_scalar("tokens", 0.0, 1.0 / world)  # reduced: total tokens over all processes
+        step_metrics = sums.reduce(accelerator)
+        if grad_norms and not math.isfinite(step_metrics["loss"]):
+            _diverged(state.step + 1, step_metrics["loss"], float("nan"), out, mine)
         state.step += 1
         seconds = time.time() - step_t0
         step_metrics.update(
-            grad_norm=grad_norm,
+            grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
             learning_rate=scheduler.get_last_lr()[0],
             tokens_per_second=step_metrics.pop("tokens") / seconds,
             seconds_per_step=seconds,
         )
+        step_metrics.update(method.end_step(step_metrics))
         for k, v in step_metrics.items():
             if not math.isnan(v):  # a metric over a subset (e.g. KTO's desirable rows) may be empty in a step
                 window.add_scalar(k, v)
@@ -271,7 +331,7 @@ def fit(
         bar.set_postfix(
             {
                 k: f"{step_metrics[k]:.3g}"
-                for k in ("loss", "rewards/accuracies", "rewards/margins")
+                for k in ("loss", "rewards/accuracies", "rewards/margins", "reward/mean", "kl/sequence")
                 if k in step_metrics
             }
         )
@@ -343,23 +403,33 @@ def _claim_output_dir(out: Path, overwrite: bool, accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-@torch.no_grad()
 def evaluate(method: Method, module, items: list, batch_size: int, accelerator) -> dict[str, float]:
-    """Mean of every metric (and the weighted loss) over ``items``, computed in shards across processes."""
+    """``method.evaluate`` on ``items`` in eval mode; metric names get the ``eval/`` prefix."""
     was_training = module.training
     module.eval()
-    sums = MetricSums()
-    mine = sorted(items[accelerator.process_index :: accelerator.num_processes], key=method.length)  # less padding
-    for s in range(0, len(mine), batch_size):
-        chunk = mine[s : s + batch_size]
-        batch = {k: v.to(accelerator.device) for k, v in method.collate(chunk).items()}
-        weights = torch.tensor([method.weight(x) for x in chunk], device=accelerator.device)
-        with accelerator.autocast():
-            losses, metrics = method.loss(module, batch)
-        sums.add_scalar("loss", float((losses.float() * weights).sum()), float(weights.sum()))
-        sums.add(metrics)
-    module.train(was_training)
-    return {f"eval/{k}": v for k, v in method.summarize(sums.reduce(accelerator)).items()}
+    try:
+        metrics = method.evaluate(module, items, batch_size, accelerator)
+    finally:
+        module.train(was_training)
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def _global_sum(value: float, accelerator) -> float:
+    """``value`` summed over all processes (float64)."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum")[0])
+
+
+def _diverged(step: int, loss: float, grad_norm: float, out: Path, items: list) -> None:
+    last = sorted(out.glob("ckpt-*"))
+    raise TrainingDiverged(
+        f"step {step}: loss is {loss}, gradient norm {grad_norm}. Training stopped; "
+        f"{'the last checkpoint ' + str(last[-1]) + ' is intact' if last else 'no checkpoint was written'}. "
+        f"Batch examples: {', '.join(getattr(x, 'source', '?') for x in items[:4])}. Fix: lower "
+        "train.learning_rate, use model.dtype=fp32, or check these records"
+    )
 
 
 def _early_stopping(state: TrainState, metrics: dict, name: str, patience: int | None, log: Callable) -> None:

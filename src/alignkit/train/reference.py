@@ -67,6 +67,20 @@ class Reference:
         self.model.train(was_training)
         return logps
 
+    @torch.no_grad()
+    def token_logps(self, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+        """Per-token reference log-probs ``(rows, seq)`` of a right-padded batch (``pad_sequences``), under
+        ``softmax(logits / temperature)``."""
+        was_training = self.model.training
+        self.model.eval()
+        with self.model.disable_adapter() if self.disable_adapter else nullcontext():
+            logps = token_logprobs(
+                self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                chunk_size=self.chunk_size, temperature=temperature,
+            )  # fmt: skip
+        self.model.train(was_training)
+        return logps
+
     def precompute(
         self, items: list, collate: Callable, length: Callable, batch_size: int, accelerator
     ) -> dict[int, list[float]]:

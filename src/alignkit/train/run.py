@@ -10,6 +10,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config
+from alignkit.config_online import GRPOConfig
 from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
@@ -17,6 +18,7 @@ from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, t
 from alignkit.models.cpu_memory import keep_freed_memory
 from alignkit.models.load import quiet_known_warnings
 from alignkit.train.data import load_train_eval
+from alignkit.train.grpo import GRPOMethod
 from alignkit.train.kto import KTOMethod
 from alignkit.train.loop import TrainResult, fit
 from alignkit.train.preference import PreferenceMethod
@@ -29,6 +31,7 @@ class MethodEntry:
     config_class: type
     build: Callable[[Any, int], Any]  # (config, pad_id) -> Method
     loss: str | None = None  # preference methods: the loss the command name selects
+    advantage: str | None = None  # GRPO family: the advantage estimator the command name selects by default
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -37,6 +40,7 @@ METHODS: dict[str, MethodEntry] = {
     "rm": MethodEntry(RewardConfig, RewardMethod),
 }
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
+METHODS.update({name: MethodEntry(GRPOConfig, GRPOMethod, advantage=name) for name in ("grpo", "rloo")})
 
 
 def make_config(method: str, /, path: str | None = None, overrides: list[str] | tuple = (), **sections) -> RunConfig:
@@ -51,6 +55,8 @@ def make_config(method: str, /, path: str | None = None, overrides: list[str] | 
     if entry.loss is not None:
         cfg.method.loss = entry.loss
         cfg.validate(str(path or "config"))
+    if entry.advantage is not None and cfg.method.advantage is None:
+        cfg.method.advantage = entry.advantage
     return cfg
 
 
@@ -73,6 +79,8 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     """Accelerator, policy (with LoRA if configured), tokenizer and tokenized data for ``method``."""
     if method in METHODS and METHODS[method].loss is not None:
         cfg.method.loss = METHODS[method].loss
+    if method in METHODS and METHODS[method].advantage is not None and cfg.method.advantage is None:
+        cfg.method.advantage = METHODS[method].advantage
     cfg.validate()
     quiet_known_warnings()
     device = pick_device(cfg.model.device)
@@ -108,7 +116,7 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
 def run(
     method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print, **sections
 ) -> TrainResult:
-    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto', 'rm').
+    """Train with ``method`` ('sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto', 'rm', 'grpo', 'rloo').
 
     ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
     ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.

@@ -1,0 +1,148 @@
+"""Typed configs of the online methods (GRPO, RLOO, PPO): the rollout (how prompts become scored samples) and each
+method's loss settings. Loading, validation style and ``--set`` overrides are those of ``alignkit.config``.
+
+Batch shape, explicitly: a step takes ``rollout.prompts_per_step`` prompts (all processes together) and samples
+``rollout.samples_per_prompt`` completions for each; the optimizer then takes ``method.iterations`` passes over
+that experience, each in ``method.minibatches`` optimizer steps. ``train.batch_size`` is only the number of
+completions per forward (memory); the accumulation follows from the rest and is printed at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignkit.config import RunConfig, _f, _require
+from alignkit.errors import ConfigError
+from alignkit.rl.kl import ESTIMATORS
+
+ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = _f(8, "Prompts per step, over all processes (each gets samples_per_prompt completions).")
+    samples_per_prompt: int = _f(8, "Completions sampled per prompt (the group size G).")
+    max_new_tokens: int = _f(128, "Tokens generated at most per completion.")
+    temperature: float = _f(1.0, "Sampling temperature (the trainer scores the same tempered distribution).")
+    top_p: float = _f(1.0, "Nucleus sampling; 1 = off (keep off for unbiased on-policy log-probs).")
+    top_k: int = _f(0, "Top-k sampling; 0 = off.")
+    min_p: float = _f(0.0, "Min-p sampling; 0 = off.")
+    stop: list = _f([], "Stop strings: a completion ends after the token that completes one.")
+    chat: bool = _f(True, "Text prompts become one user message through the tokenizer's chat template.")
+    max_rows: int = _f(64, "Rows the sampler decodes together (prompts x samples).")
+    backend: str = _f("alignkit", "Sampler: alignkit (live model, any device) or vllm (GPU, when installed).",
+                      ("alignkit", "vllm"))  # fmt: skip
+    eval_samples: int = _f(1, "Completions per eval prompt (k of pass@k).")
+    eval_temperature: float = _f(0.0, "Eval sampling temperature; 0 = greedy.")
+
+    def validate(self, where: str) -> None:
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "max_rows", "eval_samples"):
+            _require(getattr(self, name) >= 1, where, f"rollout.{name}", getattr(self, name), "use a whole number >= 1")
+        _require(self.temperature > 0, where, "rollout.temperature", self.temperature,
+                 "use a positive temperature for training samples (eval_temperature may be 0)")  # fmt: skip
+        _require(self.eval_temperature >= 0, where, "rollout.eval_temperature", self.eval_temperature, "use >= 0")
+        _require(0 < self.top_p <= 1, where, "rollout.top_p", self.top_p, "use a value in (0, 1]")
+        _require(self.top_k >= 0, where, "rollout.top_k", self.top_k, "use 0 (off) or a positive number")
+        _require(0 <= self.min_p < 1, where, "rollout.min_p", self.min_p, "use a value in [0, 1)")
+        _require(all(isinstance(s, str) and s for s in self.stop), where, "rollout.stop", self.stop,
+                 "use a list of non-empty strings")  # fmt: skip
+
+
+@dataclass
+class PolicyGradientConfig:
+    """What GRPO, RLOO and PPO share: rewards, the reference/KL, the clipped objective and the update schedule."""
+
+    rewards: list = _f([], "Reward functions: built-in names (math, math_format, code) or module:function, or "
+                       "{function, weight, timeout, name} mappings; several are summed by weight.")  # fmt: skip
+    reward_model: str | None = _f(None, "A reward model or ensemble dir (alignkit train rm) scoring completions.")
+    reward_model_weight: float = _f(1.0, "Weight of the reward model's (normalized) score in the reward sum.")
+    reward_model_aggregate: str = _f("mean", "How an ensemble's members combine.",
+                                     ("mean", "min", "percentile", "mean_minus_std"))  # fmt: skip
+    reward_workers: int = _f(2, "Worker processes running reward functions (each call with its timeout); 0 = "
+                             "in the training process, no timeouts.")  # fmt: skip
+    beta: float = _f(0.0, "KL coefficient toward the reference (initial policy); 0 = no reference is loaded.")
+    kl_estimator: str = _f("k3", "Per-token KL estimator (Schulman 2020).", ESTIMATORS)
+    ref_model: str | None = _f(None, "A different reference model; None = the initial policy.")
+    clip_low: float = _f(0.2, "Lower clip range eps_low of the importance ratio (1 - eps_low).")
+    clip_high: float = _f(0.2, "Upper clip range eps_high (1 + eps_high); DAPO's clip-higher uses 0.28.")
+    iterations: int = _f(1, "Passes over each rollout's experience (GRPO's mu, PPO's epochs).")
+    minibatches: int = _f(1, "Optimizer steps per pass; the experience is split into this many minibatches.")
+    old_logprobs: str = _f("recompute", "pi_old for the importance ratio when iterations x minibatches > 1: "
+                           "recompute (a forward after sampling) or sampler (the sampler's own log-probs).",
+                           ("recompute", "sampler"))  # fmt: skip
+
+    def validate(self, where: str) -> None:
+        _require(self.beta >= 0, where, "method.beta", self.beta, "use 0 (no KL term) or a positive coefficient")
+        for name in ("clip_low", "clip_high"):
+            _require(0 < getattr(self, name) < 10, where, f"method.{name}", getattr(self, name), "use e.g. 0.2")
+        _require(self.clip_low < 1, where, "method.clip_low", self.clip_low, "use a value below 1, e.g. 0.2")
+        for name in ("iterations", "minibatches"):
+            _require(getattr(self, name) >= 1, where, f"method.{name}", getattr(self, name), "use a whole number >= 1")
+        _require(self.reward_workers >= 0, where, "method.reward_workers", self.reward_workers, "use 0 or more")
+        if self.ref_model and self.beta == 0:
+            raise ConfigError(f"{where}: method.ref_model is set but method.beta is 0, so no reference is used. "
+                              "Fix: set method.beta > 0, or remove method.ref_model")  # fmt: skip
+
+
+@dataclass
+class GRPOMethodConfig(PolicyGradientConfig):
+    advantage: str | None = _f(None, "grpo (group-relative), rloo (leave-one-out) or reinforce_pp (group mean, "
+                               "then whitened over the batch); None = the command's (train grpo / train rloo).",
+                               (*ADVANTAGES, None))  # fmt: skip
+    scale_rewards: str = _f("group", "GRPO: divide by the group's std, the batch's std, or none (Dr. GRPO).",
+                            ("group", "batch", "none"))  # fmt: skip
+    kl_in: str = _f("loss", "Where the KL term goes (beta > 0): added to the loss per token (GRPO), or "
+                    "subtracted from the reward per sequence (RLOO, REINFORCE++).", ("loss", "reward"))  # fmt: skip
+    loss_aggregation: str = _f("token_mean", "token_mean (all tokens of a step count alike; DAPO), "
+                               "sequence_mean (mean of per-completion means; GRPO paper), or constant (token sum "
+                               "/ max_new_tokens; Dr. GRPO).", ("token_mean", "sequence_mean", "constant"))  # fmt: skip
+    dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards are all equal (no signal) and sample "
+                                "other prompts in their place, up to max_resample_rounds.")  # fmt: skip
+    max_resample_rounds: int = _f(3, "Dynamic sampling: refill rounds per step before training on what there is.")
+    overlong: str = _f("none", "Completions cut at max_new_tokens: none, mask (no loss; DAPO), or penalty "
+                       "(DAPO's soft length penalty over the last overlong_buffer tokens).",
+                       ("none", "mask", "penalty"))  # fmt: skip
+    overlong_buffer: int = _f(32, "Penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1.")
+    overlong_penalty: float = _f(1.0, "Penalty: the reward subtracted at max_new_tokens.")
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _require(self.max_resample_rounds >= 0, where, "method.max_resample_rounds", self.max_resample_rounds, ">= 0")
+        _require(self.overlong_buffer >= 1, where, "method.overlong_buffer", self.overlong_buffer, "use >= 1")
+
+    @property
+    def resolved_advantage(self) -> str:
+        return self.advantage or "grpo"
+
+
+@dataclass
+class OnlineConfig(RunConfig):
+    """Shared by the online methods: a ``rollout`` section next to model, lora, data, train and method."""
+
+    rollout: RolloutConfig = _f(RolloutConfig(), "How prompts become sampled completions each step.")
+
+    def validate(self, where: str = "config") -> None:
+        super().validate(where)
+        self.rollout.validate(where)
+        self.method.validate(where)
+        if not self.method.rewards and not self.method.reward_model:
+            raise ConfigError(f"{where}: no reward: method.rewards is empty and method.reward_model is not set. "
+                              "Fix: e.g. method.rewards=[math], or method.reward_model=runs/rm/model")  # fmt: skip
+        _require(self.train.grad_accum == 1, where, "train.grad_accum", self.train.grad_accum,
+                 "online methods derive accumulation from rollout.prompts_per_step x rollout.samples_per_prompt "
+                 "/ method.minibatches / (processes x train.batch_size); leave train.grad_accum at 1")  # fmt: skip
+        limit = self.data.max_length - self.rollout.max_new_tokens
+        _require(limit >= 8, where, "data.max_length", self.data.max_length,
+                 f"leave room for prompts: data.max_length must exceed rollout.max_new_tokens "
+                 f"({self.rollout.max_new_tokens}) by at least 8")  # fmt: skip
+
+    @property
+    def max_prompt_length(self) -> int:
+        return self.data.max_prompt_length or self.data.max_length - self.rollout.max_new_tokens
+
+
+@dataclass
+class GRPOConfig(OnlineConfig):
+    """GRPO / RLOO / REINFORCE++ with verifiable rewards or a reward model: prompt-only data."""
+
+    method: GRPOMethodConfig = _f(GRPOMethodConfig(), "Rewards, advantages, clipping, KL and update schedule.")

@@ -1,0 +1,76 @@
+"""A KV cache that writes each new token in place instead of concatenating the whole cache every step.
+
+transformers' ``DynamicLayer`` grows by ``torch.cat``: every decode step copies every layer's keys and values
+(at 64 rows x 200 tokens on SmolLM2-135M, ~220 MB per step in bf16). ``GrowingLayer`` keeps a buffer with spare
+room (doubled when full) and returns views of its filled part, so a step writes one token per row. It plugs into
+transformers' ``Cache`` as a layer class, so any model that takes a ``DynamicCache`` takes it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's keys and values, ``(batch, kv_heads, capacity, head_dim)`` buffers filled up to ``length``."""
+
+    def __init__(self, capacity: int = 256, **kwargs):
+        super().__init__(**kwargs)
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, n, d = key_states.shape
+        self.keys = key_states.new_empty(b, h, n + self.capacity, d)
+        self.values = value_states.new_empty(b, h, n + self.capacity, value_states.shape[-1])
+        self.length = 0
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        if self.length + n > self.keys.shape[-2]:
+            self._grow(max(2 * self.keys.shape[-2], self.length + n))
+        self.keys[:, :, self.length : self.length + n] = key_states
+        self.values[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
+            new[:, :, : self.length] = old[:, :, : self.length]
+            setattr(self, name, new)
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_initialized:
+            self.length = max(0, self.length + tokens_to_remove)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.keys = self.keys[:, :, : self.length].repeat_interleave(repeats, dim=0)
+            self.values = self.values[:, :, : self.length].repeat_interleave(repeats, dim=0)
+            self._grow(self.length + self.capacity)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.keys = self.keys.index_select(0, indices)
+            self.values = self.values.index_select(0, indices)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+
+class GrowingCache(Cache):
+    """A ``Cache`` of ``GrowingLayer``s, created lazily, one per attention layer. ``capacity``: the room left past the
+    prompt (the number of tokens to generate), so a run never grows. ``batch_repeat_interleave`` (share a prefilled
+    prompt among samples) and ``batch_select_indices`` (drop finished rows) come from ``Cache``."""
+
+    def __init__(self, capacity: int = 256):
+        super().__init__(layers=None, layer_class_to_replicate=lambda: GrowingLayer(capacity))

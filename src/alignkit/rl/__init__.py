@@ -1,0 +1,20 @@
+"""Reinforcement-learning pieces shared by the online methods: advantages, KL estimators and controllers, health."""
+
+from alignkit.rl.advantages import Moments, gae, group_advantages, moments, rloo_advantages, whiten
+from alignkit.rl.health import HealthMonitor, HealthThresholds
+from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate
+
+__all__ = [
+    "ESTIMATORS",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "HealthMonitor",
+    "HealthThresholds",
+    "Moments",
+    "gae",
+    "group_advantages",
+    "kl_estimate",
+    "moments",
+    "rloo_advantages",
+    "whiten",
+]
