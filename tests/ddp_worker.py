@@ -1,5 +1,6 @@
-"""Run under `accelerate launch`: train METHOD (dpo, kto, rm) on the tiny model; every rank saves its weights."""
+"""Run under `accelerate launch`: train METHOD (dpo, kto, rm, grpo) on the tiny model; every rank saves its weights."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,21 @@ from alignkit.train.checkpoint import trainable_state
 
 model_dir, data, out, batch_size = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 method = sys.argv[5] if len(sys.argv) > 5 else "dpo"
+online = (
+    [
+        "rollout.prompts_per_step=4",
+        "rollout.samples_per_prompt=4",
+        "rollout.max_new_tokens=10",
+        "method.rewards=[reward_fns:yes_share]",
+        "method.reward_workers=0",
+        "method.beta=0.05",
+        "method.iterations=2",
+        "method.minibatches=2",
+        "data.max_length=48",
+    ]
+    if method == "grpo"
+    else []
+)
 cfg = make_config(
     method,
     overrides=[
@@ -25,6 +41,8 @@ cfg = make_config(
         "train.logging_steps=1",
         "train.lr_scheduler=constant",
         "train.warmup_ratio=0",
+        *online,
+        *os.environ.get("ALIGNKIT_EXTRA", "").split(),
     ],
 )
 p = prepare(method, cfg, log=lambda *a: None)

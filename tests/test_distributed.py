@@ -113,3 +113,25 @@ def test_two_processes_match_one_process_kto_and_rm(method, tiny_model_dir, pair
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         if method == "kto":
             assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-7)  # float32 summation order
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one_process_grpo(word_model_dir, tmp_path):
+    """GRPO with a reference, 2 passes x 2 minibatches: 2 processes (2 prompts each, 4 completions per forward)
+    sample the same completions and take the same steps as 1 process with all 4 prompts (8 per forward)."""
+    from helpers import write_jsonl
+
+    words = "hi hello how is the weather today tell me a joke".split()
+    data = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": " ".join(words[i % 6 : i % 6 + 3])} for i in range(16)]))
+    _launch(2, word_model_dir, data, tmp_path / "ddp", batch_size=4, method="grpo")
+    _launch(1, word_model_dir, data, tmp_path / "single", batch_size=8, method="grpo")
+    rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
+    for k in rank0:
+        torch.testing.assert_close(rank0[k], rank1[k], atol=0, rtol=0)
+        torch.testing.assert_close(rank0[k], single[k], atol=1e-4, rtol=0)
+    for a, b in zip(read_jsonl(tmp_path / "ddp" / "metrics.jsonl"), read_jsonl(tmp_path / "single" / "metrics.jsonl")):
+        assert a["reward/mean"] == pytest.approx(b["reward/mean"], rel=1e-6)  # the same samples
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["kl/k3"] == pytest.approx(b["kl/k3"], rel=1e-3, abs=1e-7)

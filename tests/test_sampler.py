@@ -132,6 +132,12 @@ def test_seeded_samples_do_not_depend_on_the_batch(tiny):
     together = sampler.sample(ids, params, seeds=[5, 6, 7])
     alone = sampler.sample([ids[1]], params, seeds=[6])
     assert [c.token_ids for c in together[1]] == [c.token_ids for c in alone[0]]
+    # rows finishing at different steps and leaving the batch at different times do not change a prompt's samples
+    long = SamplingParams(n=4, max_new_tokens=40, temperature=1.0)
+    lazy = Sampler(model, tok, compact_at=0.9).sample(ids, long, seeds=[5, 6, 7])
+    eager = Sampler(model, tok, compact_at=0.0).sample([ids[2]], long, seeds=[7])
+    assert any(c.finish_reason == "eos" for c in lazy[2]) and any(c.finish_reason == "length" for g in lazy for c in g)
+    assert [c.token_ids for c in lazy[2]] == [c.token_ids for c in eager[0]]
     again = sampler.sample(ids, params, seeds=[5, 6, 7])
     assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in together]
     other = sampler.sample(ids, params, seeds=[8, 6, 7])

@@ -281,6 +281,11 @@ def data_split(
         typer.echo(f"{path}: {len(split)} records")
 
 
+from alignkit.cli_verify import verify_app  # noqa: E402
+
+app.add_typer(verify_app, name="verify")
+
+
 def main() -> None:
     try:
         app()

@@ -170,7 +170,10 @@ class Sampler:
         eos = torch.tensor(self.eos_ids, device=device)
         stop_window = max((len(s) for s in params.stop), default=0) + 3
         for step in range(params.max_new_tokens):
-            token, logp = self._draw(logits, params, [rows[r][0] for r in live], gens)
+            # rows that finished but wait for compaction draw nothing: a prompt's generator advances only with its
+            # own unfinished samples, so its tokens do not depend on the rest of the batch
+            drawing = [rows[r][0] if finish[r] is None else None for r in live]
+            token, logp = self._draw(logits, params, drawing, gens)
             is_eos = torch.isin(token, eos).tolist()
             token_l, logp_l = token.tolist(), logp.tolist()
             for b, r in enumerate(live):
@@ -209,22 +212,23 @@ class Sampler:
         return out
 
     def _draw(
-        self, logits: torch.Tensor, params: SamplingParams, row_prompts: list[int], gens: list[torch.Generator]
+        self, logits: torch.Tensor, params: SamplingParams, row_prompts: list[int | None], gens: list[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next tokens ``(B,)`` and their log-probs ``(B,)`` from float32 logits ``(B, V)``."""
+        """Next tokens ``(B,)`` and their log-probs ``(B,)`` from float32 logits ``(B, V)``; ``row_prompts[b]``: the
+        prompt of row b, or None for a finished row (token 0, nothing drawn)."""
         if params.temperature == 0:
             token = logits.argmax(-1)
             return token, logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
         logp = (logits / params.temperature).log_softmax(-1)
         probs = filtered_probs(logp, params.top_k, params.top_p, params.min_p)
-        token = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-        start = 0
-        while start < len(row_prompts):  # rows of one prompt are adjacent: one draw per prompt, its own generator
-            end = start
-            while end < len(row_prompts) and row_prompts[end] == row_prompts[start]:
-                end += 1
-            token[start:end] = torch.multinomial(probs[start:end], 1, generator=gens[row_prompts[start]]).squeeze(1)
-            start = end
+        token = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        by_prompt: dict[int, list[int]] = {}
+        for b, p in enumerate(row_prompts):
+            if p is not None:
+                by_prompt.setdefault(p, []).append(b)
+        for p, rows in by_prompt.items():  # one draw per prompt, for all its unfinished rows, from its own generator
+            index = torch.tensor(rows, device=logits.device)
+            token[index] = torch.multinomial(probs[index], 1, generator=gens[p])[:, 0]
         return token, logp.gather(1, token[:, None]).squeeze(1)
 
     def _hits_stop(self, tokens: list[int], stop: tuple[str, ...], window: int) -> bool:
