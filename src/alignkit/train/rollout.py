@@ -26,6 +26,7 @@ import torch
 from alignkit.data import pad_sequences, to_prompt, tokenize_prompts
 from alignkit.data.formats import Content
 from alignkit.errors import ConfigError
+from alignkit.eval.passk import pass_at_k
 from alignkit.generation.sampler import Completion, Sampler, SamplingParams
 from alignkit.logprobs import CompletionScorer, token_logprobs
 from alignkit.models.load import disable_dropout
@@ -139,15 +140,6 @@ def collate_samples(samples: list[Sample], pad_id: int) -> dict[str, torch.Tenso
     elif samples:
         batch["advantages"] = per_token("advantages")
     return batch
-
-
-def pass_at_k(correct: list[list[bool]], k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021, eq. 1) averaged over prompts; ``correct[p]``: the n samples of prompt p."""
-    scores = []
-    for row in correct:
-        n, c = len(row), sum(row)
-        scores.append(1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k))
-    return sum(scores) / max(1, len(scores))
 
 
 class OnlineMethod(Method):
