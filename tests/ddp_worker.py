@@ -23,9 +23,11 @@ online = (
         "method.minibatches=2",
         "data.max_length=48",
     ]
-    if method == "grpo"
+    if method in ("grpo", "ppo")
     else []
 )
+if method == "ppo":
+    online += ["rollout.samples_per_prompt=2", "method.kl_target=1.0", "method.kl_horizon=8"]
 cfg = make_config(
     method,
     overrides=[

@@ -116,15 +116,17 @@ def test_two_processes_match_one_process_kto_and_rm(method, tiny_model_dir, pair
 
 
 @pytest.mark.distributed
-def test_two_processes_match_one_process_grpo(word_model_dir, tmp_path):
-    """GRPO with a reference, 2 passes x 2 minibatches: 2 processes (2 prompts each, 4 completions per forward)
-    sample the same completions and take the same steps as 1 process with all 4 prompts (8 per forward)."""
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_two_processes_match_one_process_online(method, word_model_dir, tmp_path):
+    """GRPO / PPO with a reference, 2 passes x 2 minibatches: 2 processes (2 prompts each) sample the same completions
+    and take the same steps as 1 process with all 4 prompts (PPO: whitened advantages over both processes, the
+    separate value model under DDP, the same adaptive KL coefficient)."""
     from helpers import write_jsonl
 
     words = "hi hello how is the weather today tell me a joke".split()
     data = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": " ".join(words[i % 6 : i % 6 + 3])} for i in range(16)]))
-    _launch(2, word_model_dir, data, tmp_path / "ddp", batch_size=4, method="grpo")
-    _launch(1, word_model_dir, data, tmp_path / "single", batch_size=8, method="grpo")
+    _launch(2, word_model_dir, data, tmp_path / "ddp", batch_size=4, method=method)
+    _launch(1, word_model_dir, data, tmp_path / "single", batch_size=8, method=method)
     rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
     single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
@@ -134,4 +136,8 @@ def test_two_processes_match_one_process_grpo(word_model_dir, tmp_path):
     for a, b in zip(read_jsonl(tmp_path / "ddp" / "metrics.jsonl"), read_jsonl(tmp_path / "single" / "metrics.jsonl")):
         assert a["reward/mean"] == pytest.approx(b["reward/mean"], rel=1e-6)  # the same samples
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-        assert a["kl/k3"] == pytest.approx(b["kl/k3"], rel=1e-3, abs=1e-7)
+        if method == "grpo":
+            assert a["kl/k3"] == pytest.approx(b["kl/k3"], rel=1e-3, abs=1e-7)
+        else:
+            assert a["kl/coef"] == pytest.approx(b["kl/coef"], rel=1e-6)
+            assert a["loss/value"] == pytest.approx(b["loss/value"], rel=1e-3, abs=1e-7)

@@ -116,6 +116,41 @@ class GRPOMethodConfig(PolicyGradientConfig):
 
 
 @dataclass
+class PPOMethodConfig(PolicyGradientConfig):
+    beta: float = _f(0.05, "Initial KL coefficient of the per-token KL penalty in the reward (init_kl_coef).")
+    kl_target: float | None = _f(6.0, "Adaptive KL controller (Ziegler et al. 2019): the KL per sequence to hold; "
+                                 "None = a fixed coefficient beta.")  # fmt: skip
+    kl_horizon: float = _f(10000.0, "Adaptive controller horizon in samples: how fast beta moves.")
+    value: str = _f("separate", "Value function: a separate model (initialized from value_model) or a linear head "
+                    "on the policy's trunk (shared).", ("separate", "shared"))  # fmt: skip
+    value_model: str | None = _f(
+        None, "Where the separate value model starts: a reward model dir (alignkit train rm) or a causal LM; "
+        "None = method.reward_model if set, else the policy's model."
+    )
+    vf_coef: float = _f(0.1, "Weight of the value loss.")
+    value_clip: float | None = _f(0.2, "Clip range of the value around its rollout-time estimate; None = no clip.")
+    gamma: float = _f(1.0, "Discount of GAE.")
+    lam: float = _f(0.95, "GAE lambda.")
+    whiten_advantages: bool = _f(True, "Normalize advantages to mean 0, std 1 over the step's tokens.")
+    iterations: int = _f(4, "PPO epochs: passes over each rollout.")
+    minibatches: int = _f(2, "Optimizer steps per pass.")
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _require(self.kl_target is None or self.kl_target > 0, where, "method.kl_target", self.kl_target,
+                 "use a positive KL per sequence, e.g. 6, or null for a fixed coefficient")  # fmt: skip
+        _require(self.kl_horizon > 0, where, "method.kl_horizon", self.kl_horizon, "use e.g. 10000")
+        _require(self.vf_coef >= 0, where, "method.vf_coef", self.vf_coef, "use e.g. 0.1")
+        _require(self.value_clip is None or self.value_clip > 0, where, "method.value_clip", self.value_clip,
+                 "use e.g. 0.2, or null")  # fmt: skip
+        _require(0 < self.gamma <= 1, where, "method.gamma", self.gamma, "use a value in (0, 1]")
+        _require(0 <= self.lam <= 1, where, "method.lam", self.lam, "use a value in [0, 1]")
+        if self.value == "shared" and self.value_model:
+            raise ConfigError(f"{where}: method.value_model is set but method.value is shared (a head on the policy). "
+                              "Fix: set method.value=separate, or remove method.value_model")  # fmt: skip
+
+
+@dataclass
 class OnlineConfig(RunConfig):
     """Shared by the online methods: a ``rollout`` section next to model, lora, data, train and method."""
 
@@ -146,3 +181,11 @@ class GRPOConfig(OnlineConfig):
     """GRPO / RLOO / REINFORCE++ with verifiable rewards or a reward model: prompt-only data."""
 
     method: GRPOMethodConfig = _f(GRPOMethodConfig(), "Rewards, advantages, clipping, KL and update schedule.")
+
+
+@dataclass
+class PPOConfig(OnlineConfig):
+    """PPO-RLHF: a reward model (or reward functions), a value function, GAE and an adaptive KL penalty."""
+
+    rollout: RolloutConfig = _f(RolloutConfig(samples_per_prompt=1), "How prompts become sampled completions.")
+    method: PPOMethodConfig = _f(PPOMethodConfig(), "Rewards, value function, GAE, clipping, KL control, schedule.")

@@ -170,27 +170,45 @@ def token_logprobs(
 
     ``fused=None`` picks the fused path when the model supports it.
     """
-    scored = completion_mask[:, 1:].bool()  # (batch, seq - 1): token t + 1 is scored from position t
-    labels = input_ids[:, 1:][scored]  # (n,)
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    ent = torch.zeros(input_ids.shape if entropy else (0,), dtype=torch.float32, device=input_ids.device)
     if fused is None:
         fused = supports_fused_head(model)
     if fused:
         lm = unwrap_causal_lm(model)
         hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        result = linear_label_logprobs(
-            hidden[:, :-1][scored], lm.get_output_embeddings(), labels, chunk_size, temperature, entropy
-        )
-        logps, entropies = result if entropy else (result, None)
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-        rows = [(logits[b][scored[b]].float() / temperature).log_softmax(-1) for b in range(input_ids.shape[0])]
-        logps = torch.cat([r.gather(1, input_ids[b, 1:][scored[b], None]).squeeze(1) for b, r in enumerate(rows)])
-        entropies = torch.cat([-(r.exp() * r).sum(-1).detach() for r in rows]) if entropy else None
+        return hidden_token_logprobs(lm, hidden, input_ids, completion_mask, chunk_size, temperature, entropy)
+    scored = completion_mask[:, 1:].bool()  # (batch, seq - 1): token t + 1 is scored from position t
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    rows = [(logits[b][scored[b]].float() / temperature).log_softmax(-1) for b in range(input_ids.shape[0])]
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    out[:, 1:][scored] = torch.cat([r.gather(1, input_ids[b, 1:][scored[b], None])[:, 0] for b, r in enumerate(rows)])
+    if not entropy:
+        return out
+    ent = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    ent[:, 1:][scored] = torch.cat([-(r.exp() * r).sum(-1).detach() for r in rows])
+    return out, ent
+
+
+def hidden_token_logprobs(
+    lm: nn.Module,
+    hidden: Tensor,
+    input_ids: Tensor,
+    completion_mask: Tensor,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``token_logprobs`` from the decoder's last hidden states ``(batch, seq, d)`` of ``lm`` (a ``*ForCausalLM``
+    with a plain linear head): for callers that also need the hidden states (a value head on the policy trunk)."""
+    scored = completion_mask[:, 1:].bool()
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    result = linear_label_logprobs(
+        hidden[:, :-1][scored], lm.get_output_embeddings(), input_ids[:, 1:][scored], chunk_size, temperature, entropy
+    )
+    logps, entropies = result if entropy else (result, None)
     out[:, 1:][scored] = logps
     if not entropy:
         return out
+    ent = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
     ent[:, 1:][scored] = entropies
     return out, ent
 

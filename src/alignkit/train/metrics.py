@@ -28,11 +28,16 @@ class MetricSums:
         self.counts[name] = self.counts.get(name, 0.0) + count
 
     def reduce(self, accelerator) -> dict[str, float]:
+        """Means over all processes. A metric some process did not see (e.g. no scored sample there) counts 0 there."""
         names = sorted(self.sums)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            names = sorted(set(gather_object(names)))  # every process reduces the same vector
         if not names:
             return {}
         t = torch.tensor(
-            [[self.sums[n] for n in names], [self.counts[n] for n in names]],
+            [[self.sums.get(n, 0.0) for n in names], [self.counts.get(n, 0.0) for n in names]],
             dtype=torch.float64,
             device=accelerator.device,
         )
