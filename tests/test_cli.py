@@ -157,3 +157,125 @@ def test_existing_model_survives_a_failed_run(tiny_model_dir, tmp_path):
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "train.overwrite=true" in proc.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()} == before
     assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1
+
+
+# ------------------------------------------------------------------------------------------- generate
+
+
+def invoke(*args: str):
+    """``alignkit ARGS`` in this process (CliRunner: no interpreter start); errors stay as exceptions."""
+    from typer.testing import CliRunner
+
+    from alignkit.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_generate_n_samples_to_jsonl(tiny_model_dir, tmp_path):
+    """--n 3 at temperature 1 with stop strings: one record per prompt, three completions each, what the sampler
+    gives for the same seeds (prompt i: seed + i), finish reasons that agree with the tokens and texts."""
+    from alignkit.data import Tokenizer
+    from alignkit.generation.sampler import Sampler, SamplingParams
+    from alignkit.models import load_model, load_tokenizer
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello\ntell me a joke\n")
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "-m", tiny_model_dir, "--prompts-file", str(prompts), "--out", str(out), "--dtype", "fp32",
+            *"--n 3 --temperature 1 --seed 5 --max-new-tokens 6 --stop th --stop ic".split()]  # fmt: skip
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert f"wrote 2 records (6 completions) to {out}" in res.output and "tokens/s" in res.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["Hello", "tell me a joke"]
+    expected = Sampler(load_model(tiny_model_dir), Tokenizer(load_tokenizer(tiny_model_dir))).generate(
+        ["Hello", "tell me a joke"], SamplingParams(n=3, max_new_tokens=6, temperature=1.0, stop=("th", "ic")), seed=5
+    )
+    reasons = []
+    for record, want in zip(records, expected):
+        assert len(record["completions"]) == 3
+        for c, w in zip(record["completions"], want):
+            assert set(c) == {"text", "finish_reason", "tokens", "logprob"}
+            assert (c["text"], c["finish_reason"], c["tokens"]) == (w.text, w.finish_reason, len(w.token_ids))
+            assert c["logprob"] == pytest.approx(sum(w.logprobs), abs=1e-5) and c["logprob"] < 0
+            assert c["finish_reason"] in ("eos", "stop", "length")
+            if c["finish_reason"] == "length":
+                assert c["tokens"] == 6 and "th" not in c["text"] and "ic" not in c["text"]
+            if c["finish_reason"] == "stop":
+                assert 1 <= c["tokens"] <= 6 and "th" not in c["text"] and "ic" not in c["text"]
+            reasons.append(c["finish_reason"])
+        assert len({c["text"] for c in record["completions"]}) > 1  # samples differ
+    assert {"stop", "length"} <= set(reasons)
+    assert invoke(*args).exit_code == 0 and [json.loads(x) for x in out.read_text().splitlines()] == records  # seeded
+
+
+def test_generate_greedy_is_deterministic_and_prints_each_prompt(tiny_model_dir):
+    args = ["generate", "-m", tiny_model_dir, "-p", "Hello", "-p", "tell me a joke", "--max-new-tokens", "5"]
+    first, second = invoke(*args), invoke(*args)
+    assert first.exit_code == 0, first.output
+    body = first.output.rsplit(">>> tell me a joke\n", 1)
+    assert first.output.startswith(">>> Hello\n") and len(body) == 2
+    assert "10 tokens in" in first.output.splitlines()[-1]  # 2 prompts x 5 tokens, then the speed
+    assert first.output.splitlines()[:-1] == second.output.splitlines()[:-1]
+    sampled = invoke(*args, "--n", "2", "--temperature", "1")
+    assert sampled.exit_code == 0 and "[1] " in sampled.output and "[2] " in sampled.output
+
+
+def test_generate_function_greedy_matches_transformers_generate(word_model_dir):
+    """``alignkit.generation.generate`` (demo, best-of-N) on the sampler: greedy = transformers.generate (the oracle),
+    repeated prompts included; at temperature > 0 repeated prompts are distinct seeded samples."""
+    from alignkit.data import Tokenizer
+    from alignkit.generation import generate
+    from alignkit.models import load_model, load_tokenizer
+
+    model, hf_tok = load_model(word_model_dir), load_tokenizer(word_model_dir)
+    tok = Tokenizer(hf_tok)
+    prompts = ["how is the weather today ?", "tell me a joke", "how is the weather today ?"]
+    want = []
+    for p in prompts:
+        ids = torch.tensor([tok.prompt_ids(({"role": "user", "content": p},))])
+        row = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tok.pad_id, eos_token_id=tok.eos_id, temperature=None, top_p=None,
+                             top_k=None)[0, ids.shape[1]:]  # fmt: skip
+        want.append(hf_tok.decode(row, skip_special_tokens=True).strip())
+    assert len(set(want)) == 2 and all(want)
+    assert generate(model, hf_tok, prompts, max_new_tokens=12, batch_size=2) == want
+    samples = generate(model, hf_tok, ["tell me a joke"] * 4, max_new_tokens=12, temperature=1.0, seed=3)
+    assert len(samples) == 4 and len(set(samples)) > 1
+    assert generate(model, hf_tok, ["tell me a joke"] * 4, max_new_tokens=12, temperature=1.0, seed=3) == samples
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--n", "0"], "n is 0"),
+        (["--temperature", "-1"], "temperature is -1.0"),
+        (["--top-p", "0"], "top_p is 0.0"),
+        (["--top-p", "1.5"], "top_p is 1.5"),
+        (["--top-k", "-2"], "top_k is -2"),
+        (["--min-p", "1"], "min_p is 1.0"),
+        (["--max-new-tokens", "0"], "max_new_tokens is 0"),
+        (["--stop", ""], "stop is ('',)"),
+        (["--n", "3"], "--n 3 with --temperature 0 gives 3 identical greedy completions"),
+        (["--max-rows", "0"], "--max-rows 0"),
+        (["--dtype", "fp16"], "--dtype fp16: unknown"),
+        (["--out", "PROMPTS"], "is the prompts file; refusing to overwrite it"),
+        (["--out", "DIR"], "is a directory"),
+    ],
+)
+def test_generate_bad_options_are_clear_errors(args, expected, tmp_path):
+    from alignkit.errors import UserError
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello\n")
+    args = [{"PROMPTS": str(prompts), "DIR": str(tmp_path)}.get(a, a) for a in args]
+    res = invoke("generate", "-m", str(tmp_path / "no-model"), "--prompts-file", str(prompts), *args)
+    assert isinstance(res.exception, UserError), res.output
+    assert expected in str(res.exception) and "Fix:" in str(res.exception)
+    assert prompts.read_text() == "Hello\n"
+
+
+def test_generate_error_is_one_line_from_the_command():
+    proc = alignkit("generate", "-p", "hi", "--n", "2")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --n 2 with --temperature 0")
+    assert "Traceback" not in proc.stderr

@@ -11,7 +11,10 @@ METHOD_OF = {"sft": "sft", "ipo": "ipo", "simpo": "simpo", "orpo": "orpo", "kto"
 
 
 def method_of(path: Path) -> str:
-    return "rm" if path.stem.startswith("rm") else METHOD_OF.get(path.stem, "dpo")
+    for prefix in ("rm", "grpo", "rloo", "ppo"):
+        if path.stem.startswith(prefix):
+            return prefix
+    return METHOD_OF.get(path.stem, "dpo")
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -19,5 +22,7 @@ def test_shipped_config_validates(path):
     method = method_of(path)
     cfg = make_config(method, str(path))
     assert cfg.train.output_dir.startswith("runs/")
-    if method not in ("sft", "kto", "rm"):
+    if method in ("grpo", "rloo"):
+        assert cfg.method.resolved_advantage == method
+    elif method not in ("sft", "kto", "rm", "ppo"):
         assert cfg.method.loss == method

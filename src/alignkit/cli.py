@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Align causal language models: SFT, the DPO family, KTO, reward models, best-of-N.",
+    help="Align causal language models: SFT, the DPO family, KTO, reward models, best-of-N, GRPO/RLOO and PPO.",
 )
 
 SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --set train.learning_rate=1e-5"
@@ -22,7 +22,7 @@ SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --se
 
 @app.command()
 def train(
-    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto or rm"),
+    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, rloo or ppo"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
@@ -39,30 +39,78 @@ def train(
 @app.command()
 def generate(
     prompt: List[str] = typer.Option([], "--prompt", "-p", help="A prompt (repeatable)"),
-    prompts_file: Optional[Path] = typer.Option(None, help="File with one prompt per line"),
+    prompts_file: Optional[Path] = typer.Option(None, help="File with one prompt per line, or .jsonl with 'prompt'"),
     model: str = typer.Option(
         "smollm2-135m-instruct", "--model", "-m", help="Model dir, LoRA adapter dir, hub id, or the embedded default"
     ),
-    max_new_tokens: int = typer.Option(128, help="Tokens to generate per prompt"),
+    max_new_tokens: int = typer.Option(128, help="Tokens to generate per completion"),
     temperature: float = typer.Option(0.0, help="0 = greedy decoding"),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold"),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold in (0, 1]; 1 = off"),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens; 0 = off"),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min_p x the top token's probability; 0 = off"),
+    n: int = typer.Option(1, "--n", "-n", help="Completions per prompt (> 1 needs --temperature > 0)"),
+    stop: List[str] = typer.Option([], "--stop", help="Stop at this string, cut from the text (repeatable)"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write one JSON record per prompt (prompt, completions) to this .jsonl instead"
+    ),
+    max_rows: int = typer.Option(64, "--max-rows", help="Rows decoded together (prompts x n)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 autocast where native), fp32 or bf16"),
     raw: bool = typer.Option(False, help="Send prompts as raw text instead of through the chat template"),
-    seed: int = typer.Option(0, help="Sampling seed"),
+    seed: int = typer.Option(0, help="Sampling seed (prompt i samples with seed + i)"),
 ):
-    """Generate completions for prompts."""
+    """Generate completions for prompts with the batched KV-cache sampler."""
+    import time
+
     import torch
 
-    from alignkit.generation import generate as gen
-    from alignkit.models import load_model, load_tokenizer, pick_device
+    from alignkit.data.tokenize import Tokenizer
+    from alignkit.generation.sampler import Sampler, SamplingParams
+    from alignkit.models import load_model, load_tokenizer, pick_device, pick_mixed_precision
 
+    params = SamplingParams(
+        n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+        stop=tuple(stop),
+    )  # fmt: skip
+    params.validate("alignkit generate")
+    if n > 1 and temperature == 0:
+        raise UserError(f"--n {n} with --temperature 0 gives {n} identical greedy completions. "
+                        "Fix: use --temperature > 0 (e.g. 1.0) or --n 1")  # fmt: skip
+    if max_rows < 1:
+        raise UserError(f"--max-rows {max_rows}. Fix: decode at least 1 row at a time, e.g. --max-rows 64")
+    if dtype not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--dtype {dtype}: unknown. Fix: use auto, fp32 or bf16")
+    if out is not None and (out.is_dir() or (prompts_file is not None and out.resolve() == prompts_file.resolve())):
+        what = "a directory" if out.is_dir() else "the prompts file; refusing to overwrite it"
+        raise UserError(f"--out {out} is {what}. Fix: write to another file, e.g. completions.jsonl")
     prompts = _prompts(prompt, prompts_file)
     device = pick_device("auto")
+    if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype bf16: this GPU does not support bf16. Fix: use --dtype auto or fp32")
+    bf16 = pick_mixed_precision(dtype, device) == "bf16"
     lm = load_model(model, torch.float32, device)
-    tokenizer = load_tokenizer(model)
-    for p, out in zip(
-        prompts, gen(lm, tokenizer, prompts, max_new_tokens, temperature, top_p, seed=seed, chat=not raw)
-    ):
-        typer.echo(f">>> {p}\n{out}\n")
+    sampler = Sampler(lm, Tokenizer(load_tokenizer(model)), max_rows=max_rows)
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        results = sampler.generate(prompts, params, seed=seed, chat=not raw)
+    seconds = time.perf_counter() - t0
+    if out is not None:
+        from alignkit.data.feedback import write_jsonl
+
+        records = [
+            {"prompt": p if isinstance(p, str) else [dict(m) for m in p], "completions": [
+                {"text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids),
+                 "logprob": float(sum(c.logprobs))} for c in completions]}
+            for p, completions in zip(prompts, results)
+        ]  # fmt: skip
+        typer.echo(f"wrote {len(records)} records ({len(prompts) * n} completions) to {write_jsonl(out, records)}")
+    else:
+        for p, completions in zip(prompts, results):
+            texts = [c.text.strip() for c in completions]
+            body = texts[0] if n == 1 else "\n".join(f"[{k + 1}] {t}" for k, t in enumerate(texts))
+            typer.echo(f">>> {p}\n{body}\n")
+    tokens = sampler.stats.tokens
+    how = f"{device.type}, {'bf16 autocast' if bf16 else 'fp32'}"
+    typer.echo(f"{tokens} tokens in {seconds:.2f}s: {tokens / max(seconds, 1e-9):.1f} tokens/s ({how})")
 
 
 def _prompts(prompt: list[str], prompts_file: Path | None) -> list:
@@ -194,14 +242,19 @@ def demo(
 
 
 @app.command("config")
-def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto or rm")):
+def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, "
+                                                          "rloo or ppo")):  # fmt: skip
     """Print the full default config of METHOD as YAML, with every field."""
     import yaml
 
     from alignkit.config import to_dict
     from alignkit.train import make_config
+    from alignkit.train.run import METHODS
 
-    cfg = make_config(method, overrides=["data.train=PATH/TO/DATA.jsonl"])
+    overrides = ["data.train=PATH/TO/DATA.jsonl"]
+    if method in METHODS and hasattr(METHODS[method].config_class(), "rollout"):
+        overrides.append("method.rewards=[math]")  # online methods need a reward to validate
+    cfg = make_config(method, overrides=overrides)
     typer.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
@@ -281,9 +334,11 @@ def data_split(
         typer.echo(f"{path}: {len(split)} records")
 
 
+from alignkit.cli_eval import eval_app  # noqa: E402
 from alignkit.cli_verify import verify_app  # noqa: E402
 
 app.add_typer(verify_app, name="verify")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

@@ -212,12 +212,16 @@ def to_binary(record: Any, source: str) -> BinaryExample:
 
 def to_prompt(record: Any, source: str, prompt_field: str = "prompt", template: str | None = None) -> PromptExample:
     """A prompt-only record: the prompt from ``prompt_field`` (text or messages), the other fields kept as
-    ``columns``.
+    ``columns``. A preference pair without a prompt field gives its implicit prompt (hh-rlhf transcripts).
 
     ``template`` (text prompts): a ``str.format`` pattern over the record's fields, e.g.
     ``"{question}\nGive the final answer after ####."``."""
     if not isinstance(record, dict):
         raise InvalidRecord("record", f"must be an object, got {type(record).__name__}")
+    if record.get(prompt_field) is None and prompt_field == "prompt" and {"chosen", "rejected"} <= set(record):
+        # a preference pair (e.g. hh-rlhf transcripts): its prompt is the shared beginning of the two dialogues
+        pair = to_pairwise(record, source)
+        return PromptExample(pair.prompt, source, {k: v for k, v in record.items() if k not in ("chosen", "rejected")})
     if record.get(prompt_field) is None:
         others = ", ".join(k for k in record if isinstance(record[k], str)) or "none"
         raise InvalidRecord(prompt_field, f"is missing (text fields here: {others}); set data.prompt_field to "

@@ -1,5 +1,6 @@
-"""Sampling from a policy (HF generate with KV cache)."""
+"""Sampling from a policy: the batched KV-cache sampler (``Sampler``) and ``generate`` for plain text out."""
 
 from alignkit.generation.generate import generate
+from alignkit.generation.sampler import Completion, Sampler, SamplingParams
 
-__all__ = ["generate"]
+__all__ = ["Completion", "Sampler", "SamplingParams", "generate"]

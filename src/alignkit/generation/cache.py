@@ -13,17 +13,19 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 
 class GrowingLayer(DynamicLayer):
-    """One layer's keys and values, ``(batch, kv_heads, capacity, head_dim)`` buffers filled up to ``length``."""
+    """One layer's keys and values, ``(batch, kv_heads, capacity, head_dim)`` buffers filled up to ``length``;
+    ``dtype``: the buffers' precision (None = that of the first keys; bf16 sampling stores bf16 so attention
+    never casts the cache)."""
 
-    def __init__(self, capacity: int = 256, **kwargs):
+    def __init__(self, capacity: int = 256, dtype: torch.dtype | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.capacity, self.length = capacity, 0
+        self.capacity, self.length, self.store_dtype = capacity, 0, dtype
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.dtype, self.device = key_states.dtype, key_states.device
+        self.dtype, self.device = self.store_dtype or key_states.dtype, key_states.device
         b, h, n, d = key_states.shape
-        self.keys = key_states.new_empty(b, h, n + self.capacity, d)
-        self.values = value_states.new_empty(b, h, n + self.capacity, value_states.shape[-1])
+        self.keys = key_states.new_empty(b, h, n + self.capacity, d, dtype=self.dtype)
+        self.values = value_states.new_empty(b, h, n + self.capacity, value_states.shape[-1], dtype=self.dtype)
         self.length = 0
         self.is_initialized = True
 
@@ -69,8 +71,9 @@ class GrowingLayer(DynamicLayer):
 
 class GrowingCache(Cache):
     """A ``Cache`` of ``GrowingLayer``s, created lazily, one per attention layer. ``capacity``: the room left past the
-    prompt (the number of tokens to generate), so a run never grows. ``batch_repeat_interleave`` (share a prefilled
+    prompt (the number of tokens to generate), so a run never grows; ``dtype``: the buffers' precision.
+    ``batch_repeat_interleave`` (share a prefilled
     prompt among samples) and ``batch_select_indices`` (drop finished rows) come from ``Cache``."""
 
-    def __init__(self, capacity: int = 256):
-        super().__init__(layers=None, layer_class_to_replicate=lambda: GrowingLayer(capacity))
+    def __init__(self, capacity: int = 256, dtype: torch.dtype | None = None):
+        super().__init__(layers=None, layer_class_to_replicate=lambda: GrowingLayer(capacity, dtype))

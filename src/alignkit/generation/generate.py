@@ -1,4 +1,8 @@
-"""Batched generation with left padding; chat prompts go through the model's chat template."""
+"""Completion texts for prompts, on the batched KV-cache sampler (``generation.sampler.Sampler``).
+
+Identical prompts in one call are sampled as one prompt with ``n`` samples (prefilled once; best-of-N passes
+``[prompt] * N``); prompt ``i`` (its first occurrence) samples with seed ``seed + i``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ import torch
 
 from alignkit.data.formats import Content
 from alignkit.data.tokenize import Tokenizer
+from alignkit.generation.sampler import Sampler, SamplingParams
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -20,42 +24,27 @@ def generate(
     seed: int | None = 0,
     chat: bool = True,
 ) -> list[str]:
-    """Completions for ``prompts`` (text, or lists of messages). ``temperature=0`` is greedy decoding.
+    """Completions for ``prompts`` (text, or lists of messages), one per prompt. ``temperature=0`` is greedy.
 
-    With ``chat=True`` a text prompt is sent as one user message through the chat template (if the tokenizer
-    has one). Returns the decoded completions without the prompt and special tokens.
+    With ``chat=True`` a text prompt is sent as one user message through the chat template (if the tokenizer has
+    one). ``batch_size``: rows decoded together. ``seed=None`` draws the seed from torch's global generator.
+    Returns the decoded completions without the prompt and special tokens, stripped.
     """
-    tok = Tokenizer(tokenizer)
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    texts = []
-    for p in prompts:
-        if isinstance(p, str) and chat and has_template:
-            p = ({"role": "user", "content": p},)
-        texts.append(tok.render_prompt(tuple(p) if isinstance(p, list) else p))
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for s in range(0, len(texts), batch_size):
-        rows = [([tok.auto_bos] if tok.auto_bos is not None else []) + tok.encode(t) for t in texts[s : s + batch_size]]
-        width = max(len(r) for r in rows)
-        input_ids = torch.tensor([[tok.pad_id] * (width - len(r)) + r for r in rows], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p}
-            if temperature > 0
-            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tok.pad_id,
-            eos_token_id=tok.eos_id,
-            **sampling,
-        )
-        outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    model.train(was_training)
-    return [o.strip() for o in outputs]
+    sampler = Sampler(model, Tokenizer(tokenizer), max_rows=max(1, batch_size))
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+    ids = [sampler.prompt_ids(p, chat) for p in prompts]
+    positions: dict[tuple[int, ...], list[int]] = {}  # distinct prompt -> where it occurs
+    for i, x in enumerate(ids):
+        positions.setdefault(tuple(x), []).append(i)
+    by_count: dict[int, list[list[int]]] = {}  # samples needed -> the distinct prompts needing that many
+    for where in positions.values():
+        by_count.setdefault(1 if temperature == 0 else len(where), []).append(where)  # greedy: one is enough
+    texts = [""] * len(prompts)
+    for count, groups in by_count.items():
+        params = SamplingParams(n=count, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        samples = sampler.sample([ids[g[0]] for g in groups], params, [seed + g[0] for g in groups])
+        for where, completions in zip(groups, samples):
+            for k, i in enumerate(where):
+                texts[i] = completions[k % count].text.strip()
+    return texts

@@ -26,6 +26,7 @@ from alignkit.data.formats import Content
 from alignkit.data.tokenize import Tokenizer
 from alignkit.errors import UserError
 from alignkit.generation.cache import GrowingCache
+from alignkit.generation.fast_decode import FastDecoder
 from alignkit.logprobs import unwrap_causal_lm
 from alignkit.models.attention import use_segmented_attention
 
@@ -86,16 +87,18 @@ class Sampler:
     """Batched sampling from ``model`` (a causal LM, or a PEFT model around one).
 
     ``max_rows``: rows decoded together (prompts x n per chunk); ``compact_at``: finished rows leave the batch once
-    they are this share of it (each compaction copies the cache; 0 = at every finish).
+    they are this share of it (each compaction copies the cache; 0 = at every finish). ``fast``: decode Llama-family
+    models with ``fast_decode.FastDecoder`` (others always use the model's own forward).
     """
 
-    def __init__(self, model, tokenizer: Tokenizer, max_rows: int = 64, compact_at: float = 0.125):
-        self.model, self.tok = model, tokenizer
-        self.max_rows, self.compact_at = max_rows, compact_at
+    def __init__(self, model, tokenizer: Tokenizer, max_rows: int = 64, compact_at: float = 0.125, fast: bool = True):
+        self.model = model
+        self.tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)  # a HF tokenizer is fine
+        self.max_rows, self.compact_at, self.fast = max_rows, compact_at, fast
         lm = unwrap_causal_lm(model)
         eos = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.eos_ids = sorted({tokenizer.eos_id, *eos})
+        self.eos_ids = sorted({self.tok.eos_id, *eos})
         self.stats = SamplerStats()
         # SDPA models switch to alignkit's attention (plain SDPA unless told otherwise), whose decode path attends
         # with two batched matmuls; other attention implementations ignore the flag
@@ -126,6 +129,11 @@ class Sampler:
         self.stats = SamplerStats()
         was_training = self.model.training
         self.model.eval()
+        lm = unwrap_causal_lm(self.model)
+        device = next(lm.parameters()).device.type
+        self._dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm.dtype
+        # packed once per call from the live weights (LoRA merged): never older than this call
+        self._fast = FastDecoder.build(lm, self._dtype) if self.fast else None
         out: list[list[Completion]] = []
         per_chunk = max(1, self.max_rows // params.n)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less left padding
@@ -150,7 +158,7 @@ class Sampler:
         ids = torch.tensor([[self.tok.pad_id] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = GrowingCache(params.max_new_tokens)
+        cache = GrowingCache(params.max_new_tokens, self._dtype)
         t0 = time.perf_counter()
         logits = lm(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
@@ -198,10 +206,14 @@ class Sampler:
                 mask, next_pos, token = mask[index], next_pos[index], token[index]
                 live = [live[b] for b in keep]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            logits = lm(
-                input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache,
-                use_cache=True, decode_attention=True,
-            ).logits[:, -1].float()  # fmt: skip
+            if self._fast is not None:
+                with torch.autocast(device.type, enabled=False):
+                    logits = self._fast.step(token, next_pos, cache, mask)
+            else:
+                logits = lm(
+                    input_ids=token[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True, decode_attention=True,
+                ).logits[:, -1].float()  # fmt: skip
             self.stats.row_steps += len(live)
             next_pos = next_pos + 1
         self.stats.decode_seconds += time.perf_counter() - t0
