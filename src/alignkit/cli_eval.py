@@ -1,0 +1,50 @@
+"""``alignkit eval``: evaluate a model on math word problems (accuracy with a Wilson interval, pass@k)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model: math word problems (accuracy, pass@k).")
+
+MODEL_HELP = "Model dir, LoRA adapter dir, hub id, or the embedded default"
+DATA_HELP = "Records with a prompt and a gold 'answer' (.jsonl/.json/.parquet/.csv, builtin:NAME)"
+TEMPLATE_HELP = "Build each prompt from the record's fields (\\n = newline), e.g. '{question}\\nAnswer after ####.'"
+
+
+@eval_app.command("math")
+def eval_math(
+    model: str = typer.Option("smollm2-135m-instruct", "--model", "-m", help=MODEL_HELP),
+    data: str = typer.Option(..., "--data", "-d", help=DATA_HELP),
+    samples: int = typer.Option(1, help="Completions per prompt; > 1 also reports pass@k (needs a temperature > 0)"),
+    temperature: Optional[float] = typer.Option(None, help="0 = greedy; default 0 with 1 sample, else 1.0"),
+    max_new_tokens: int = typer.Option(256, min=1, help="Tokens to generate per completion"),
+    prompt_field: str = typer.Option("prompt", help="The field holding the prompt, e.g. question for GSM8K"),
+    prompt_template: Optional[str] = typer.Option(None, help=TEMPLATE_HELP),
+    limit: Optional[int] = typer.Option(None, help="Evaluate the first N records only"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write one record per prompt here (.jsonl)"),
+    seed: int = typer.Option(0, help="Sampling seed (prompt i uses seed + i)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+):
+    """Sample completions for math problems and grade their final answers against the gold answers."""
+    import torch
+
+    from alignkit.cli import _read_input
+    from alignkit.data.feedback import write_jsonl
+    from alignkit.eval.math import check_sampling, evaluate_math, load_math_records
+    from alignkit.models import load_model, load_tokenizer, pick_device
+
+    temperature = temperature if temperature is not None else (0.0 if samples == 1 else 1.0)
+    check_sampling(samples, temperature)
+    records = _read_input(data, *([out] if out else []))
+    template = prompt_template.replace("\\n", "\n") if prompt_template else None
+    examples = load_math_records(records, prompt_field, template, limit)  # bad records fail before loading
+    target = pick_device(device)
+    lm, tokenizer = load_model(model, torch.float32, target), load_tokenizer(model)
+    result = evaluate_math(lm, tokenizer, examples, samples, temperature, max_new_tokens, seed=seed)
+    typer.echo(f"{model} on {data}, max {max_new_tokens} new tokens")
+    typer.echo("\n".join(result.lines()))
+    if out:
+        typer.echo(f"wrote {write_jsonl(out, result.records)}")

@@ -1,0 +1,194 @@
+"""Project-written arithmetic word problems (grades 1-4) for online RL: a seeded generator and the shipped sets.
+
+Each problem is one of the templates below (shopping, sharing, ages, distances, time, money, baking, ...) filled with
+seeded operands; categories are operations: ``add``, ``sub``, ``mul``, ``div`` (whole results) and ``two_step``.
+Records are ``{"prompt", "answer", "category"}``; the prompt ends with ``INSTRUCTION``.
+
+    python -m alignkit.data.arithmetic --out-dir src/alignkit/resources
+
+writes ``arithmetic_train.jsonl`` and ``arithmetic_heldout.jsonl`` (``builtin:arithmetic_*.jsonl``),
+byte-identical on every run; no held-out prompt is also a training prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+INSTRUCTION = "Give the final answer as a number after 'Answer:'."
+CATEGORIES = ("add", "sub", "mul", "div", "two_step")
+TRAIN_FILE, HELDOUT_FILE = "arithmetic_train.jsonl", "arithmetic_heldout.jsonl"
+SEED, N_TRAIN, N_HELDOUT = 1234, 2000, 300
+
+NAMES = "Ava Ben Cara Dan Ella Finn Gia Hugo Ivy Jack Kim Leo Mia Noah Olga Pablo Rosa Sam Tara Umar Vera Zoe".split()
+FRUITS = "apples oranges pears plums lemons peaches".split()
+TOYS = "marbles stickers cards balloons crayons blocks".split()
+
+
+@dataclass(frozen=True)
+class Template:
+    """A word problem: ``text`` (``str.format`` over ``name``/``thing`` and the operands), operand ranges, the
+    answer from the operands, and an optional constraint the operands must meet."""
+
+    category: str
+    name: str
+    text: str
+    ranges: dict[str, tuple[int, int]]
+    answer: Callable[..., int]
+    ok: Callable[..., bool] = lambda **_: True
+    things: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One generated problem: the record fields plus the template and operands it came from."""
+
+    prompt: str
+    answer: int
+    category: str
+    template: str
+    operands: dict[str, int]
+
+    def record(self) -> dict:
+        return {"prompt": self.prompt, "answer": str(self.answer), "category": self.category}
+
+
+T = Template
+TEMPLATES = (
+    # ---- addition
+    T("add", "shopping", "{name} buys {a} {thing} at the market and {b} more at the shop. How many {thing} does "
+      "{name} buy in all?", {"a": (2, 15), "b": (2, 9)}, lambda a, b: a + b, things=tuple(FRUITS)),
+    T("add", "ages", "{name} is {a} years old. {name}'s cousin is {b} years older than {name}. How old is the "
+      "cousin?", {"a": (4, 12), "b": (1, 9)}, lambda a, b: a + b),
+    T("add", "distance", "{name} walks {a} blocks to the park and then {b} blocks to the library. How many blocks "
+      "does {name} walk?", {"a": (2, 12), "b": (2, 9)}, lambda a, b: a + b),
+    T("add", "money", "{name} has {a} dollars and earns {b} dollars for washing a car. How many dollars does {name} "
+      "have now?", {"a": (2, 20), "b": (2, 9)}, lambda a, b: a + b),
+    T("add", "collection", "{name} has {a} {thing}. A friend gives {name} {b} more {thing}. How many {thing} does "
+      "{name} have now?", {"a": (2, 20), "b": (2, 9)}, lambda a, b: a + b, things=tuple(TOYS)),
+    T("add", "reading", "{name} reads {a} pages in the morning and {b} pages in the evening. How many pages does "
+      "{name} read?", {"a": (2, 15), "b": (2, 9)}, lambda a, b: a + b),
+    # ---- subtraction
+    T("sub", "shopping", "{name} has {a} dollars and buys a book for {b} dollars. How many dollars are left?",
+      {"a": (5, 20), "b": (1, 9)}, lambda a, b: a - b, lambda a, b: b < a),
+    T("sub", "ages", "{name} is {a} years old. {name}'s brother is {b} years younger. How old is the brother?",
+      {"a": (6, 15), "b": (1, 5)}, lambda a, b: a - b),
+    T("sub", "eating", "There are {a} {thing} in a basket. {name} takes {b} of them. How many {thing} are left in "
+      "the basket?", {"a": (5, 20), "b": (1, 9)}, lambda a, b: a - b, lambda a, b: b < a, tuple(FRUITS)),
+    T("sub", "distance", "A trail is {a} kilometers long. {name} has already hiked {b} kilometers. How many "
+      "kilometers are left?", {"a": (5, 20), "b": (1, 9)}, lambda a, b: a - b, lambda a, b: b < a),
+    T("sub", "compare", "{name} has {a} {thing} and a friend has {b} {thing}. How many more {thing} does {name} "
+      "have?", {"a": (5, 20), "b": (1, 9)}, lambda a, b: a - b, lambda a, b: b < a, tuple(TOYS)),
+    T("sub", "bus", "A bus has {a} people on it. At the next stop {b} people get off. How many people are on the "
+      "bus now?", {"a": (5, 20), "b": (1, 9)}, lambda a, b: a - b, lambda a, b: b < a),
+    # ---- multiplication
+    T("mul", "baking", "{name} bakes {a} trays of cookies. Each tray holds {b} cookies. How many cookies does "
+      "{name} bake?", {"a": (2, 5), "b": (2, 6)}, lambda a, b: a * b),
+    T("mul", "shopping", "Pencils cost {a} dollars each. {name} buys {b} pencils. How many dollars does {name} "
+      "pay?", {"a": (2, 5), "b": (2, 5)}, lambda a, b: a * b),
+    T("mul", "boxes", "There are {a} boxes with {b} {thing} in each box. How many {thing} are there in all?",
+      {"a": (2, 5), "b": (2, 6)}, lambda a, b: a * b, things=tuple(TOYS)),
+    T("mul", "time", "{name} practices piano for {a} minutes every day. How many minutes does {name} practice in "
+      "{b} days?", {"a": (2, 10), "b": (2, 5)}, lambda a, b: a * b),
+    T("mul", "distance", "{name} runs {a} laps around a track. Each lap is {b} meters. How many meters does {name} "
+      "run?", {"a": (2, 5), "b": (10, 50)}, lambda a, b: a * b, lambda a, b: b % 10 == 0),
+    T("mul", "legs", "A farm has {a} cows. Each cow has {b} legs. How many legs do the cows have in all?",
+      {"a": (2, 6), "b": (4, 4)}, lambda a, b: a * b),
+    # ---- division (whole results): the dividend is a small multiple of the divisor
+    T("div", "sharing", "{name} shares {a} {thing} equally among {b} friends. How many {thing} does each friend "
+      "get?", {"a": (4, 30), "b": (2, 5)}, lambda a, b: a // b, lambda a, b: a % b == 0 and 2 <= a // b <= 6,
+      tuple(FRUITS)),
+    T("div", "teams", "{a} children split into teams of {b}. How many teams are there?",
+      {"a": (4, 30), "b": (2, 5)}, lambda a, b: a // b, lambda a, b: a % b == 0 and 2 <= a // b <= 6),
+    T("div", "baking", "{name} bakes {a} muffins and puts {b} muffins in each bag. How many bags does {name} fill?",
+      {"a": (4, 30), "b": (2, 5)}, lambda a, b: a // b, lambda a, b: a % b == 0 and 2 <= a // b <= 6),
+    T("div", "money", "{name} pays {a} dollars for {b} notebooks that all cost the same. How many dollars does one "
+      "notebook cost?", {"a": (4, 30), "b": (2, 5)}, lambda a, b: a // b,
+      lambda a, b: a % b == 0 and 2 <= a // b <= 6),
+    T("div", "distance", "A road is {a} kilometers long. It is split into {b} equal parts. How many kilometers long "
+      "is each part?", {"a": (4, 30), "b": (2, 5)}, lambda a, b: a // b, lambda a, b: a % b == 0 and 2 <= a // b <= 6),
+    T("div", "time", "{name} has {a} minutes to do {b} puzzles and spends the same time on each. How many minutes "
+      "does each puzzle take?", {"a": (4, 30), "b": (2, 5)}, lambda a, b: a // b,
+      lambda a, b: a % b == 0 and 2 <= a // b <= 6),
+    # ---- two steps
+    T("two_step", "shopping", "{name} buys {a} packs of {thing} with {b} {thing} in each pack, then eats {c} of "
+      "them. How many {thing} are left?", {"a": (2, 3), "b": (2, 5), "c": (1, 3)}, lambda a, b, c: a * b - c,
+      things=tuple(FRUITS)),
+    T("two_step", "money", "{name} has {a} dollars, spends {b} dollars on lunch and then earns {c} dollars. How many "
+      "dollars does {name} have now?", {"a": (5, 15), "b": (1, 5), "c": (1, 5)}, lambda a, b, c: a - b + c),
+    T("two_step", "collection", "{name} has {a} {thing}, gets {b} more and then gives {c} to a friend. How many "
+      "{thing} does {name} have now?", {"a": (3, 12), "b": (1, 5), "c": (1, 5)}, lambda a, b, c: a + b - c,
+      lambda a, b, c: c < a + b, tuple(TOYS)),
+    T("two_step", "baking", "{name} bakes {a} cakes in the morning and {b} cakes in the afternoon, and cuts every cake "
+      "into {c} slices. How many slices are there?", {"a": (1, 3), "b": (1, 3), "c": (2, 4)},
+      lambda a, b, c: (a + b) * c),
+    T("two_step", "sharing", "{name} has {a} stickers and buys {b} more, then shares them equally with {c} friends. "
+      "How many stickers does each friend get?", {"a": (2, 12), "b": (2, 8), "c": (2, 4)},
+      lambda a, b, c: (a + b) // c, lambda a, b, c: (a + b) % c == 0 and (a + b) // c <= 6),
+    T("two_step", "ages", "{name} is {a} years old. {name}'s sister is {b} years older. How old will the sister be in "
+      "{c} years?", {"a": (3, 10), "b": (1, 5), "c": (1, 5)}, lambda a, b, c: a + b + c),
+)  # fmt: skip
+del T
+
+
+def make_problem(template: Template, rng: random.Random) -> Problem:
+    """Draw operands for ``template`` until its constraint holds, and fill it in."""
+    while True:
+        operands = {k: rng.randint(lo, hi) for k, (lo, hi) in template.ranges.items()}
+        if template.ok(**operands):
+            break
+    words = {"name": rng.choice(NAMES), "thing": rng.choice(template.things) if template.things else ""}
+    text = template.text.format(**words, **operands)
+    return Problem(f"{text}\n{INSTRUCTION}", template.answer(**operands), template.category, template.name, operands)
+
+
+def generate(n: int, seed: int = SEED, exclude: set[str] = frozenset()) -> list[Problem]:
+    """``n`` distinct problems, categories in turn (equal shares), templates and operands from ``seed``; prompts in
+    ``exclude`` are skipped."""
+    rng = random.Random(seed)
+    by_category = {c: [t for t in TEMPLATES if t.category == c] for c in CATEGORIES}
+    seen, out = set(exclude), []
+    while len(out) < n:
+        problem = make_problem(rng.choice(by_category[CATEGORIES[len(out) % len(CATEGORIES)]]), rng)
+        if problem.prompt not in seen:
+            seen.add(problem.prompt)
+            out.append(problem)
+    return out
+
+
+def splits(n_train: int = N_TRAIN, n_heldout: int = N_HELDOUT, seed: int = SEED) -> tuple[list[Problem], list[Problem]]:
+    """(train, held-out): the held-out set first, then training problems that differ from every held-out prompt."""
+    heldout = generate(n_heldout, seed)
+    train = generate(n_train, seed + 1, exclude={p.prompt for p in heldout})
+    return train, heldout
+
+
+def to_jsonl(problems: list[Problem]) -> str:
+    return "".join(json.dumps(p.record(), ensure_ascii=False) + "\n" for p in problems)
+
+
+def write(out_dir: str | Path) -> list[Path]:
+    """Write the train and held-out files into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, problems in zip((TRAIN_FILE, HELDOUT_FILE), splits()):
+        path = out_dir / name
+        path.write_text(to_jsonl(problems), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the arithmetic word-problem train and held-out sets.")
+    parser.add_argument("--out-dir", required=True, help="Directory for arithmetic_train/heldout.jsonl")
+    for path in write(parser.parse_args(argv).out_dir):
+        print(f"wrote {path} ({sum(1 for _ in path.open())} problems)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The shipped arithmetic word problems: correct answers (recomputed here from the operands), byte-for-byte
+determinism, disjoint train/held-out sets, answers the math verifier reads back, counts and category shares."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from alignkit.data import arithmetic
+from alignkit.data.readers import builtin_path, read_records
+from alignkit.rewards.math import extract_answer, extract_gold, grade
+
+# every template's answer, written independently of the generator
+FORMULAS = {
+    ("add", "shopping"): lambda a, b: a + b,
+    ("add", "ages"): lambda a, b: a + b,
+    ("add", "distance"): lambda a, b: a + b,
+    ("add", "money"): lambda a, b: a + b,
+    ("add", "collection"): lambda a, b: a + b,
+    ("add", "reading"): lambda a, b: a + b,
+    ("sub", "shopping"): lambda a, b: a - b,
+    ("sub", "ages"): lambda a, b: a - b,
+    ("sub", "eating"): lambda a, b: a - b,
+    ("sub", "distance"): lambda a, b: a - b,
+    ("sub", "compare"): lambda a, b: a - b,
+    ("sub", "bus"): lambda a, b: a - b,
+    ("mul", "baking"): lambda a, b: a * b,
+    ("mul", "shopping"): lambda a, b: a * b,
+    ("mul", "boxes"): lambda a, b: a * b,
+    ("mul", "time"): lambda a, b: a * b,
+    ("mul", "distance"): lambda a, b: a * b,
+    ("mul", "legs"): lambda a, b: a * b,
+    ("div", "sharing"): lambda a, b: a / b,
+    ("div", "teams"): lambda a, b: a / b,
+    ("div", "baking"): lambda a, b: a / b,
+    ("div", "money"): lambda a, b: a / b,
+    ("div", "distance"): lambda a, b: a / b,
+    ("div", "time"): lambda a, b: a / b,
+    ("two_step", "shopping"): lambda a, b, c: a * b - c,
+    ("two_step", "money"): lambda a, b, c: a - b + c,
+    ("two_step", "collection"): lambda a, b, c: a + b - c,
+    ("two_step", "baking"): lambda a, b, c: (a + b) * c,
+    ("two_step", "sharing"): lambda a, b, c: (a + b) / c,
+    ("two_step", "ages"): lambda a, b, c: a + b + c,
+}
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return arithmetic.splits()
+
+
+def shipped(name: str) -> list[dict]:
+    return [json.loads(line) for line in builtin_path(name).read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_template_has_an_independent_formula():
+    assert {(t.category, t.name) for t in arithmetic.TEMPLATES} == set(FORMULAS)
+
+
+def test_answers_are_correct_whole_positive_and_operands_are_in_the_text(generated):
+    for problem in generated[0] + generated[1]:
+        expected = FORMULAS[problem.category, problem.template](**problem.operands)
+        assert expected == problem.answer and float(expected).is_integer() and expected > 0, problem
+        numbers = [int(x) for x in re.findall(r"\d+", problem.prompt.split("\n")[0])]
+        assert numbers == list(problem.operands.values()), problem  # operands appear, in order, and nothing else
+
+
+def test_regenerating_gives_the_shipped_files_byte_for_byte(tmp_path):
+    paths = arithmetic.write(tmp_path)
+    assert [p.name for p in paths] == [arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE]
+    for path in paths:
+        assert path.read_bytes() == builtin_path(path.name).read_bytes(), (
+            f"{path.name} differs from the shipped file. Fix: python -m alignkit.data.arithmetic --out-dir "
+            "src/alignkit/resources"
+        )
+
+
+def test_counts_categories_and_disjoint_sets():
+    train, heldout = shipped(arithmetic.TRAIN_FILE), shipped(arithmetic.HELDOUT_FILE)
+    assert len(train) == arithmetic.N_TRAIN == 2000 and len(heldout) == arithmetic.N_HELDOUT == 300
+    train_prompts, heldout_prompts = {r["prompt"] for r in train}, {r["prompt"] for r in heldout}
+    assert len(train_prompts) == len(train) and len(heldout_prompts) == len(heldout)  # no duplicates within a set
+    assert not train_prompts & heldout_prompts
+    for records in (train, heldout):
+        counts = Counter(r["category"] for r in records)
+        assert set(counts) == set(arithmetic.CATEGORIES) and len(set(counts.values())) == 1  # equal shares
+        assert all(set(r) == {"prompt", "answer", "category"} for r in records)
+        assert all(r["prompt"].endswith("\n" + arithmetic.INSTRUCTION) for r in records)
+
+
+def test_every_shipped_answer_is_read_back_by_the_math_verifier():
+    for name in (arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE):
+        for source, record in read_records(f"builtin:{name}"):
+            answer = record["answer"]
+            assert extract_gold(answer) == answer and answer.isdigit(), source
+            assert grade(f"12 + 3 = 15.\nAnswer: {answer}", answer).reward == 1.0, source
+            assert grade(f"Answer: {int(answer) + 1}", answer).reward == 0.0, source
+            assert extract_answer(f"So the total is {answer}.") == answer, source
+
+
+def test_seed_changes_the_problems():
+    assert [p.prompt for p in arithmetic.generate(20, seed=1)] != [p.prompt for p in arithmetic.generate(20, seed=2)]
+    assert [p.prompt for p in arithmetic.generate(20, seed=1)] == [p.prompt for p in arithmetic.generate(20, seed=1)]
