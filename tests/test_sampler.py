@@ -113,7 +113,9 @@ def test_sampled_logprobs_equal_trainer_logprobs_also_after_an_update(tiny, temp
         for prompt, completions in zip(ids, samples):
             for c in completions:
                 want = trainer_logprobs(model, prompt, c.token_ids, temperature)
-                torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=2e-5, rtol=1e-5)
+                # fp32; the sampler multiplies by LoRA-merged weights W + BA s, the trainer by W and then A, B:
+                # equal up to rounding on this wide-initialized model's large logits
+                torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=3e-4 if lora else 2e-5, rtol=1e-5)
         # one optimizer step on the policy: the next samples must come from (and be scored by) the new weights
         c = samples[0][0]
         loss = -trainer_logprobs(model, ids[0], c.token_ids, temperature).sum()
@@ -135,9 +137,10 @@ def test_seeded_samples_do_not_depend_on_the_batch(tiny):
     # rows finishing at different steps and leaving the batch at different times do not change a prompt's samples
     long = SamplingParams(n=4, max_new_tokens=40, temperature=1.0)
     lazy = Sampler(model, tok, compact_at=0.9).sample(ids, long, seeds=[5, 6, 7])
-    eager = Sampler(model, tok, compact_at=0.0).sample([ids[2]], long, seeds=[7])
-    assert any(c.finish_reason == "eos" for c in lazy[2]) and any(c.finish_reason == "length" for g in lazy for c in g)
-    assert [c.token_ids for c in lazy[2]] == [c.token_ids for c in eager[0]]
+    p = next(p for p, g in enumerate(lazy) if any(c.finish_reason == "eos" for c in g))  # rows that ended early
+    assert any(c.finish_reason == "length" for g in lazy for c in g)
+    eager = Sampler(model, tok, compact_at=0.0).sample([ids[p]], long, seeds=[5 + p])
+    assert [c.token_ids for c in lazy[p]] == [c.token_ids for c in eager[0]]
     again = sampler.sample(ids, params, seeds=[5, 6, 7])
     assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in together]
     other = sampler.sample(ids, params, seeds=[8, 6, 7])
@@ -223,3 +226,24 @@ def test_embedded_model_greedy_matches_transformers_generate():
     ids = [sampler.prompt_ids(p) for p in ["How do I boil an egg?", "Name a color.", "What is 12 times 3?"]]
     got = sampler.sample(ids, SamplingParams(max_new_tokens=32, temperature=0), [0, 1, 2])
     assert [g[0].token_ids for g in got] == hf_greedy(model, tok, ids, 32)
+
+
+def test_sample_categorical_is_the_inverse_cdf():
+    from alignkit.generation.sampler import sample_categorical
+
+    g = torch.Generator().manual_seed(0)
+    v = 3000  # not a multiple of the block: padding is exercised
+    weights = torch.rand(2, v, generator=g) ** 8  # peaked, unnormalized
+    u = torch.rand(20000, dtype=torch.float64, generator=g)
+    rows = weights[0].expand(len(u), v).contiguous()
+    draws = sample_categorical(rows, u, block=256)
+    cdf = (weights[0].double() / weights[0].double().sum()).cumsum(0)
+    expected = torch.searchsorted(cdf, u, right=True).clamp(max=v - 1)
+    assert (draws == expected).float().mean() > 0.999  # the same token as an exact float64 inverse CDF
+    one_hot = torch.zeros(3, 5)
+    one_hot[0, 4], one_hot[1, 0], one_hot[2, 2] = 1.0, 2.0, 0.5
+    assert sample_categorical(one_hot, torch.tensor([0.999, 0.0, 0.5], dtype=torch.float64), block=2).tolist() == [
+        4,
+        0,
+        2,
+    ]

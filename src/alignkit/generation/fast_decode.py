@@ -35,10 +35,24 @@ def effective_weight(linear: nn.Module) -> tuple[Tensor, Tensor | None]:
     return weight, base.bias
 
 
+def _packer(dtype: torch.dtype, rows: int):
+    """On CPU in bf16, oneDNN's linear with weights reordered once for ``rows`` rows (private PyTorch ops that
+    inductor uses; ~10-15% faster than ``F.linear`` on decode shapes); None elsewhere or if unavailable."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    if dtype != torch.bfloat16 or ops is None or not hasattr(ops, "_reorder_linear_weight"):
+        return None
+    try:
+        probe = torch.zeros(8, 8, dtype=dtype)
+        ops._linear_pointwise(probe, ops._reorder_linear_weight(probe, rows), None, "none", [], "")
+    except (RuntimeError, AttributeError):
+        return None
+    return lambda w: ops._reorder_linear_weight(w.contiguous(), rows)
+
+
 class FastDecoder:
     """Packed weights of one model for one sampling call; ``step(tokens, positions, cache, mask)`` -> logits."""
 
-    def __init__(self, lm, layers: list[dict], dtype: torch.dtype):
+    def __init__(self, lm, layers: list[dict], dtype: torch.dtype, pack=None):
         self.lm, self.layers, self.dtype = lm, layers, dtype
         inner = lm.model
         self.embed = inner.embed_tokens.weight
@@ -46,6 +60,14 @@ class FastDecoder:
         head_w, head_b = effective_weight(lm.get_output_embeddings())
         self.head_w = head_w.detach().to(dtype)
         self.head_b = head_b.detach().to(dtype) if head_b is not None else None
+        self.linear = torch.nn.functional.linear
+        if pack is not None:
+            ops = torch.ops.mkldnn
+            self.linear = lambda x, w, b=None: ops._linear_pointwise(x, w, b, "none", [], "")
+            self.head_w = pack(self.head_w)
+            for w in layers:
+                for name in ("qkv", "o", "gate_up", "down"):
+                    w[name] = pack(w[name])
         self.rotary = inner.rotary_emb
         cfg = lm.config
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -54,7 +76,7 @@ class FastDecoder:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, lm, dtype: torch.dtype) -> FastDecoder | None:
+    def build(cls, lm, dtype: torch.dtype, rows: int = 64, pack: bool = True) -> FastDecoder | None:
         """Pack ``lm``'s (a transformers ``*ForCausalLM``, LoRA layers possibly injected) weights in ``dtype``;
         None when its architecture is not one this step reproduces exactly."""
         cfg = lm.config
@@ -87,7 +109,8 @@ class FastDecoder:
                 "gate_up": torch.cat(gate_up).to(dtype),
                 "down": effective_weight(mlp.down_proj)[0].to(dtype),
             })  # fmt: skip
-        return cls(lm, layers, dtype)
+        device = next(lm.parameters()).device.type
+        return cls(lm, layers, dtype, _packer(dtype, rows) if pack and device == "cpu" else None)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, positions: Tensor, cache, mask: Tensor | None) -> Tensor:
@@ -101,19 +124,19 @@ class FastDecoder:
         keep = mask.bool()[:, None, None, :] if mask is not None else None
         for i, w in enumerate(self.layers):
             h = _rms_norm(x, w["in_norm"], w["eps"]).to(dt)
-            qkv = torch.nn.functional.linear(h, w["qkv"], w["qkv_bias"])
+            qkv = self.linear(h, w["qkv"], w["qkv_bias"])
             q = qkv[:, :q_size].view(b, self.heads, 1, self.head_dim)
             k = qkv[:, q_size : q_size + kv_size].view(b, self.kv_heads, 1, self.head_dim)
             v = qkv[:, q_size + kv_size :].view(b, self.kv_heads, 1, self.head_dim)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             keys, values = cache.layers[i].update(k, v)
             attn = _decode_attention(q, keys, values, keep, self.scaling)  # (B, heads * head_dim)
-            x = x + torch.nn.functional.linear(attn, w["o"], w["o_bias"]).float()
+            x = x + self.linear(attn, w["o"], w["o_bias"]).float()
             h = _rms_norm(x, w["post_norm"], w["post_eps"]).to(dt)
-            gate, up = torch.nn.functional.linear(h, w["gate_up"]).chunk(2, dim=-1)
-            x = x + torch.nn.functional.linear(torch.nn.functional.silu(gate).mul_(up), w["down"]).float()
+            gate, up = self.linear(h, w["gate_up"]).chunk(2, dim=-1)
+            x = x + self.linear(torch.nn.functional.silu(gate).mul_(up), w["down"]).float()
         h = _rms_norm(x, self.norm_w, self.norm_eps).to(dt)
-        return torch.nn.functional.linear(h, self.head_w, self.head_b).float()
+        return self.linear(h, self.head_w, self.head_b).float()
 
 
 def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

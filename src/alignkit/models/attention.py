@@ -63,19 +63,20 @@ def decode_attention_forward(
     """Attention of one new token per row: query ``(B, heads, 1, d)``, key/value ``(B, kv_heads, L, d)`` (views of a
     KV cache), bool mask ``(B, 1, 1, L)`` or None -> ``(B, 1, heads, d)``.
 
-    Each key/value head serves its group of query heads in one ``bmm`` without repeating the cache; PyTorch's CPU
-    flash kernel takes ~10x longer on these shapes (it tiles over query blocks, and a decode step has one query)."""
+    Each key/value head serves its group of query heads in one ``bmm`` without repeating the cache, and the keys
+    are the left operand (K q^T, not q K^T), so the cache is read in place instead of copied transposed; PyTorch's
+    CPU flash kernel takes ~10x longer on these shapes (it tiles over query blocks, and a decode step has one)."""
     b, heads, _, d = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     group = heads // kv_heads
     scaling = d**-0.5 if scaling is None else scaling
     q = query.reshape(b * kv_heads, group, d)
-    scores = torch.bmm(q, key.reshape(b * kv_heads, length, d).transpose(1, 2)).view(b, kv_heads, group, length)
-    scores = scores.float() * scaling
+    scores = torch.bmm(key.reshape(b * kv_heads, length, d), q.transpose(1, 2))  # (B * kv_heads, L, group)
+    scores = scores.transpose(1, 2).float().mul_(scaling).view(b, kv_heads, group, length)  # contiguous, float32
     if mask is not None and mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask.view(b, 1, 1, length), float("-inf"))
+        scores.masked_fill_(~mask.view(b, 1, 1, length), float("-inf"))
     elif mask is not None:  # additive float mask
-        scores = scores + mask.view(b, 1, 1, length).float()
+        scores.add_(mask.view(b, 1, 1, length).float())
     probs = scores.softmax(-1).to(value.dtype).view(b * kv_heads, group, length)
     out = torch.bmm(probs, value.reshape(b * kv_heads, length, value.shape[-1]))  # (B * kv_heads, group, d)
     return out.view(b, 1, heads, value.shape[-1])
