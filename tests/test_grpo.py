@@ -121,6 +121,39 @@ def test_accumulation_does_not_change_the_step(aggregation, word_model_dir, tmp_
             assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.0}])
+def test_prefix_shared_groups_train_like_the_padded_layout(lora, word_model_dir, tmp_path):
+    """Each group's prompt encoded once, all groups packed in one row with attention per group: the same losses,
+    metrics and update as one padded row per completion."""
+    data = prompts_file(tmp_path)
+    extra = {"lora": lora} if lora else {}
+    runs = [
+        run(
+            "grpo",
+            grpo_config(
+                word_model_dir,
+                data,
+                tmp_path / f"shared-{flag}",
+                train={"prefix_sharing": flag},
+                method={"beta": 0.05, "iterations": 2},
+                **extra,
+            ),
+            **QUIET,
+        )  # fmt: skip
+        for flag in (True, False)
+    ]
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = (load_file(str(r.model_dir / name)) for r in runs)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=0)
+    for ra, rb in zip(runs[0].history, runs[1].history):
+        for key in ("loss", "entropy", "kl/k3", "reward/mean"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
+        assert ra["tokens_per_second"] * ra["seconds_per_step"] == pytest.approx(
+            rb["tokens_per_second"] * rb["seconds_per_step"], rel=1e-6
+        )  # the same tokens are counted in both layouts
+
+
 def test_padding_does_not_change_the_loss(word_model_dir, tmp_path):
     """A sample's loss is the same alone and next to a longer (padded-against) sample."""
     from alignkit.train.rollout import Sample, collate_samples

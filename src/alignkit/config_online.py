@@ -124,8 +124,9 @@ class PPOMethodConfig(PolicyGradientConfig):
     value: str = _f("separate", "Value function: a separate model (initialized from value_model) or a linear head "
                     "on the policy's trunk (shared).", ("separate", "shared"))  # fmt: skip
     value_model: str | None = _f(
-        None, "Where the separate value model starts: a reward model dir (alignkit train rm) or a causal LM; "
-        "None = method.reward_model if set, else the policy's model."
+        None,
+        "Where the separate value model starts: a reward model dir (alignkit train rm) or a causal LM; "
+        "None = method.reward_model if set, else the policy's model.",
     )
     vf_coef: float = _f(0.1, "Weight of the value loss.")
     value_clip: float | None = _f(0.2, "Clip range of the value around its rollout-time estimate; None = no clip.")

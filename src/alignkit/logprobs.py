@@ -218,7 +218,7 @@ def supports_prefix_sharing(model: nn.Module) -> bool:
     return supports_fused_head(model) and takes_4d_mask(unwrap_causal_lm(model))
 
 
-SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens")
+SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens", "logp_target")
 
 
 def shared_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -259,6 +259,32 @@ def segment_logprobs(model: nn.Module, batch: dict[str, Tensor], chunk_size: int
     return torch.zeros(n_segments, dtype=logps.dtype, device=logps.device).index_add(0, batch["logp_segments"], logps)
 
 
+def grouped_token_logprobs(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    shape: tuple[int, int],
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-token log-probs ``shape = (B, W)`` (as ``token_logprobs`` gives for the right-padded layout) from one
+    packed, prefix-shared row of ``collate_groups_shared``: one decoder pass, the scored hidden states through the
+    fused head, the values placed at ``logp_target``. With ``entropy`` also the entropies ``(B, W)``."""
+    lm = unwrap_causal_lm(model)
+    hidden = decoder_hidden(lm.base_model, batch)
+    picked = hidden.reshape(-1, hidden.shape[-1])[batch["logp_index"]]
+    result = linear_label_logprobs(
+        picked, lm.get_output_embeddings(), batch["logp_labels"], chunk_size, temperature, entropy
+    )
+    logps, entropies = result if entropy else (result, None)
+    n = shape[0] * shape[1]
+    out = torch.zeros(n, dtype=torch.float32, device=logps.device).index_put((batch["logp_target"],), logps)
+    if not entropy:
+        return out.view(shape)
+    ent = torch.zeros(n, dtype=torch.float32, device=logps.device).index_put((batch["logp_target"],), entropies)
+    return out.view(shape), ent.view(shape)
+
+
 def sequence_logprobs(token_logps: Tensor, completion_mask: Tensor, average: bool = False) -> Tensor:
     """Sum (or mean, ``average=True``) of per-token completion log-probs: ``(batch, seq)`` -> ``(batch,)``."""
     total = token_logps.sum(-1)
@@ -291,13 +317,20 @@ class CompletionScorer(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Per-token log-probs ``(batch, seq)`` under ``softmax(logits / temperature)`` (with ``entropy``: and each
         position's entropy ``(batch, seq)``); or, for a prefix-shared pair batch (``shared`` holds the
-        ``position_ids``/``logp_*``/``completion_tokens`` of ``collate_pairs_shared``), summed log-probs ``(2B,)``.
+        ``position_ids``/``logp_*``/``completion_tokens`` of ``collate_pairs_shared``), summed log-probs ``(2B,)``;
+        or, for prefix-shared groups (``collate_groups_shared``: ``shared`` has ``logp_target``), the per-token
+        values in the ``(batch, seq)`` shape of ``completion_mask``.
         """
         if shared is None:
             return token_logprobs(
                 self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size, temperature,
                 entropy,
             )  # fmt: skip
+        if "logp_target" in shared:  # prefix-shared groups (collate_groups_shared): per-token, (B, W) as above
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, **shared}
+            return grouped_token_logprobs(
+                self.model, batch, tuple(completion_mask.shape), self.chunk_size, temperature, entropy
+            )
         return segment_logprobs(
             self.model, {"input_ids": input_ids, "attention_mask": attention_mask, **shared}, self.chunk_size
         )

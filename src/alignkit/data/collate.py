@@ -52,12 +52,17 @@ def collate_completions(
     return batch
 
 
-def shared_pair_mask(n_prompt: int, n_chosen: int, n_rejected: int) -> torch.Tensor:
-    """Who may attend to whom in one ``prompt + chosen + rejected`` sequence: ``(L, L)`` bool, True = may attend.
-    Causal; everyone sees the prompt; a completion sees its own branch only."""
-    kind = torch.tensor([0] * n_prompt + [1] * n_chosen + [2] * n_rejected)
+def shared_prefix_mask(n_prompt: int, *branches: int) -> torch.Tensor:
+    """Who may attend to whom in one ``prompt + branch_1 + ... + branch_k`` sequence: ``(L, L)`` bool, True = may
+    attend. Causal; everyone sees the prompt; a branch (completion) sees its own earlier tokens only."""
+    kind = torch.tensor([0] * n_prompt + [i + 1 for i, n in enumerate(branches) for _ in range(n)])
     q, k = kind[:, None], kind[None, :]
     return torch.ones(len(kind), len(kind), dtype=torch.bool).tril() & ((k == 0) | (q == k))
+
+
+def shared_pair_mask(n_prompt: int, n_chosen: int, n_rejected: int) -> torch.Tensor:
+    """``shared_prefix_mask`` of a pair: ``prompt + chosen + rejected``, ``(L, L)`` bool."""
+    return shared_prefix_mask(n_prompt, n_chosen, n_rejected)
 
 
 def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int, packed: bool = False) -> dict[str, torch.Tensor]:
@@ -125,3 +130,62 @@ def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int, packed: bool =
     if packed:
         batch["segment_lengths"] = torch.tensor(lengths, dtype=torch.long)
     return batch
+
+
+def collate_groups_shared(prompts: list[list[int]], completions: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Prefix sharing for groups of completions of one prompt (GRPO): the completions of a prompt that are adjacent
+    in the batch become one segment ``prompt + c_1 + ... + c_k`` (the prompt encoded once; each completion sees the
+    prompt and its own earlier tokens, at the positions it has after the prompt alone), and all segments are packed
+    back to back in one unpadded row (``segment_lengths`` for ``models.attention.segmented_sdpa``).
+
+    Returns the packed row: ``input_ids``, ``position_ids`` ``(1, T)``, ``attention_mask`` ``(1, 1, T, T)`` bool
+    (block diagonal), ``segment_lengths`` ``(S,)``; the ``n`` scored tokens: ``logp_index`` (flat position in the
+    row of the hidden state that predicts each), ``logp_labels``, and ``logp_target``, the flat index of the token in
+    the ``(B, W)`` right-padded layout of ``pad_sequences`` (W = the longest prompt + completion), where per-token
+    values go; and ``logical_tokens``, the non-padding tokens of that layout (for throughput).
+    """
+    b = len(prompts)
+    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    groups: list[list[int]] = []
+    for i in range(b):
+        if groups and prompts[i] == prompts[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    ids, positions, blocks, lengths = [], [], [], []
+    index, labels, target, offset = [], [], [], 0
+    for group in groups:
+        prompt = prompts[group[0]]
+        n_p = len(prompt)
+        seg_ids, seg_pos = list(prompt), list(range(n_p))
+        for i in group:
+            c = completions[i]
+            start = offset + len(seg_ids)  # where this completion's first token sits in the packed row
+            for j in range(len(c)):
+                if j == 0 and n_p == 0:
+                    continue  # no prompt: the first token has no predecessor and is not scored
+                index.append(offset + n_p - 1 if j == 0 else start + j - 1)
+                labels.append(c[j])
+                target.append(i * width + n_p + j)
+            seg_ids += c
+            seg_pos += list(range(n_p, n_p + len(c)))
+        blocks.append(shared_prefix_mask(n_p, *(len(completions[i]) for i in group)))
+        lengths.append(len(seg_ids))
+        ids += seg_ids
+        positions += seg_pos
+        offset += len(seg_ids)
+    mask = torch.zeros((1, 1, offset, offset), dtype=torch.bool)
+    start = 0
+    for block, n in zip(blocks, lengths):
+        mask[0, 0, start : start + n, start : start + n] = block
+        start += n
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "attention_mask": mask,
+        "segment_lengths": torch.tensor(lengths, dtype=torch.long),
+        "logp_index": torch.tensor(index, dtype=torch.long),
+        "logp_labels": torch.tensor(labels, dtype=torch.long),
+        "logp_target": torch.tensor(target, dtype=torch.long),
+        "logical_tokens": torch.tensor(sum(len(p) + len(c) for p, c in zip(prompts, completions))),
+    }

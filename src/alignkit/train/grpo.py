@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.logprobs import shared_inputs
 from alignkit.losses import clipped_policy_loss
 from alignkit.rl import group_advantages, kl_estimate, moments, rloo_advantages, whiten
 from alignkit.train.kto import _all_reduce
@@ -21,6 +22,8 @@ from alignkit.train.rollout import OnlineMethod, Sample
 
 
 class GRPOMethod(OnlineMethod):
+    groups_share_prompts = True
+
     def __init__(self, cfg, pad_id: int):
         super().__init__(cfg, pad_id)
         self.name = self.mc.resolved_advantage
@@ -66,9 +69,10 @@ class GRPOMethod(OnlineMethod):
         token_mean a mean over all tokens of the step) or by max_new_tokens (constant, Dr. GRPO)."""
         mc = self.mc
         mask = batch["completion_mask"].float()
+        shared = shared_inputs(batch) if "logp_target" in batch else None  # prefix-shared packed groups
         logps, entropy = module(
-            batch["input_ids"], batch["attention_mask"], batch["completion_mask"], temperature=self.ro.temperature,
-            entropy=True,
+            batch["input_ids"], batch["attention_mask"], batch["completion_mask"], shared=shared,
+            temperature=self.ro.temperature, entropy=True,
         )  # fmt: skip
         old = batch["old_logps"] if "old_logps" in batch else logps.detach()
         token_losses, low, high = clipped_policy_loss(

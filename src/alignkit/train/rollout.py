@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from alignkit.data import pad_sequences, to_prompt, tokenize_prompts
+from alignkit.data.collate import collate_groups_shared
 from alignkit.data.formats import Content
 from alignkit.errors import ConfigError
 from alignkit.eval.passk import pass_at_k
 from alignkit.generation.sampler import Completion, Sampler, SamplingParams
-from alignkit.logprobs import CompletionScorer, token_logprobs
+from alignkit.logprobs import CompletionScorer, shared_inputs, token_logprobs, unwrap_causal_lm
 from alignkit.models.load import disable_dropout
 from alignkit.train.loop import Method
 from alignkit.train.metrics import MetricSums
@@ -116,10 +117,12 @@ class RewardSources:
             self.runner.close()
 
 
-def collate_samples(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_samples(samples: list[Sample], pad_id: int, shared: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded prompt + completion rows ``(B, T)`` (``pad_sequences``) plus the per-token values of the
     samples placed at their completion positions (``old_logps``, ``ref_logps``, ``sampler_logps``, and for PPO
-    ``values``/``returns``/``advantages``), and per-sequence ``advantages`` ``(B,)`` when they are scalars."""
+    ``values``/``returns``/``advantages``), and per-sequence ``advantages`` ``(B,)`` when they are scalars. With
+    ``shared``, ``input_ids``/``attention_mask`` are instead the packed prefix-shared row of
+    ``collate_groups_shared`` (plus its ``position_ids``, ``segment_lengths``, ``logp_*``, ``logical_tokens``)."""
     batch = pad_sequences([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id)
     shape = batch["input_ids"].shape
 
@@ -139,6 +142,10 @@ def collate_samples(samples: list[Sample], pad_id: int) -> dict[str, torch.Tenso
         batch["advantages"] = torch.tensor([s.advantages[0] for s in samples], dtype=torch.float32)
     elif samples:
         batch["advantages"] = per_token("advantages")
+    if shared:  # the forward runs on one packed row; the per-token values above keep the (B, W) layout
+        packed = collate_groups_shared([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
+        batch["input_ids"], batch["attention_mask"] = packed.pop("input_ids"), packed.pop("attention_mask")
+        batch.update(packed)
     return batch
 
 
@@ -146,6 +153,8 @@ class OnlineMethod(Method):
     """Shared by GRPO/RLOO and PPO. Subclasses implement ``advantages(samples, groups)`` and ``loss``."""
 
     online = True
+    groups_share_prompts = False  # the loss runs on the packed prefix-shared layout (GRPO: G completions per prompt)
+    shared = False
 
     def __init__(self, cfg, pad_id: int):
         self.cfg, self.mc, self.ro, self.pad_id = cfg, cfg.method, cfg.rollout, pad_id
@@ -189,6 +198,13 @@ class OnlineMethod(Method):
 
         self.accelerator, self.train_items = accelerator, train_items
         disable_dropout(model)  # the sampler's and the trainer's log-probs must be of the same policy
+        tc = self.cfg.train
+        self.shared = (
+            self.groups_share_prompts
+            and tc.prefix_sharing
+            and tc.packing
+            and _grouped_layout_works(model, self.pad_id, self.log)
+        )
         self.tok = Tokenizer(load_tokenizer(self.cfg.model.name, self.cfg.model.trust_remote_code))
         self.sampler = make_sampler(model, self.tok, self.ro)
         self.rewards = RewardSources(self.mc, accelerator.device, self.log)
@@ -375,7 +391,7 @@ class OnlineMethod(Method):
 
     # ---- training-side plumbing shared by the subclasses
     def collate(self, items: list[Sample]) -> dict:
-        return collate_samples(items, self.pad_id)
+        return collate_samples(items, self.pad_id, self.shared)
 
     def weight(self, item: Sample) -> float:
         """``token_mean`` counts every completion token alike; otherwise every completion alike."""
@@ -384,6 +400,9 @@ class OnlineMethod(Method):
         return item.weight
 
     def tokens(self, batch: dict) -> int:
+        """Tokens of the prompt + completion rows trained on (a shared prompt counted once per completion)."""
+        if "logical_tokens" in batch:
+            return int(batch["logical_tokens"])
         return int(batch["attention_mask"].sum())
 
     # ---- evaluation: sample the eval prompts, score them
@@ -422,6 +441,39 @@ class OnlineMethod(Method):
 def _flat(rewards: list[float | None]) -> bool:
     """A group without reward variance (all its scored samples equal): it carries no learning signal."""
     return len({r for r in rewards if r is not None}) <= 1
+
+
+@torch.no_grad()
+def _grouped_layout_works(model, pad_id: int, log) -> bool:
+    """Prefix sharing needs the fused head and an attention that takes a 4D mask (SDPA); a one-time check on two
+    synthetic groups confirms the packed layout scores tokens as the padded one does (else the padded is used)."""
+    from alignkit.logprobs import supports_prefix_sharing
+    from alignkit.models.attention import use_segmented_attention
+
+    if not (supports_prefix_sharing(model) and use_segmented_attention(model)):
+        log("prefix sharing off: this model needs the padded layout (logit transform or attention without 4D masks)")
+        return False
+    vocab = unwrap_causal_lm(model).config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731
+    p1, p2 = ids(5), ids(3)
+    samples = [Sample(p, ids(n), [0.0] * n, "eos", "", 0, 0.0, [0.0]) for p, n in ((p1, 4), (p1, 6), (p2, 2), (p2, 5))]
+    for s in samples:
+        s.sampler_logps = [0.0] * len(s.completion_ids)
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    plain = {k: v.to(device) for k, v in collate_samples(samples, pad_id).items()}
+    shared = {k: v.to(device) for k, v in collate_samples(samples, pad_id, shared=True).items()}
+    scorer = CompletionScorer(model)
+    expected = scorer(plain["input_ids"], plain["attention_mask"], plain["completion_mask"])
+    got = scorer(shared["input_ids"], shared["attention_mask"], shared["completion_mask"], shared=shared_inputs(shared))
+    model.train(was)
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-3):
+        diff = float((got - expected).abs().max())
+        log(f"prefix sharing off: packed and padded log-probs differ for this model (max {diff:.3g})")
+        return False
+    return True
 
 
 def add_reward_metrics(sums: MetricSums, samples: list[Sample], per_function: dict, n_prompts: int, k: int) -> None:
