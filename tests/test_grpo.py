@@ -156,7 +156,7 @@ def test_prefix_shared_groups_train_like_the_padded_layout(lora, word_model_dir,
 
 def test_padding_does_not_change_the_loss(word_model_dir, tmp_path):
     """A sample's loss is the same alone and next to a longer (padded-against) sample."""
-    from alignkit.train.rollout import Sample, collate_samples
+    from alignkit.train.experience import Sample, collate_samples
     from alignkit.train.run import prepare
 
     cfg = grpo_config(word_model_dir, prompts_file(tmp_path), tmp_path / "pad")

@@ -28,11 +28,22 @@ PLOTS = {  # file -> (title, [(metric, label)])
 }
 
 
-def plot_metrics(metrics_path: Path, out_dir: Path) -> list[str]:
-    """One PNG per entry of ``PLOTS`` that has data; returns the file names written."""
+RL_PLOTS = {  # online methods (GRPO, RLOO, PPO)
+    "reward.png": ("Reward and pass rate of the sampled completions", [("reward/mean", "reward (mean)"),
+                   ("pass@1/math", "pass@1"), ("pass@8/math", "pass@8"), ("eval/pass@1/math", "held-out pass@1")]),
+    "length.png": ("Completion length (tokens)", [("completion/length", "mean")]),
+    "entropy.png": ("Policy entropy per token (nats)", [("entropy", "train")]),
+    "kl.png": ("KL to the reference per sequence", [("kl/sequence", "k1 sum"), ("kl/coef", "beta")]),
+    "phases.png": ("Seconds per step by phase", [("time/generate", "generate"), ("time/reward", "reward"),
+                   ("time/reference", "reference"), ("time/train", "train")]),
+}  # fmt: skip
+
+
+def plot_metrics(metrics_path: Path, out_dir: Path, plots: dict | None = None) -> list[str]:
+    """One PNG per entry of ``plots`` (default ``PLOTS``) that has data; returns the file names written."""
     rows = read_jsonl(metrics_path)
     written = []
-    for name, (title, series) in PLOTS.items():
+    for name, (title, series) in (plots or PLOTS).items():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         drawn = False
         for key, label in series:
@@ -58,11 +69,14 @@ def write_report(
     generations: list[dict],
     plots: list[str],
     notes: list[str] = (),
+    sections: list[str] = (),
 ) -> Path:
-    """``report.md`` in ``out_dir``. ``generations``: dicts with prompt, before, after."""
+    """``report.md`` in ``out_dir``. ``generations``: dicts with prompt, before, after; ``sections``: more Markdown
+    lines after the run table (e.g. an accuracy table)."""
     lines = [f"# {title}", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     lines += ["## Run", "", "| | |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in summary.items()] + [""]
+    lines += list(sections)
     if pairwise:
         lines += [
             "## Held-out pairwise accuracy",

@@ -17,8 +17,9 @@ import torch
 from alignkit.logprobs import shared_inputs
 from alignkit.losses import clipped_policy_loss
 from alignkit.rl import group_advantages, kl_estimate, moments, rloo_advantages, whiten
+from alignkit.train.experience import Sample
 from alignkit.train.kto import _all_reduce
-from alignkit.train.rollout import OnlineMethod, Sample
+from alignkit.train.rollout import OnlineMethod
 
 
 class GRPOMethod(OnlineMethod):

@@ -23,9 +23,10 @@ from alignkit.errors import UserError
 from alignkit.logprobs import hidden_token_logprobs, supports_fused_head, unwrap_causal_lm
 from alignkit.losses import clipped_policy_loss, clipped_value_loss
 from alignkit.rl import AdaptiveKLController, FixedKLController, HealthMonitor, gae, moments, whiten
+from alignkit.train.experience import Sample, collate_samples
 from alignkit.train.kto import _all_reduce
 from alignkit.train.metrics import MetricSums
-from alignkit.train.rollout import OnlineMethod, Sample, collate_samples
+from alignkit.train.rollout import OnlineMethod
 
 
 class PolicyAndValue(nn.Module):
