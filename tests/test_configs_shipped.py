@@ -26,3 +26,13 @@ def test_shipped_config_validates(path):
         assert cfg.method.resolved_advantage == method
     elif method not in ("sft", "kto", "rm", "ppo"):
         assert cfg.method.loss == method
+
+
+def test_the_grpo_demo_runs_the_shipped_recipe():
+    """The demo's packaged config is configs/grpo_arithmetic.yaml apart from where it writes."""
+    from alignkit.data.readers import builtin_path
+
+    demo = make_config("grpo", str(builtin_path("demo_grpo.yaml")))
+    recipe = make_config("grpo", str(CONFIGS / "grpo_arithmetic.yaml"))
+    demo.train.output_dir, demo.train.overwrite = recipe.train.output_dir, recipe.train.overwrite
+    assert demo == recipe

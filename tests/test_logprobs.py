@@ -383,3 +383,27 @@ def test_packed_pairs_layout():
     padded = collate_pairs_shared(pairs, pad_id=0)
     assert int(b["logical_tokens"]) == int(padded["logical_tokens"])
     assert "segment_lengths" not in padded
+
+
+def test_collate_groups_shared_layout():
+    """Two groups (prompt 1 with 2 completions, prompt 2 with 1): one packed row, each completion restarting its
+    positions after its prompt, seeing only the prompt and its own earlier tokens; scored tokens map back to the
+    right-padded (B, W) layout."""
+    from alignkit.data.collate import collate_groups_shared
+
+    prompts = [[1, 2, 3], [1, 2, 3], [7, 8]]
+    completions = [[4, 5], [6], [9, 10, 11]]
+    b = collate_groups_shared(prompts, completions)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 0, 1, 2, 3, 4]]
+    assert b["segment_lengths"].tolist() == [6, 5]
+    mask = b["attention_mask"][0, 0]
+    assert mask[5].tolist()[:6] == [True, True, True, False, False, True]  # token 6 sees the prompt and itself
+    assert not mask[6, :6].any() and not mask[:6, 6:].any()  # the groups never see each other
+    # predicting 4 from position 2 (prompt end), 5 from 3, 6 from 2 (its own branch starts at the prompt), ...
+    assert b["logp_index"].tolist() == [2, 3, 2, 7, 8, 9]
+    assert b["logp_labels"].tolist() == [4, 5, 6, 9, 10, 11]
+    width = 5  # the longest prompt + completion
+    assert b["logp_target"].tolist() == [0 * width + 3, 0 * width + 4, 1 * width + 3, 2 * width + 2, 2 * width + 3,
+                                         2 * width + 4]  # fmt: skip
+    assert int(b["logical_tokens"]) == 5 + 4 + 5
