@@ -279,3 +279,34 @@ def test_prompt_field_and_template(word_model_dir, tmp_path):
     plain = grpo_config(word_model_dir, data, tmp_path / "tpl3")
     with pytest.raises(UserError, match="field 'prompt': is missing.*question.*data.prompt_field"):
         run("grpo", plain, **QUIET)
+
+
+def test_nan_stops_an_online_run_and_keeps_the_checkpoint(word_model_dir, tmp_path, monkeypatch):
+    from alignkit.errors import TrainingDiverged
+    from alignkit.train.grpo import GRPOMethod
+
+    original = GRPOMethod.loss
+    calls = {"n": 0}
+
+    def loss_going_nan(self, module, batch):
+        calls["n"] += 1
+        losses, metrics = original(self, module, batch)
+        return (losses * float("nan") if calls["n"] >= 3 else losses), metrics
+
+    monkeypatch.setattr(GRPOMethod, "loss", loss_going_nan)
+    out = tmp_path / "nan"
+    cfg = grpo_config(word_model_dir, prompts_file(tmp_path), out, train={"max_steps": 4, "save_steps": 1,
+                                                                            "batch_size": 16})  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="step 3.*ckpt-0000002 is intact"):
+        run("grpo", cfg, **QUIET)
+    assert not (out / "model").exists()
+
+
+def test_early_stopping_on_a_held_out_reward(word_model_dir, tmp_path):
+    data = prompts_file(tmp_path)
+    cfg = grpo_config(word_model_dir, data, tmp_path / "early", data={"eval": data},
+                      train={"max_steps": 20, "eval_steps": 1, "early_stopping_patience": 1,
+                             "early_stopping_metric": "eval/reward/mean", "learning_rate": 1e-8})  # fmt: skip
+    result = run("grpo", cfg, **QUIET)
+    assert result.stopped_early and result.steps < 20  # a tiny learning rate: the held-out reward cannot improve
+    assert "eval/reward/mean" in result.eval_metrics and "eval/completion/length" in result.eval_metrics
