@@ -36,10 +36,10 @@ def effective_weight(linear: nn.Module) -> tuple[Tensor, Tensor | None]:
 
 
 def _packer(dtype: torch.dtype, rows: int):
-    """On CPU in bf16, oneDNN's linear with weights reordered once for ``rows`` rows (private PyTorch ops that
-    inductor uses; ~10-15% faster than ``F.linear`` on decode shapes); None elsewhere or if unavailable."""
+    """On CPU, oneDNN's linear with weights reordered once for ``rows`` rows (private PyTorch ops that inductor
+    uses; on decode shapes ~10-15% faster than ``F.linear`` in bf16, ~2.5x in fp32); None if unavailable."""
     ops = getattr(torch.ops, "mkldnn", None)
-    if dtype != torch.bfloat16 or ops is None or not hasattr(ops, "_reorder_linear_weight"):
+    if dtype not in (torch.bfloat16, torch.float32) or ops is None or not hasattr(ops, "_reorder_linear_weight"):
         return None
     try:
         probe = torch.zeros(8, 8, dtype=dtype)
