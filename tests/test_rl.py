@@ -197,3 +197,14 @@ def test_health_monitor_flags_each_problem():
     restored = HealthMonitor()
     restored.load_state_dict(h.state_dict())
     assert restored.state_dict() == h.state_dict()
+
+
+def test_health_truncation_alarm_is_relative_to_the_start():
+    """A policy whose answers already fill the window at step 1 is not exploding; one that starts filling it is."""
+    long_from_start = HealthMonitor()
+    for _ in range(3):
+        assert long_from_start.check({"completion/length": 60.0, "completion/truncated": 0.75})["health/alarms"] == 0
+    growing = HealthMonitor()
+    assert growing.check({"completion/length": 40.0, "completion/truncated": 0.1})["health/alarms"] == 0
+    assert growing.check({"completion/length": 45.0, "completion/truncated": 0.3})["health/alarms"] == 0  # < 0.5
+    assert growing.check({"completion/length": 60.0, "completion/truncated": 0.7})["health/length_explosion"] == 1

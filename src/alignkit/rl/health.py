@@ -9,7 +9,8 @@ Checks (thresholds in ``HealthThresholds``):
 - value loss out of range: value loss > ``value_loss_max``;
 - entropy collapse: mean entropy per token below ``entropy_collapse`` x its first value (mode collapse);
 - length explosion: mean completion length above ``length_explosion`` x its first value, or most completions
-  truncated.
+  truncated when they were not at the start (the share above ``truncated_max`` and ``truncated_rise`` above its
+  first value: a policy whose answers already fill the window at step 1 is not exploding).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class HealthThresholds:
     entropy_collapse: float = 0.2
     length_explosion: float = 2.0
     truncated_max: float = 0.5
+    truncated_rise: float = 0.25
     warmup: int = 3  # steps before the spike check has a running mean to compare against
 
 
@@ -82,7 +84,8 @@ class HealthMonitor:
         if _has(m, "completion/length"):
             n, first = m["completion/length"], self._first.setdefault("length", m["completion/length"])
             truncated = m.get("completion/truncated", 0.0)
-            bad = n > t.length_explosion * first or truncated > t.truncated_max
+            first_truncated = self._first.setdefault("truncated", truncated)
+            bad = n > t.length_explosion * first or truncated > max(t.truncated_max, first_truncated + t.truncated_rise)
             flag("length_explosion", bad, f"completion length {n:.3g} (start {first:.3g}, {truncated:.0%} "
                  "truncated): response-length explosion")  # fmt: skip
         found["health/alarms"] = float(len(self.warnings))

@@ -268,7 +268,8 @@ class PPOMethod(OnlineMethod):
         out = Path(self.cfg.train.output_dir) / "value"
         out.mkdir(parents=True, exist_ok=True)
         if module.value_model is not None:
-            module.value_model.save_pretrained(out, safe_serialization=True)
+            extra = {"save_embedding_layers": False} if hasattr(module.value_model, "peft_config") else {}
+            module.value_model.save_pretrained(out, safe_serialization=True, **extra)  # no hub lookup
         else:
             from safetensors.torch import save_file
 

@@ -279,8 +279,9 @@ class OnlineMethod(Method):
         sums.add({"completion/truncated": torch.tensor([s.truncated for s in samples], dtype=torch.float32)})
         sums.add_scalar("completion/max_length", float(max(len(s.completion_ids) for s in samples)))
         g = self.ro.samples_per_prompt
-        zero_var = [_flat([s.reward for s in samples[p * g : (p + 1) * g]]) for p in range(len(items))]
-        sums.add({"groups/zero_variance": torch.tensor(zero_var, dtype=torch.float32)})
+        if g > 1:  # a group of one has no variance to speak of
+            zero_var = [_flat([s.reward for s in samples[p * g : (p + 1) * g]]) for p in range(len(items))]
+            sums.add({"groups/zero_variance": torch.tensor(zero_var, dtype=torch.float32)})
 
     # ---- training-side plumbing shared by the subclasses
     def collate(self, items: list[Sample]) -> dict:
