@@ -131,3 +131,27 @@ def write_jsonl(path: Path, records: list, blank_lines_after: tuple[int, ...] = 
 def shared_data_path(*parts: str) -> Path:
     """``/work/shared/data/...`` located relative to this file: <repo>/tests/helpers.py -> <repo>/../shared/data."""
     return Path(__file__).resolve().parents[2].joinpath("shared", "data", *parts)
+
+
+def online_config(command: str, model_dir: str, data_file: str, out: Path, rollout: dict, method: dict, **sections):
+    """A tiny-model fp32 CPU config for an online method (grpo, rloo, ppo); ``sections`` override per field."""
+    from alignkit.train import make_config
+
+    overrides = {
+        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
+        "data": {"train": data_file, "max_length": 48},
+        "train": {
+            "output_dir": str(out),
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "max_steps": 3,
+            "logging_steps": 1,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+        },  # fmt: skip
+        "rollout": rollout,
+        "method": method,
+    }
+    for section, values in sections.items():
+        overrides[section] = {**overrides.get(section, {}), **values}
+    return make_config(command, **overrides)

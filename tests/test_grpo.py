@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_jsonl
+from helpers import online_config, write_jsonl
 from safetensors.torch import load_file
 
 from alignkit.errors import ConfigError, UserError
-from alignkit.train import make_config, run
+from alignkit.train import run
 from alignkit.train.metrics import read_jsonl
 
 QUIET = {"log": lambda *a, **k: None}
@@ -27,24 +27,9 @@ def prompts_file(tmp_path: Path, n: int = 16, **columns) -> str:
 
 
 def grpo_config(model_dir: str, data_file: str, out: Path, command: str = "grpo", **sections):
-    overrides = {
-        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
-        "data": {"train": data_file, "max_length": 48},
-        "train": {
-            "output_dir": str(out),
-            "batch_size": 8,
-            "learning_rate": 3e-3,
-            "max_steps": 3,
-            "logging_steps": 1,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-        },  # fmt: skip
-        "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12},
-        "method": {"rewards": ["reward_fns:yes_share"], "reward_workers": 0},
-    }
-    for section, values in sections.items():
-        overrides[section] = {**overrides.get(section, {}), **values}
-    return make_config(command, **overrides)
+    rollout = {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12}
+    method = {"rewards": ["reward_fns:yes_share"], "reward_workers": 0}
+    return online_config(command, model_dir, data_file, out, rollout, method, **sections)
 
 
 def weights(result) -> dict:

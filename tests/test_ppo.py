@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_jsonl
+from helpers import online_config, write_jsonl
 from safetensors.torch import load_file
 
 from alignkit.errors import ConfigError
@@ -25,24 +25,9 @@ def prompts_file(tmp_path: Path, n: int = 16) -> str:
 
 
 def ppo_config(model_dir: str, data_file: str, out: Path, **sections):
-    overrides = {
-        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
-        "data": {"train": data_file, "max_length": 48},
-        "train": {
-            "output_dir": str(out),
-            "batch_size": 8,
-            "learning_rate": 3e-3,
-            "max_steps": 3,
-            "logging_steps": 1,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-        },  # fmt: skip
-        "rollout": {"prompts_per_step": 8, "samples_per_prompt": 2, "max_new_tokens": 12},
-        "method": {"rewards": ["reward_fns:yes_share"], "reward_workers": 0, "iterations": 2, "minibatches": 2},
-    }
-    for section, values in sections.items():
-        overrides[section] = {**overrides.get(section, {}), **values}
-    return make_config("ppo", **overrides)
+    rollout = {"prompts_per_step": 8, "samples_per_prompt": 2, "max_new_tokens": 12}
+    method = {"rewards": ["reward_fns:yes_share"], "reward_workers": 0, "iterations": 2, "minibatches": 2}
+    return online_config("ppo", model_dir, data_file, out, rollout, method, **sections)
 
 
 @pytest.mark.parametrize("value", ["separate", "shared"])

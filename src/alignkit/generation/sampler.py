@@ -121,11 +121,7 @@ class Sampler:
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
         """``params.n`` completions per prompt of token ids; ``seeds[i]`` seeds prompt i's generator."""
-        params.validate()
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        if any(not p for p in prompts):
-            raise UserError("an empty prompt has no token to condition on. Fix: give every prompt some text")
+        check_request(prompts, params, seeds)
         self.stats = SamplerStats()
         was_training = self.model.training
         self.model.eval()
@@ -258,6 +254,15 @@ class Sampler:
         text = self.tok.hf.decode(tokens, skip_special_tokens=True)
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         return text[:cut] if cut >= 0 else text
+
+
+def check_request(prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> None:
+    """The checks every sampler backend makes before sampling: valid params, one seed per prompt, no empty prompt."""
+    params.validate()
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    if any(not p for p in prompts):
+        raise UserError("an empty prompt has no token to condition on. Fix: give every prompt some text")
 
 
 def sample_categorical(weights: torch.Tensor, u: torch.Tensor, block: int = 1024) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 
 from alignkit.data.tokenize import Tokenizer
 from alignkit.errors import UserError
-from alignkit.generation.sampler import Completion, Sampler, SamplerStats, SamplingParams
+from alignkit.generation.sampler import Completion, Sampler, SamplerStats, SamplingParams, check_request
 from alignkit.logprobs import unwrap_causal_lm
 from alignkit.models.load import resolve_model_path
 
@@ -130,11 +130,7 @@ class VLLMSampler(Sampler):
         from vllm import SamplingParams as VLLMParams
         from vllm.inputs import TokensPrompt
 
-        params.validate()
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        if any(not p for p in prompts):
-            raise UserError("an empty prompt has no token to condition on. Fix: give every prompt some text")
+        check_request(prompts, params, seeds)
         self.stats = SamplerStats()
         t0 = time.perf_counter()
         self.push_weights()
