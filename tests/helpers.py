@@ -133,8 +133,9 @@ def shared_data_path(*parts: str) -> Path:
     return Path(__file__).resolve().parents[2].joinpath("shared", "data", *parts)
 
 
-def online_config(command: str, model_dir: str, data_file: str, out: Path, rollout: dict, method: dict, **sections):
-    """A tiny-model fp32 CPU config for an online method (grpo, rloo, ppo); ``sections`` override per field."""
+def online_config(command: str, model_dir: str, data_file: str, out: Path, defaults: dict, **sections):
+    """A tiny-model fp32 CPU config for an online method (grpo, rloo, ppo): ``defaults`` (e.g. its ``rollout`` and
+    ``method`` sections) on a shared base, then ``sections``, each overriding field by field."""
     from alignkit.train import make_config
 
     overrides = {
@@ -149,9 +150,7 @@ def online_config(command: str, model_dir: str, data_file: str, out: Path, rollo
             "warmup_ratio": 0.0,
             "lr_scheduler": "constant",
         },  # fmt: skip
-        "rollout": rollout,
-        "method": method,
     }
-    for section, values in sections.items():
+    for section, values in [*defaults.items(), *sections.items()]:
         overrides[section] = {**overrides.get(section, {}), **values}
     return make_config(command, **overrides)

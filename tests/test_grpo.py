@@ -29,7 +29,7 @@ def prompts_file(tmp_path: Path, n: int = 16, **columns) -> str:
 def grpo_config(model_dir: str, data_file: str, out: Path, command: str = "grpo", **sections):
     rollout = {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12}
     method = {"rewards": ["reward_fns:yes_share"], "reward_workers": 0}
-    return online_config(command, model_dir, data_file, out, rollout, method, **sections)
+    return online_config(command, model_dir, data_file, out, {"rollout": rollout, "method": method}, **sections)
 
 
 def weights(result) -> dict:

@@ -27,7 +27,7 @@ def prompts_file(tmp_path: Path, n: int = 16) -> str:
 def ppo_config(model_dir: str, data_file: str, out: Path, **sections):
     rollout = {"prompts_per_step": 8, "samples_per_prompt": 2, "max_new_tokens": 12}
     method = {"rewards": ["reward_fns:yes_share"], "reward_workers": 0, "iterations": 2, "minibatches": 2}
-    return online_config("ppo", model_dir, data_file, out, rollout, method, **sections)
+    return online_config("ppo", model_dir, data_file, out, {"rollout": rollout, "method": method}, **sections)
 
 
 @pytest.mark.parametrize("value", ["separate", "shared"])
