@@ -1,4 +1,4 @@
-"""``alignkit eval``: evaluate a model on math word problems (accuracy with a Wilson interval, pass@k)."""
+"""``alignkit eval``: math word problems (accuracy with a Wilson interval, pass@k); win rates of A vs B."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a model: math word problems (accuracy, pass@k).")
+eval_app = typer.Typer(
+    no_args_is_help=True, help="Evaluate: math word problems (accuracy, pass@k), win rates of A vs B."
+)
 
 MODEL_HELP = "Model dir, LoRA adapter dir, hub id, or the embedded default"
 DATA_HELP = "Records with a prompt and a gold 'answer' (.jsonl/.json/.parquet/.csv, builtin:NAME)"
@@ -48,3 +50,34 @@ def eval_math(
     typer.echo("\n".join(result.lines()))
     if out:
         typer.echo(f"wrote {write_jsonl(out, result.records)}")
+
+
+@eval_app.command("winrate")
+def eval_winrate(
+    a: str = typer.Option(..., "--a", help="Responses of policy A: records with prompt, response[, category]"),
+    b: str = typer.Option(..., "--b", help="Responses of policy B to the same prompts"),
+    reward_model: str = typer.Option(..., "--reward-model", "-r", help="Judge: a reward model or ensemble dir"),
+    aggregate: str = typer.Option("mean", help="Ensemble aggregation: mean, min, percentile, mean_minus_std, ..."),
+    margin: float = typer.Option(0.0, help="Reward differences up to this are ties"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write one judged record per prompt (.jsonl)"),
+    seed: int = typer.Option(0, help="Bootstrap seed"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+):
+    """Win rate of A over B judged by a reward model: Wilson and bootstrap intervals, length-controlled rate."""
+    from alignkit.cli import _read_input
+    from alignkit.data.feedback import write_jsonl
+    from alignkit.eval.judged import describe, judge_by_reward, match_responses
+    from alignkit.errors import UserError
+    from alignkit.reward import RewardModel
+    from alignkit.reward.aggregate import AGGREGATIONS
+
+    if aggregate not in AGGREGATIONS:
+        raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
+    outputs = [out] if out else []
+    matched = match_responses(_read_input(a, *outputs), _read_input(b, *outputs))  # bad files fail before loading
+    if not Path(reward_model).is_dir():
+        raise UserError(f"reward model {reward_model} does not exist. Fix: pass the directory alignkit train rm wrote")
+    result, rows = judge_by_reward(matched, RewardModel.load(reward_model, device=device), aggregate, margin, seed=seed)
+    typer.echo("\n".join(describe(result, Path(a).name, Path(b).name)))
+    if out:
+        typer.echo(f"wrote {write_jsonl(out, rows)}")

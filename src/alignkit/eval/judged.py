@@ -1,0 +1,103 @@
+"""A vs B from files of responses, judged by a reward model or ensemble: matched prompts -> outcomes -> win rate.
+
+Each file holds records with ``prompt`` and ``response`` (or ``completion``), optionally ``category``. Prompts are
+matched by their text; each of A's prompts must appear once in B. A reward model is a pointwise judge, so the order
+in which the two responses are shown cannot matter: outcome = 1 when A's reward exceeds B's by more than
+``margin``, 0 when B's exceeds A's by more than ``margin``, else a tie. Length is counted in characters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from alignkit.errors import UserError
+from alignkit.eval.winrate import WinRate, win_rate
+
+
+@dataclass
+class Matched:
+    """Responses of A and B to the same prompts, in A's order; ``sources``: A's ``file:line`` per prompt."""
+
+    prompts: list[str]
+    a: list[str]
+    b: list[str]
+    categories: list[str] | None
+    sources: list[str]
+
+
+def _response(record: dict, source: str) -> str:
+    for name in ("response", "completion"):
+        if isinstance(record.get(name), str):
+            return record[name]
+    raise UserError(f"{source}: field 'response' is missing. Fix: give each record a prompt and a response text")
+
+
+def _prompt(record: dict, source: str) -> str:
+    prompt = record.get("prompt") if isinstance(record, dict) else None
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"{source}: field 'prompt' is missing or empty. Fix: give each record a prompt text")
+    return prompt
+
+
+def match_responses(a_records: list, b_records: list) -> Matched:
+    """Pair ``(source, record)`` lists of A and B by prompt text; every problem names its file:line."""
+    if not a_records:
+        raise UserError("A has no records. Fix: give a file with prompt/response records")
+    b_by_prompt: dict[str, tuple[str, str]] = {}
+    for source, record in b_records:
+        prompt = _prompt(record, source)
+        if prompt in b_by_prompt:
+            raise UserError(f"{source}: prompt repeats {b_by_prompt[prompt][0]}. Fix: one response per prompt")
+        b_by_prompt[prompt] = (source, _response(record, source))
+    prompts, a, b, cats, sources, seen = [], [], [], [], [], {}
+    for source, record in a_records:
+        prompt = _prompt(record, source)
+        if prompt in seen:
+            raise UserError(f"{source}: prompt repeats {seen[prompt]}. Fix: one response per prompt")
+        seen[prompt] = source
+        if prompt not in b_by_prompt:
+            raise UserError(f"{source}: prompt {json.dumps(prompt[:60])} has no response in B. Fix: answer the same "
+                            "prompts in both files")  # fmt: skip
+        prompts.append(prompt)
+        a.append(_response(record, source))
+        b.append(b_by_prompt[prompt][1])
+        cats.append(record.get("category"))
+        sources.append(source)
+    categories = [str(c) for c in cats] if all(c is not None for c in cats) else None
+    return Matched(prompts, a, b, categories, sources)
+
+
+def judge_by_reward(
+    matched: Matched, reward_model, how: str = "mean", margin: float = 0.0, batch_size: int = 8, seed: int = 0
+) -> tuple[WinRate, list[dict]]:
+    """Score both sides with ``reward_model`` (an ``alignkit.reward.RewardModel``, aggregated by ``how``) ->
+    (the win rate of A, one record per prompt with both rewards and the outcome)."""
+    if margin < 0:
+        raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
+    reward_a = reward_model.reward(matched.prompts, matched.a, how=how, batch_size=batch_size)[0].tolist()
+    reward_b = reward_model.reward(matched.prompts, matched.b, how=how, batch_size=batch_size)[0].tolist()
+    outcomes = [1.0 if ra - rb > margin else 0.0 if rb - ra > margin else 0.5 for ra, rb in zip(reward_a, reward_b)]
+    length_diff = [len(x) - len(y) for x, y in zip(matched.a, matched.b)]
+    result = win_rate(outcomes, length_diff, matched.categories, seed=seed)
+    rows = [
+        {"source": s, "prompt": p, "reward_a": ra, "reward_b": rb, "outcome": o, "length_diff": d}
+        for s, p, ra, rb, o, d in zip(matched.sources, matched.prompts, reward_a, reward_b, outcomes, length_diff)
+    ]
+    return result, rows
+
+
+def describe(result: WinRate, a: str = "A", b: str = "B") -> list[str]:
+    """Human-readable lines of a win rate."""
+    lines = [
+        f"{a} vs {b} on {result.n} prompts: {result.wins} wins, {result.ties} ties, {result.losses} losses",
+        f"win rate (decisive) {result.decisive_rate:.3f}, 95% Wilson interval "
+        f"[{result.wilson[0]:.3f}, {result.wilson[1]:.3f}]",
+        f"win rate (ties as half) {result.rate:.3f}, 95% bootstrap interval over prompts "
+        f"[{result.bootstrap[0]:.3f}, {result.bootstrap[1]:.3f}]",
+        "length-controlled win rate "
+        + (f"{result.length_controlled:.3f}" if result.length_controlled is not None else "n/a (cannot be fitted)"),
+    ]
+    for cat, r in result.per_category.items():
+        lines.append(f"  {cat}: {r.wins}/{r.ties}/{r.losses} (w/t/l), ties-as-half {r.rate:.3f}")
+    return lines
