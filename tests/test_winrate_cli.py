@@ -101,3 +101,15 @@ def test_bad_input_names_the_file_line_and_field(reward_model_dir, tmp_path):
     missing_rm = runner.invoke(app, ["eval", "winrate", "--a", str(a), "--b", str(a), "--reward-model",
                                      str(tmp_path / "nope")])  # fmt: skip
     assert isinstance(missing_rm.exception, UserError) and "does not exist" in str(missing_rm.exception)
+
+
+def test_generate_output_is_accepted_as_responses(reward_model_dir, tmp_path):
+    """`alignkit generate --out` writes {"prompt", "completions": [{"text", ...}]}: one completion is a response."""
+    gen = write_jsonl(tmp_path / "gen.jsonl", [{"prompt": p, "completions": [{"text": "ok", "finish_reason": "eos"}]}
+                                              for p in PROMPTS])  # fmt: skip
+    plain = responses(tmp_path, "plain.jsonl", ["ok"] * 12)
+    matched = match_responses(read(gen), read(plain))
+    assert matched.a == ["ok"] * 12
+    two = write_jsonl(tmp_path / "two.jsonl", [{"prompt": PROMPTS[0], "completions": [{"text": "a"}, {"text": "b"}]}])
+    with pytest.raises(UserError, match="two.jsonl:1: field 'completions' holds 2 responses"):
+        match_responses(read(two), read(plain))

@@ -1,6 +1,7 @@
 """A vs B from files of responses, judged by a reward model or ensemble: matched prompts -> outcomes -> win rate.
 
-Each file holds records with ``prompt`` and ``response`` (or ``completion``), optionally ``category``. Prompts are
+Each file holds records with ``prompt`` and ``response`` (or ``completion``, or the one-element ``completions`` list
+``alignkit generate --out`` writes), optionally ``category``. Prompts are
 matched by their text; each of A's prompts must appear once in B. A reward model is a pointwise judge, so the order
 in which the two responses are shown cannot matter: outcome = 1 when A's reward exceeds B's by more than
 ``margin``, 0 when B's exceeds A's by more than ``margin``, else a tie. Length is counted in characters.
@@ -30,6 +31,13 @@ def _response(record: dict, source: str) -> str:
     for name in ("response", "completion"):
         if isinstance(record.get(name), str):
             return record[name]
+    completions = record.get("completions")  # `alignkit generate --out` writes a list
+    if isinstance(completions, list) and completions:
+        first = completions[0].get("text") if isinstance(completions[0], dict) else completions[0]
+        if len(completions) != 1 or not isinstance(first, str):
+            raise UserError(f"{source}: field 'completions' holds {len(completions)} responses. Fix: generate one "
+                            "per prompt (--n 1) or give a 'response' field")  # fmt: skip
+        return first
     raise UserError(f"{source}: field 'response' is missing. Fix: give each record a prompt and a response text")
 
 
