@@ -75,8 +75,6 @@ def eval_winrate(
         raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
     outputs = [out] if out else []
     matched = match_responses(_read_input(a, *outputs), _read_input(b, *outputs))  # bad files fail before loading
-    if not Path(reward_model).is_dir():
-        raise UserError(f"reward model {reward_model} does not exist. Fix: pass the directory alignkit train rm wrote")
     result, rows = judge_by_reward(matched, RewardModel.load(reward_model, device=device), aggregate, margin, seed=seed)
     typer.echo("\n".join(describe(result, Path(a).name, Path(b).name)))
     if out:
