@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import tiny_llama, write_jsonl
+from helpers import tiny_llama, tiny_sections, write_jsonl  # noqa: F401 (tiny_sections: tests import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -67,24 +67,6 @@ def sft_file(tmp_path) -> str:
             ],
         )
     )
-
-
-def tiny_sections(model_dir: str, train_file: str, out: Path, **train) -> dict:
-    """Config sections for a quick run on the tiny model."""
-    return {
-        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
-        "data": {"train": train_file, "max_length": 64},
-        "train": {
-            "output_dir": str(out),
-            "batch_size": 4,
-            "learning_rate": 1e-3,
-            "max_steps": 3,
-            "logging_steps": 1,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-            **train,
-        },
-    }
 
 
 @pytest.fixture(autouse=True)

@@ -133,24 +133,31 @@ def shared_data_path(*parts: str) -> Path:
     return Path(__file__).resolve().parents[2].joinpath("shared", "data", *parts)
 
 
+def tiny_sections(model_dir: str, train_file: str, out: Path, **train) -> dict:
+    """Config sections for a quick run on the tiny model."""
+    return {
+        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
+        "data": {"train": train_file, "max_length": 64},
+        "train": {
+            "output_dir": str(out),
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "max_steps": 3,
+            "logging_steps": 1,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+            **train,
+        },
+    }
+
+
 def online_config(command: str, model_dir: str, data_file: str, out: Path, defaults: dict, **sections):
     """A tiny-model fp32 CPU config for an online method (grpo, rloo, ppo): ``defaults`` (e.g. its ``rollout`` and
     ``method`` sections) on a shared base, then ``sections``, each overriding field by field."""
     from alignkit.train import make_config
 
-    overrides = {
-        "model": {"name": model_dir, "dtype": "fp32", "device": "cpu"},
-        "data": {"train": data_file, "max_length": 48},
-        "train": {
-            "output_dir": str(out),
-            "batch_size": 8,
-            "learning_rate": 3e-3,
-            "max_steps": 3,
-            "logging_steps": 1,
-            "warmup_ratio": 0.0,
-            "lr_scheduler": "constant",
-        },  # fmt: skip
-    }
+    overrides = tiny_sections(model_dir, data_file, out, batch_size=8, learning_rate=3e-3)
+    overrides["data"]["max_length"] = 48
     for section, values in [*defaults.items(), *sections.items()]:
         overrides[section] = {**overrides.get(section, {}), **values}
     return make_config(command, **overrides)
