@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -66,8 +66,8 @@ def eval_winrate(
     """Win rate of A over B judged by a reward model: Wilson and bootstrap intervals, length-controlled rate."""
     from alignkit.cli import _read_input
     from alignkit.data.feedback import write_jsonl
-    from alignkit.eval.judged import describe, judge_by_reward, match_responses
     from alignkit.errors import UserError
+    from alignkit.eval.judged import describe, judge_by_reward, match_responses
     from alignkit.reward import RewardModel
     from alignkit.reward.aggregate import AGGREGATIONS
 
@@ -79,3 +79,21 @@ def eval_winrate(
     typer.echo("\n".join(describe(result, Path(a).name, Path(b).name)))
     if out:
         typer.echo(f"wrote {write_jsonl(out, rows)}")
+
+
+@eval_app.command("overopt")
+def eval_overopt(
+    config: Path = typer.Option(..., "--config", "-c", help="An overoptimization study, e.g. configs/overopt_hh.yaml"),
+    overrides: List[str] = typer.Option([], "--set", help="Override a field: --set pool=32 (repeatable)"),
+):
+    """Gold vs proxy reward under best-of-n and RL checkpoints (Gao et al. 2023): fits, peaks, conservative scoring."""
+    from alignkit.eval.overopt_run import describe_overopt, load_overopt_config, run_overopt
+
+    cfg = load_overopt_config(str(config), overrides)
+    result = run_overopt(cfg, log=typer.echo)
+    typer.echo("\n".join(describe_overopt(result)))
+    typer.echo(f"wrote {Path(cfg.output_dir) / 'overopt.json'}, {Path(cfg.output_dir) / 'overopt.png'}")
+
+
+# Subcommands kept in their own modules register on eval_app when imported (one line each).
+from alignkit import cli_eval_human, cli_eval_safety  # noqa: E402,F401,I001
