@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all venv bench clean sandbox-deps
+.PHONY: demo test test-all venv bench clean sandbox-deps browser-deps
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt | sandbox-deps
+$(STAMP): pyproject.toml constraints.txt | sandbox-deps browser-deps
 	$(PYTHON) -m venv $(VENV)
 	@echo ">> installing torch (CPU wheel) first"
 	$(PIP) torch==2.13.0
@@ -29,6 +29,17 @@ sandbox-deps:
 		apt-get install -y -q bubblewrap || { apt-get update -q && apt-get install -y -q bubblewrap; } \
 			|| echo ">> could not install bubblewrap; $(BWRAP_HINT)"; \
 	else echo ">> note: bwrap not found; $(BWRAP_HINT)"; fi
+
+# alignkit report's page is tested in headless Chromium (tests/test_html_report.py; skipped without it). As root
+# with apt-get, install it; otherwise say how. Never fatal.
+CHROME_HINT := install chromium chromium-driver for the report's browser test: sudo apt-get install -y chromium chromium-driver
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo ">> installing chromium and chromium-driver (headless browser test of alignkit report)"; \
+		apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; } \
+			|| echo ">> could not install chromium; $(CHROME_HINT)"; \
+	else echo ">> note: chromium/chromedriver not found; $(CHROME_HINT)"; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/alignkit demo --output-dir runs/demo

@@ -231,6 +231,20 @@ def merge(
 
 
 @app.command()
+def report(
+    run_dirs: List[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories (metrics.jsonl, eval/)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: FIRST_RUN_DIR/report)"),
+    title: Optional[str] = typer.Option(None, help="Page title (default: the run names)"),
+):
+    """One self-contained HTML page (inline plots, no network) and Markdown from runs, side by side: training
+    curves, evaluation tables, win rates with intervals, overoptimization curves, example generations."""
+    from alignkit.eval.html_report import build_report
+
+    paths = build_report(run_dirs, out or run_dirs[0] / "report", title, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"wrote {paths['html']}\nwrote {paths['md']}")
+
+
+@app.command()
 def demo(
     method: str = typer.Option("dpo", "--method", help="dpo (LoRA on preference pairs) or grpo (math verifier)"),
     output_dir: Optional[str] = typer.Option(None, help="Where the report, metrics and model go (runs/demo[-grpo])"),

@@ -95,5 +95,57 @@ def eval_overopt(
     typer.echo(f"wrote {Path(cfg.output_dir) / 'overopt.json'}, {Path(cfg.output_dir) / 'overopt.png'}")
 
 
+@eval_app.command("metrics")
+def eval_metrics(
+    model: str = typer.Option(..., "--model", "-m", help="The trained policy: model dir or LoRA adapter dir"),
+    reference: Optional[str] = typer.Option(None, help="Reference model; default the adapter's base, else embedded"),
+    prompts: str = typer.Option("builtin:helpful_prompts.jsonl", help="Prompt records (prompt[, category])"),
+    samples: int = typer.Option(2, help="Samples per prompt from each model"),
+    max_new_tokens: int = typer.Option(96, help="Tokens per sample"),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (1 = the policy, as the KL estimators assume)"),
+    limit: Optional[int] = typer.Option(None, help="Use the first N prompts only"),
+    reward_model: Optional[str] = typer.Option(None, "--reward-model", "-r", help="Score both models' samples"),
+    pairs: Optional[str] = typer.Option(None, help="Held-out preference pairs: implicit-reward accuracy, length bias"),
+    pairs_limit: Optional[int] = typer.Option(None, help="Use the first N pairs only"),
+    safety: bool = typer.Option(False, help="Also run the shipped safety set (greedy) on both models"),
+    safety_limit: Optional[int] = typer.Option(None, help="Safety prompts, spread over kinds and categories"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the metrics (.json, kind 'metrics')"),
+    seed: int = typer.Option(0, help="Sampling seed (prompt i uses seed + i)"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+):
+    """KL to the reference on samples (k1/k2/k3/exact), length, repetition, distinct-n, reward-model scores and win
+    rate over the reference, implicit-reward accuracy and length bias on pairs, refusal rates."""
+    import json
+
+    from alignkit.cli import _read_input
+    from alignkit.data import to_pairwise, to_prompt, validate_records
+    from alignkit.eval.metrics_run import Settings, describe_metrics, run_metrics
+
+    outputs = [out] if out else []
+    records = [(source, rec) for source, rec in _read_input(prompts, *outputs)][:limit]
+    examples = validate_records(records, to_prompt)[0]
+    rows = [{"prompt": x.prompt, "category": x.columns.get("category")} for x in examples]
+    pair_examples = None
+    if pairs:
+        pair_examples = validate_records(_read_input(pairs, *outputs)[:pairs_limit], to_pairwise, "skip")[0]
+    safety_records = None
+    if safety:
+        from alignkit.eval.safety import load_safety_prompts, subset
+
+        safety_records = subset(load_safety_prompts(), safety_limit)
+    rm = None
+    if reward_model:
+        from alignkit.reward import RewardModel
+
+        rm = RewardModel.load(reward_model, device=device)
+    settings = Settings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    result = run_metrics(model, reference, rows, settings, rm, pair_examples, safety_records, device, typer.echo)
+    typer.echo("\n".join(describe_metrics(result)))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        typer.echo(f"wrote {out}")
+
+
 # Subcommands kept in their own modules register on eval_app when imported (one line each).
 from alignkit import cli_eval_human, cli_eval_safety  # noqa: E402,F401,I001

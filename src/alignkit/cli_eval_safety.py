@@ -95,17 +95,10 @@ def _read_responses(spec: str, records: list[dict]) -> list[str]:
 
 def _generate(model: str, prompts: list[str], max_new_tokens: int, seed: int, device: str) -> list[str]:
     """Greedy responses through the chat template with the batched sampler, bf16 autocast where native."""
-    import torch
+    from alignkit.eval.samples import Generator
+    from alignkit.generation.sampler import SamplingParams
+    from alignkit.models import pick_device
 
-    from alignkit.data.tokenize import Tokenizer
-    from alignkit.generation.sampler import Sampler, SamplingParams
-    from alignkit.models import load_model, load_tokenizer, pick_device, pick_mixed_precision
-
-    params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0)
-    params.validate("alignkit eval safety")
-    target = pick_device(device)
-    bf16 = pick_mixed_precision("auto", target) == "bf16"
-    sampler = Sampler(load_model(model, torch.float32, target), Tokenizer(load_tokenizer(model)))
-    with torch.autocast(target.type, dtype=torch.bfloat16, enabled=bf16):
-        results = sampler.generate(prompts, params, seed=seed, chat=True)
+    SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0).validate("alignkit eval safety")
+    results = Generator(model, pick_device(device)).sample(prompts, 1, max_new_tokens, 0.0, seed)
     return [completions[0].text.strip() for completions in results]

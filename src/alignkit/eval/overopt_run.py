@@ -152,19 +152,11 @@ def _prompts(cfg: OveroptConfig) -> list:
 
 def _sample(model_name: str, prompts: list, n: int, cfg: OveroptConfig, seed: int):
     """``n`` samples per prompt from a model -> (model, sampler, completions per prompt)."""
-    import torch
+    from alignkit.eval.samples import Generator
+    from alignkit.models import pick_device
 
-    from alignkit.data.tokenize import Tokenizer
-    from alignkit.generation.sampler import Sampler, SamplingParams
-    from alignkit.models import load_model, load_tokenizer, pick_device, pick_mixed_precision
-
-    device = pick_device("auto")
-    lm = load_model(model_name, torch.float32, device)
-    sampler = Sampler(lm, Tokenizer(load_tokenizer(model_name)), max_rows=64)
-    params = SamplingParams(n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=pick_mixed_precision("auto", device) == "bf16"):
-        completions = sampler.generate(list(prompts), params, seed=seed)
-    return lm, sampler, completions
+    g = Generator(model_name, pick_device("auto"))
+    return g.model, g.sampler, g.sample(list(prompts), n, cfg.max_new_tokens, cfg.temperature, seed)
 
 
 def _score(rm, prompts: list, texts: list[list[str]], batch_size: int) -> np.ndarray:
@@ -221,7 +213,7 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
     ])  # fmt: skip
 
     gold_z = z["gold"].mean(-1)  # (P, m)
-    points, fits, scoring = [], {}, {}
+    points, fits, scoring, overstatement = [], {}, {}, {}
     selections = {"gold (oracle)": gold_z, **{name: z[name].mean(-1) for name in proxies}}
     for name, select in selections.items():
         for n in cfg.ns:
@@ -235,7 +227,7 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
         fits[f"gold_bon/{name}"] = fit_form([p["d"] for p in mine], [p["gold"] for p in mine], "bon")
         if not name.startswith("gold"):
             fits[f"proxy_bon/{name}"] = fit_form([p["d"] for p in mine], [p["proxy"][name] for p in mine], "bon")
-            fits[f"overstatement/{name}"] = overstatement_at(fits[f"proxy_bon/{name}"], fits[f"gold_bon/{name}"])
+            overstatement[name] = overstatement_at(fits[f"proxy_bon/{name}"], fits[f"gold_bon/{name}"])
         if not name.startswith("gold") and cfg.proxy_heads > 1:
             members = z[name]  # (P, m, heads)
             scoring[name] = {how: [float(np.mean([unbiased_best_of_n(
@@ -247,12 +239,13 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
     if rl:
         fits["gold_rl"] = fit_form([p["d"] for p in rl], [p["gold"] for p in rl], "rl")
         for name in proxies:
-            fits[f"proxy_rl/{name}"] = fit_form([p["d"] for p in rl], [p["proxy"][name] for p in rl], "rl")
+            fits[f"{name}_rl"] = fit_form([p["d"] for p in rl], [p["proxy"][name] for p in rl], "rl")
     result = {
         "kind": "overopt", "policy": cfg.policy, "gold": str(gold_dir), "prompts": len(prompts), "pool": cfg.pool,
         "ns": cfg.ns, "label_noise": cfg.label_noise, "gold_agreement_with_labels": agreement,
         "proxy_agreement_with_gold": _proxy_agreement(out, proxies), "standardization": stats,
-        "points": points, "fits": fits, "scoring": scoring, "coefficient": cfg.coefficient,
+        "points": points, "fits": {k: v for k, v in fits.items() if v is not None}, "overstatement": overstatement,
+        "scoring": scoring, "coefficient": cfg.coefficient,
     }  # fmt: skip
     (out / "overopt.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     from alignkit.eval.overopt_plot import plot_overopt
@@ -322,12 +315,12 @@ def describe_overopt(result: dict) -> list[str]:
         if mine and mine[0]["proxy"]:
             lines.append("  proxy itself     " + " ".join(f"{p['proxy'][name]:+6.2f}" for p in mine))
     for key, fit in result["fits"].items():
-        if isinstance(fit, dict):
-            lines.append(f"{key}: alpha {fit['alpha']:.3f} +- {fit['alpha_se']:.3f}, beta {fit['beta']:.3f} "
+        lines.append(f"{key}: alpha {fit['alpha']:.3f} +- {fit['alpha_se']:.3f}, beta {fit['beta']:.3f} "
                          f"+- {fit['beta_se']:.3f}, peak at d {fit['d_peak']:.2f} "
                          f"(reward {fit['reward_peak']:+.2f})")  # fmt: skip
-        elif fit is not None:
-            lines.append(f"{key}: proxy overstates gold by {fit:+.2f} at gold's peak")
+    for name, over in result["overstatement"].items():
+        if over is not None:
+            lines.append(f"{name}: the proxy overstates gold by {over:+.2f} at gold's peak")
     for name, by in result["scoring"].items():
         lines.append(f"conservative scoring of {name} (gold at n = {result['ns'][-1]}): "
                      + ", ".join(f"{how} {vals[-1]:+.2f}" for how, vals in by.items()))  # fmt: skip
