@@ -245,6 +245,21 @@ def report(
 
 
 @app.command()
+def compare(
+    config: Path = typer.Option(..., "--config", "-c", help="A comparison recipe, e.g. configs/compare_hh.yaml"),
+    overrides: List[str] = typer.Option([], "--set", help="Override a field: --set eval_prompt_limit=16"),
+):
+    """Train SFT, DPO, KTO and PPO from one base and compare them with a held-out judge reward model: win rate vs
+    SFT with intervals, judge reward, KL, length, refusal rates, training time (comparison.md / .json)."""
+    from alignkit.eval.compare import comparison_table, load_compare_config, run_compare
+
+    cfg = load_compare_config(str(config), overrides)
+    result = run_compare(cfg, log=typer.echo)
+    typer.echo("\n".join(comparison_table(result)))
+    typer.echo(f"wrote {Path(cfg.output_dir) / 'comparison.md'}, {Path(cfg.output_dir) / 'comparison.json'}")
+
+
+@app.command()
 def demo(
     method: str = typer.Option("dpo", "--method", help="dpo (LoRA on preference pairs) or grpo (math verifier)"),
     output_dir: Optional[str] = typer.Option(None, help="Where the report, metrics and model go (runs/demo[-grpo])"),
