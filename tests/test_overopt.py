@@ -77,7 +77,10 @@ def test_fitted_forms_recover_known_parameters_and_peaks():
 def test_overstatement_at_the_gold_peak():
     gold = {"alpha": 1.0, "beta": 0.5, "d_peak": 1.0, "form": "bon"}  # gold peaks at d = 1 with 0.5
     proxy = {"alpha": 1.0, "beta": 0.1, "d_peak": 5.0, "form": "bon"}  # proxy reads 0.9 there
-    assert overstatement_at(proxy, gold) == pytest.approx(0.4)
+    assert overstatement_at(proxy, gold) == {"d": 1.0, "value": pytest.approx(0.4), "gold_peaked": True}
+    # gold's peak beyond the measured range: read at the largest measured d instead (no extrapolation)
+    at_edge = overstatement_at(proxy, gold, d_max=0.5)
+    assert at_edge["gold_peaked"] is False and at_edge["value"] == pytest.approx(0.5 * 0.95 - 0.5 * 0.75)
 
 
 def test_conservative_scores():

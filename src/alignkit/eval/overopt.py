@@ -132,10 +132,17 @@ def conservative_scores(members, how: str, coefficient: float = 1.0) -> np.ndarr
     raise ValueError(f"unknown scoring {how!r}: use one of {', '.join(CONSERVATIVE)}")
 
 
-def overstatement_at(proxy_fit: dict, gold_fit: dict) -> float | None:
-    """How much the proxy's fitted curve exceeds the gold's at the gold's peak (same reward units), or None."""
-    if not proxy_fit or not gold_fit or not math.isfinite(gold_fit["d_peak"]):
+def overstatement_at(proxy_fit: dict, gold_fit: dict, d_max: float = math.inf) -> dict | None:
+    """How much the proxy's fitted curve exceeds the gold's (same reward units) at the gold's peak, or at ``d_max``
+    (the largest d measured) when gold did not peak within the measured range: the fits are not extrapolated.
+    -> ``{"d", "value", "gold_peaked"}``, or None without both fits."""
+    if not proxy_fit or not gold_fit:
+        return None
+    peaked = math.isfinite(gold_fit["d_peak"]) and gold_fit["d_peak"] <= d_max
+    if not peaked and not math.isfinite(d_max):
         return None
     f = bon_form if gold_fit["form"] == "bon" else rl_form
-    d = np.asarray(gold_fit["d_peak"])
-    return float(f(d, proxy_fit["alpha"], proxy_fit["beta"]) - f(d, gold_fit["alpha"], gold_fit["beta"]))
+    d = gold_fit["d_peak"] if peaked else d_max
+    x = np.asarray(d)
+    value = f(x, proxy_fit["alpha"], proxy_fit["beta"]) - f(x, gold_fit["alpha"], gold_fit["beta"])
+    return {"d": float(d), "value": float(value), "gold_peaked": peaked}

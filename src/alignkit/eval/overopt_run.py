@@ -227,7 +227,10 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
         fits[f"gold_bon/{name}"] = fit_form([p["d"] for p in mine], [p["gold"] for p in mine], "bon")
         if not name.startswith("gold"):
             fits[f"proxy_bon/{name}"] = fit_form([p["d"] for p in mine], [p["proxy"][name] for p in mine], "bon")
-            overstatement[name] = overstatement_at(fits[f"proxy_bon/{name}"], fits[f"gold_bon/{name}"])
+            d_max = max(p["d"] for p in mine)
+            overstatement[name] = overstatement_at(fits[f"proxy_bon/{name}"], fits[f"gold_bon/{name}"], d_max)
+            if overstatement[name] is not None:  # and measured, without a fit: the gap at the largest n
+                overstatement[name]["gap_at_max_n"] = mine[-1]["proxy"][name] - mine[-1]["gold"]
         if not name.startswith("gold") and cfg.proxy_heads > 1:
             members = z[name]  # (P, m, heads)
             scoring[name] = {how: [float(np.mean([unbiased_best_of_n(
@@ -320,7 +323,10 @@ def describe_overopt(result: dict) -> list[str]:
                          f"(reward {fit['reward_peak']:+.2f})")  # fmt: skip
     for name, over in result["overstatement"].items():
         if over is not None:
-            lines.append(f"{name}: the proxy overstates gold by {over:+.2f} at gold's peak")
+            where = "gold's peak" if over["gold_peaked"] else "the largest d (gold did not peak in range)"
+            gap = over["gap_at_max_n"]
+            lines.append(f"{name}: the fitted proxy overstates gold by {over['value']:+.2f} at {where}, d "
+                         f"{over['d']:.2f}; measured gap at n = {result['ns'][-1]}: {gap:+.2f}")  # fmt: skip
     for name, by in result["scoring"].items():
         lines.append(f"conservative scoring of {name} (gold at n = {result['ns'][-1]}): "
                      + ", ".join(f"{how} {vals[-1]:+.2f}" for how, vals in by.items()))  # fmt: skip
