@@ -54,31 +54,116 @@ def eval_math(
 
 @eval_app.command("winrate")
 def eval_winrate(
-    a: str = typer.Option(..., "--a", help="Responses of policy A: records with prompt, response[, category]"),
-    b: str = typer.Option(..., "--b", help="Responses of policy B to the same prompts"),
+    a: Optional[str] = typer.Option(None, "--a", help="Responses of A: records with prompt, response[, category]"),
+    b: Optional[str] = typer.Option(None, "--b", help="Responses of B to the same prompts"),
+    a_model: Optional[str] = typer.Option(None, "--a-model", help=f"Policy A as a model that answers ({MODEL_HELP})"),
+    b_model: Optional[str] = typer.Option(None, "--b-model", help="Policy B as a model that answers"),
     reward_model: str = typer.Option(..., "--reward-model", "-r", help="Judge: a reward model or ensemble dir"),
+    prompts: Optional[str] = typer.Option(
+        None, help="Prompt records (prompt[, category]) for two models; default builtin:helpful_prompts.jsonl"
+    ),
+    limit: Optional[int] = typer.Option(None, min=1, help="Use the first N prompts only"),
+    max_new_tokens: int = typer.Option(128, min=1, help="Tokens per response of a model"),
+    temperature: float = typer.Option(0.0, min=0.0, help="Sampling temperature of the models; 0 = greedy"),
+    save_responses: Optional[Path] = typer.Option(None, help="Write the models' responses to DIR/a.jsonl, b.jsonl"),
     aggregate: str = typer.Option("mean", help="Ensemble aggregation: mean, min, percentile, mean_minus_std, ..."),
     margin: float = typer.Option(0.0, help="Reward differences up to this are ties"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write one judged record per prompt (.jsonl)"),
-    seed: int = typer.Option(0, help="Bootstrap seed"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result for `alignkit report` (.json)"),
+    seed: int = typer.Option(0, help="Bootstrap seed; sampling seed (A: seed + i on prompt i, B: seed + n + i)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
 ):
-    """Win rate of A over B judged by a reward model: Wilson and bootstrap intervals, length-controlled rate."""
+    """Win rate of A over B judged by a reward model: Wilson and bootstrap intervals, length-controlled rate.
+
+    Each policy is a file of responses (--a/--b) or a model that answers (--a-model/--b-model): two models answer
+    --prompts; a model facing a file answers the file's prompts."""
+    import json
+
     from alignkit.cli import _read_input
     from alignkit.data.feedback import write_jsonl
     from alignkit.errors import UserError
-    from alignkit.eval.judged import describe, judge_by_reward, match_responses
+    from alignkit.eval.html_report import winrate_json
+    from alignkit.eval.judged import describe, judge_by_reward, match_responses, responses_from_model
+    from alignkit.reward import RewardModel
+    from alignkit.reward.aggregate import AGGREGATIONS
+
+    for side, file, model in (("a", a, a_model), ("b", b, b_model)):
+        if (file is None) == (model is None):
+            what = "both" if file else "neither"
+            raise UserError(f"--{side} and --{side}-model: {what} given. Fix: give exactly one, a file of responses "
+                            f"(--{side}) or a model (--{side}-model)")  # fmt: skip
+    if aggregate not in AGGREGATIONS:
+        raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
+    if margin < 0:  # before any model answers
+        raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
+    if prompts is not None and (a is not None or b is not None):
+        raise UserError("--prompts is for two models; here the model answers the prompts of the file. Fix: drop "
+                        "--prompts, or give both policies as models")  # fmt: skip
+    if save_responses is not None and not (a_model or b_model):
+        raise UserError("--save-responses: no policy is a model. Fix: drop it, or give --a-model/--b-model")
+    models = {side: m for side, m in (("a", a_model), ("b", b_model)) if m is not None}
+    saved = {side: save_responses / f"{side}.jsonl" for side in models} if save_responses else {}
+    outputs = [p for p in (out, json_out, *saved.values()) if p]
+    a_records = _read_input(a, *outputs)[:limit] if a else None  # bad files fail before loading
+    b_records = _read_input(b, *outputs) if b else None
+    if a_records is not None:
+        asked = a_records
+    elif b_records is not None:
+        asked = b_records[:limit]
+    else:
+        asked = _read_input(prompts or "builtin:helpful_prompts.jsonl", *outputs)[:limit]
+    loaded: dict = {}  # one Generator per model name: a model against itself loads once
+    for side, model, seed_at in (("a", a_model, seed), ("b", b_model, seed + len(asked))):
+        if model is None:
+            continue
+        typer.echo(f"{side.upper()}: {model} answers {len(asked)} prompts (T={temperature})")
+        records = responses_from_model(model, asked, max_new_tokens, temperature, seed_at, device, cache=loaded)
+        a_records, b_records = (records, b_records) if side == "a" else (a_records, records)
+        if side in saved:
+            typer.echo(f"wrote {write_jsonl(saved[side], [rec for _, rec in records])}")
+    loaded.clear()
+    matched = match_responses(a_records, b_records)
+    result, rows = judge_by_reward(matched, RewardModel.load(reward_model, device=device), aggregate, margin, seed=seed)
+    a_name, b_name = a_model or Path(a).name, b_model or Path(b).name
+    typer.echo("\n".join(describe(result, a_name, b_name)))
+    if out:
+        typer.echo(f"wrote {write_jsonl(out, rows)}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(winrate_json(result, a_name, b_name, reward_model), indent=1) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
+@eval_app.command("rank")
+def eval_rank(
+    policies: List[str] = typer.Argument(..., metavar="NAME=FILE", help="Each policy's responses to the same prompts"),
+    reward_model: str = typer.Option(..., "--reward-model", "-r", help="Judge: a reward model or ensemble dir"),
+    aggregate: str = typer.Option("mean", help="Ensemble aggregation: mean, min, percentile, mean_minus_std, ..."),
+    margin: float = typer.Option(0.0, help="Reward differences up to this are ties"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the ranking (.json, kind 'ranking')"),
+    bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples of the comparisons for the intervals"),
+    seed: int = typer.Option(0, help="Bootstrap seed"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+):
+    """Rank several policies by Bradley-Terry ratings: every pair compared per prompt by a reward model."""
+    from alignkit.cli import _read_input
+    from alignkit.errors import UserError
+    from alignkit.eval import ranking as rk
     from alignkit.reward import RewardModel
     from alignkit.reward.aggregate import AGGREGATIONS
 
     if aggregate not in AGGREGATIONS:
         raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
+    if margin < 0:
+        raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
     outputs = [out] if out else []
-    matched = match_responses(_read_input(a, *outputs), _read_input(b, *outputs))  # bad files fail before loading
-    result, rows = judge_by_reward(matched, RewardModel.load(reward_model, device=device), aggregate, margin, seed=seed)
-    typer.echo("\n".join(describe(result, Path(a).name, Path(b).name)))
+    specs = rk.parse_specs(policies)
+    matched = rk.match_many([(name, file, _read_input(file, *outputs)) for name, file in specs])  # before loading
+    rewards = rk.score_responses(matched, RewardModel.load(reward_model, device=device), aggregate)
+    ranking = rk.rank(rewards, matched.names, margin, n_boot=bootstrap, seed=seed)
+    typer.echo("\n".join(rk.describe_ranking(ranking)))
     if out:
-        typer.echo(f"wrote {write_jsonl(out, rows)}")
+        typer.echo(f"wrote {rk.write_json(out, rk.ranking_json(ranking, reward_model))}")
 
 
 @eval_app.command("overopt")

@@ -5,6 +5,9 @@ Each file holds records with ``prompt`` and ``response`` (or ``completion``, or 
 matched by their text; each of A's prompts must appear once in B. A reward model is a pointwise judge, so the order
 in which the two responses are shown cannot matter: outcome = 1 when A's reward exceeds B's by more than
 ``margin``, 0 when B's exceeds A's by more than ``margin``, else a tie. Length is counted in characters.
+
+A policy can also be given as a model: ``responses_from_model`` samples its responses to prompt records and returns
+them as the same ``(source, record)`` list a file gives, so ``match_responses`` pairs them unchanged.
 """
 
 from __future__ import annotations
@@ -76,11 +79,49 @@ def match_responses(a_records: list, b_records: list) -> Matched:
     return Matched(prompts, a, b, categories, sources)
 
 
+def responses_from_model(
+    name: str,
+    prompts: list,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    device: str = "auto",
+    cache: dict | None = None,
+) -> list[tuple[str, dict]]:
+    """Responses of model ``name`` (model dir, LoRA adapter dir, hub id or the embedded default) to ``prompts``:
+    ``(source, record)`` pairs of records with ``prompt`` (and optionally ``category``), as a reader gives them ->
+    ``(source, {"prompt", "response"[, "category"]})`` in the same order, one completion per prompt (temperature 0 =
+    greedy; prompt i samples with seed ``seed + i``). ``cache``: ``{name: alignkit.eval.samples.Generator}``, looked
+    up before loading ``name`` and filled after (a model against itself loads once)."""
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens is {max_new_tokens}. Fix: generate at least 1 token")
+    if temperature < 0:
+        raise UserError(f"temperature is {temperature}. Fix: use 0 (greedy) or a positive temperature")
+    if not prompts:
+        raise UserError("no prompts to answer. Fix: give a file with prompt records")
+    texts = [_prompt(record, source) for source, record in prompts]  # bad records fail before loading
+    cache = {} if cache is None else cache
+    if name not in cache:
+        from alignkit.eval.samples import Generator
+        from alignkit.models import pick_device
+
+        cache[name] = Generator(name, pick_device(device))
+    generator = cache[name]
+    completions = generator.sample(texts, 1, max_new_tokens, temperature, seed)
+    out = []
+    for (source, record), text, group in zip(prompts, texts, completions):
+        row = {"prompt": text, "response": group[0].text}
+        if record.get("category") is not None:
+            row["category"] = record["category"]
+        out.append((source, row))
+    return out
+
+
 def judge_by_reward(
     matched: Matched, reward_model, how: str = "mean", margin: float = 0.0, batch_size: int = 8, seed: int = 0
 ) -> tuple[WinRate, list[dict]]:
     """Score both sides with ``reward_model`` (an ``alignkit.reward.RewardModel``, aggregated by ``how``) ->
-    (the win rate of A, one record per prompt with both rewards and the outcome)."""
+    (the win rate of A, one record per prompt with both responses, both rewards and the outcome)."""
     if margin < 0:
         raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
     reward_a = reward_model.reward(matched.prompts, matched.a, how=how, batch_size=batch_size)[0].tolist()
@@ -89,9 +130,11 @@ def judge_by_reward(
     length_diff = [len(x) - len(y) for x, y in zip(matched.a, matched.b)]
     result = win_rate(outcomes, length_diff, matched.categories, seed=seed)
     rows = [
-        {"source": s, "prompt": p, "reward_a": ra, "reward_b": rb, "outcome": o, "length_diff": d}
-        for s, p, ra, rb, o, d in zip(matched.sources, matched.prompts, reward_a, reward_b, outcomes, length_diff)
-    ]
+        {"source": s, "prompt": p, "response_a": x, "response_b": y, "reward_a": ra, "reward_b": rb, "outcome": o,
+         "length_diff": d}
+        for s, p, x, y, ra, rb, o, d in zip(matched.sources, matched.prompts, matched.a, matched.b, reward_a, reward_b,
+                                            outcomes, length_diff)
+    ]  # fmt: skip
     return result, rows
 
 
