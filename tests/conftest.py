@@ -3,8 +3,6 @@ and small data files. Training tests run on it in seconds."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from helpers import tiny_llama, tiny_sections, write_jsonl  # noqa: F401 (tiny_sections: tests import it from here)
 

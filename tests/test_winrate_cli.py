@@ -87,7 +87,7 @@ def test_bad_input_names_the_file_line_and_field(reward_model_dir, tmp_path):
     repeated = write_jsonl(tmp_path / "rep.jsonl", [{"prompt": PROMPTS[0], "response": "y"}] * 2)
     base = ["eval", "winrate", "--reward-model", reward_model_dir, "--device", "cpu"]
     cases = [
-        (["--a", str(a), "--b", str(short_b)], f"{a}:2: prompt \"Question 1"),
+        (["--a", str(a), "--b", str(short_b)], f'{a}:2: prompt "Question 1'),
         (["--a", str(a), "--b", str(no_response)], f"{no_response}:1: field 'response' is missing"),
         (["--a", str(a), "--b", str(repeated)], f"{repeated}:2: prompt repeats {repeated}:1"),
         (["--a", str(a), "--b", str(a), "--margin", "-1"], "margin is -1"),

@@ -130,8 +130,24 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps (and at the end); None = only at the end.")
     save_steps: int | None = _f(None, "Write a checkpoint every N steps; None = only the final model.")
     keep_last: int = _f(2, "Checkpoints to keep (oldest deleted first).")
-    early_stopping_metric: str = _f("eval/loss", "Eval metric watched for early stopping.")
+    early_stopping_metric: str = _f(
+        "eval/loss",
+        "Eval metric watched for early stopping and keep_best; ideally a gold metric the run does not train on: "
+        "online methods' eval/gold/reward (method.gold_reward_model), or for offline methods any eval metric, e.g. "
+        "eval/rewards/accuracies on gold-labeled data.eval pairs.",
+    )
     early_stopping_patience: int | None = _f(None, "Stop after N evals without improvement; None disables.")
+    early_stopping_min_delta: float = _f(0.0, "An eval improves only if it beats the best by more than this.")
+    early_stopping_mode: str = _f(
+        "auto",
+        "max or min the metric; auto minimizes names with loss, nll or kl, maximizes others.",
+        ("auto", "max", "min"),
+    )
+    keep_best: bool | None = _f(
+        None,
+        "Write the weights of each new best eval (early_stopping_metric) to output_dir/best (layout of model/, plus "
+        "best.json); model/ stays the last step. None = on when early_stopping_patience is set.",
+    )
     report_to: list = _f(
         [], "Extra trackers through accelerate: tensorboard, wandb, mlflow (metrics.jsonl is always written)."
     )
@@ -158,6 +174,20 @@ class TrainConfig:
         for name in ("max_steps", "eval_steps", "save_steps", "early_stopping_patience"):
             value = getattr(self, name)
             _require(value is None or value >= 1, where, f"train.{name}", value, "use a whole number >= 1, or null")
+        _require(
+            self.early_stopping_min_delta >= 0,
+            where,
+            "train.early_stopping_min_delta",
+            self.early_stopping_min_delta,
+            "use 0 or a positive margin, e.g. 0.01",
+        )
+        _require(
+            self.early_stopping_mode in ("auto", "max", "min"),
+            where,
+            "train.early_stopping_mode",
+            self.early_stopping_mode,
+            "use auto, max or min",
+        )
         _require(self.epochs > 0, where, "train.epochs", self.epochs, "use a positive number of epochs")
         _require(0 <= self.warmup_ratio < 1, where, "train.warmup_ratio", self.warmup_ratio, "use a value in [0, 1)")
         _require(

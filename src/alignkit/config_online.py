@@ -58,6 +58,9 @@ class PolicyGradientConfig:
     reward_model_weight: float = _f(1.0, "Weight of the reward model's (normalized) score in the reward sum.")
     reward_model_aggregate: str = _f("mean", "How an ensemble's members combine.",
                                      ("mean", "min", "percentile", "mean_minus_std"))  # fmt: skip
+    gold_reward_model: str | None = _f(None, "A reward model or ensemble dir scoring held-out samples at eval only; "
+                                       "never trained against. eval/gold/reward (mean normalized score, ensemble "
+                                       "members averaged) is then an early-stopping metric.")  # fmt: skip
     reward_workers: int = _f(2, "Worker processes running reward functions (each call with its timeout); 0 = "
                              "in the training process, no timeouts.")  # fmt: skip
     beta: float = _f(0.0, "KL coefficient toward the reference (initial policy); 0 = no reference is loaded.")

@@ -10,6 +10,7 @@ total weight, so a step's gradient is the same however the batch is split (proce
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -31,15 +32,19 @@ from alignkit.train.checkpoint import (
     save_checkpoint,
     save_model,
 )
+from alignkit.train.early_stop import EarlyStopping
 from alignkit.train.metrics import JsonlLog, MetricSums, peak_memory_mb
 
 
 @dataclass
 class TrainState:
+    """What a checkpoint keeps of the loop (``state.json``); all but ``step`` are the ``EarlyStopping`` state."""
+
     step: int = 0
     best_metric: float | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    best_step: int | None = None
 
 
 @dataclass
@@ -53,6 +58,9 @@ class TrainResult:
     peak_memory_mb: float
     stopped_early: bool = False
     history: list = field(default_factory=list)
+    best_step: int | None = None  # the eval step with the best train.early_stopping_metric (when it is tracked)
+    best_metric: float | None = None
+    best_dir: Path | None = None  # output_dir/best with train.keep_best
 
 
 class Method:
@@ -142,6 +150,11 @@ class Method:
         """After training, on the main process: extra files ``{name: text}`` saved with the model."""
         return {}
 
+    def best_files(self, module, eval_metrics: dict) -> dict[str, str]:
+        """On the main process, at a new best eval (``train.keep_best``): extra files ``{name: text}`` saved with
+        the weights in ``output_dir/best``. ``finish`` may end things (close workers), so it is not called there."""
+        return {}
+
 
 def global_batch_indices(n: int, step: int, global_batch: int, seed: int, shuffle: bool = True) -> list[int]:
     """Example indices of optimizer step ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation
@@ -178,8 +191,14 @@ def fit(
             f"(train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum} x {world} processes). "
             "Fix: lower train.batch_size or train.grad_accum, or add data"
         )
-    if not eval_items and (tc.early_stopping_patience or tc.eval_steps):
-        field = "train.early_stopping_patience" if tc.early_stopping_patience else "train.eval_steps"
+    if not eval_items and (tc.early_stopping_patience or tc.eval_steps or tc.keep_best):
+        field = (
+            "train.early_stopping_patience"
+            if tc.early_stopping_patience
+            else "train.keep_best"
+            if tc.keep_best
+            else "train.eval_steps"
+        )
         raise UserError(
             f"{field} is set but there is no eval data. Fix: set data.eval to a file or "
             "data.eval_fraction to hold out part of train, or unset " + field
@@ -234,6 +253,16 @@ def fit(
         state = TrainState(**{k: saved[k] for k in TrainState.__dataclass_fields__ if k in saved})
         method.load_state_dict(saved.get("method_state", {}))
         log(f"resumed from {ckpt} at step {state.step}")
+    # Early stopping and keep_best: one rule over the evaluations, its state in TrainState (so in checkpoints). On a
+    # resume, best/ may hold a later eval than the checkpoint's best; the exact replay writes that eval again.
+    keep_best = tc.keep_best if tc.keep_best is not None else tc.early_stopping_patience is not None
+    best_dir = out / "best"
+    stopper = None
+    if tc.early_stopping_patience is not None or keep_best:
+        stopper = EarlyStopping(
+            tc.early_stopping_metric, tc.early_stopping_patience, tc.early_stopping_min_delta, tc.early_stopping_mode
+        )
+        stopper.load_state_dict(state.__dict__)
     jsonl = (
         JsonlLog(out / "metrics.jsonl", state.step if ckpt is not None else None)
         if accelerator.is_main_process
@@ -259,6 +288,21 @@ def fit(
             accelerator,
             tc.keep_last,
         )
+
+    def save_best(decision) -> None:
+        """The weights of a new best eval -> ``output_dir/best`` (model/'s layout + best.json), atomically."""
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(module)
+            info = {
+                "step": decision.step,
+                "metric": stopper.metric,
+                "value": decision.value,
+                "mode": "max" if stopper.maximize else "min",
+            }
+            files = {**method.best_files(unwrapped, last_eval), "best.json": json.dumps(info, indent=1) + "\n"}
+            save_model(unwrapped.model, tokenizer, best_dir, files)
+        accelerator.wait_for_everyone()
+        log(f"step {decision.step}: new best {stopper.metric} {decision.value:.4g}; weights saved to {best_dir}")
 
     history, window, last_eval = [], MetricSums(), {}
     bar = tqdm(
@@ -350,7 +394,14 @@ def fit(
             record({"step": state.step, **last_eval})
             history.append({"step": state.step, **last_eval})
             bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
-            _early_stopping(state, last_eval, tc.early_stopping_metric, tc.early_stopping_patience, log)
+            if stopper is not None:
+                decision = stopper.update(state.step, stopper.value_of(last_eval))
+                for k, v in stopper.state_dict().items():
+                    setattr(state, k, v)
+                if decision.improved and keep_best:
+                    save_best(decision)
+                if decision.stop:
+                    log(stopper.message(state.step))
         if tc.save_steps and state.step % tc.save_steps == 0 and state.step < total_steps:
             save(state.step)
         for callback in callbacks:
@@ -378,17 +429,26 @@ def fit(
         peak_memory_mb(accelerator.device),
         state.stopped_early,
         history,
+        state.best_step,
+        state.best_metric,
+        best_dir if keep_best and state.best_step is not None else None,
     )
     log(
         f"done: {state.step} steps in {result.wall_seconds:.1f}s, peak memory {result.peak_memory_mb:.0f} MB; "
         f"model saved to {model_dir}"
     )
+    if state.best_step is not None:
+        where = f"; its weights are in {best_dir}" if result.best_dir else ""
+        log(
+            f"best eval: step {state.best_step}, {tc.early_stopping_metric} {state.best_metric:.4g}{where} "
+            f"({model_dir.name}/ holds the last step, {state.step})"
+        )
     return result
 
 
 def _claim_output_dir(out: Path, overwrite: bool, accelerator) -> None:
     """Refuse to start a fresh run over an earlier one unless asked; with overwrite, drop its checkpoints."""
-    earlier = list_checkpoints(out) + [p for p in (out / "model", out / "metrics.jsonl") if p.exists()]
+    earlier = list_checkpoints(out) + [p for p in (out / "model", out / "best", out / "metrics.jsonl") if p.exists()]
     if not earlier:
         return
     if not overwrite:
@@ -400,6 +460,7 @@ def _claim_output_dir(out: Path, overwrite: bool, accelerator) -> None:
     if accelerator.is_main_process:
         for ckpt in list_checkpoints(out):
             shutil.rmtree(ckpt)
+        shutil.rmtree(out / "best", ignore_errors=True)  # an earlier run's best weights are not this run's
     accelerator.wait_for_everyone()
 
 
@@ -430,25 +491,3 @@ def _diverged(step: int, loss: float, grad_norm: float, out: Path, items: list) 
         f"Batch examples: {', '.join(getattr(x, 'source', '?') for x in items[:4])}. Fix: lower "
         "train.learning_rate, use model.dtype=fp32, or check these records"
     )
-
-
-def _early_stopping(state: TrainState, metrics: dict, name: str, patience: int | None, log: Callable) -> None:
-    if patience is None:
-        return
-    if name not in metrics:
-        raise UserError(
-            f"train.early_stopping_metric '{name}' is not an eval metric. Fix: use one of {', '.join(sorted(metrics))}"
-        )
-    value = metrics[name]
-    higher_is_better = not any(w in name for w in ("loss", "nll", "kl"))
-    better = state.best_metric is None or (value > state.best_metric if higher_is_better else value < state.best_metric)
-    if better:
-        state.best_metric, state.evals_without_improvement = value, 0
-    else:
-        state.evals_without_improvement += 1
-        if state.evals_without_improvement >= patience:
-            state.stopped_early = True
-            log(
-                f"early stopping at step {state.step}: {name} has not improved for {patience} evaluation(s) "
-                f"(best {state.best_metric:.4g})"
-            )

@@ -81,6 +81,7 @@ class RewardMethod(Method):
             train_items = [
                 WeightedPair(**x.__dict__, head_weights=tuple(w[i].tolist())) for i, x in enumerate(train_items)
             ]
+        self.train_items = train_items  # best_files normalizes the best weights on them, as finish does
         return train_items, eval_items
 
     def _collate_rows(self, items):
@@ -141,6 +142,10 @@ class RewardMethod(Method):
         return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
 
     @torch.no_grad()
+    def best_files(self, module, eval_metrics):
+        """The best weights (train.keep_best) get their own normalization file, so ``RewardModel.load`` reads them."""
+        return self.finish(module, self.train_items, [], eval_metrics)
+
     def finish(self, module, train_items, eval_items, eval_metrics):
         """Reward mean/std per head over up to ``norm_pairs`` training pairs -> ``alignkit_reward.json``."""
         was_training = module.training

@@ -55,7 +55,7 @@ class OnlineMethod(Method):
             n=self.ro.samples_per_prompt, max_new_tokens=self.ro.max_new_tokens, temperature=self.ro.temperature,
             top_p=self.ro.top_p, top_k=self.ro.top_k, min_p=self.ro.min_p, stop=tuple(self.ro.stop),
         )  # fmt: skip
-        self.sampler = self.rewards = self.reference = self.accelerator = None
+        self.sampler = self.rewards = self.reference = self.accelerator = self.gold = None
         self.pass_index = (0, 0)  # (iteration, minibatch) of the update being trained
 
     # ---- data: prompt-only records -> TokenizedPrompt items
@@ -101,6 +101,13 @@ class OnlineMethod(Method):
         self.tok = Tokenizer(load_tokenizer(self.cfg.model.name, self.cfg.model.trust_remote_code))
         self.sampler = make_sampler(model, self.tok, self.ro)
         self.rewards = RewardSources(self.mc, accelerator.device, self.log)
+        if getattr(self.mc, "gold_reward_model", None):
+            from alignkit.reward import RewardModel
+
+            if self.mc.gold_reward_model == self.mc.reward_model:
+                self.log("warning: method.gold_reward_model is method.reward_model, the reward trained against; "
+                         "eval/gold/reward then measures the proxy, not a held-out gold reward")  # fmt: skip
+            self.gold = RewardModel.load(self.mc.gold_reward_model, device=str(accelerator.device))
         if self.mc.beta > 0:
             from alignkit.train.reference import Reference
 
@@ -324,6 +331,10 @@ class OnlineMethod(Method):
         for s, r in zip(samples, rewards):
             s.reward = r
         add_reward_metrics(sums, samples, per_function, len(mine), k)
+        if self.gold is not None and samples:  # the held-out gold reward: scored here only, never trained against
+            prompts, texts = [mine[s.group].prompt for s in samples], [s.text for s in samples]
+            gold = self.gold.reward(prompts, texts, "mean", batch_size=self.cfg.train.eval_batch_size)[0]
+            sums.add_scalar("gold/reward", float(gold.sum()), float(gold.numel()))  # mean over all processes' samples
         return sums.reduce(accelerator)
 
     def finish(self, module, train_items, eval_items, eval_metrics) -> dict[str, str]:
