@@ -75,3 +75,17 @@ def reference_cache_dir(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.mktemp("cache")
     monkeypatch.setattr(reference, "cache_root", lambda: root)
     return root / "reference"
+
+
+@pytest.fixture(scope="session")
+def reward_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """A tiny reward model trained for 2 steps on ``pair_records(16)``: a real judge for win-rate and gold tests."""
+    from alignkit.train import make_config, run
+
+    tmp = tmp_path_factory.mktemp("rm")
+    data = write_jsonl(tmp / "pairs.jsonl", pair_records(16))
+    cfg = make_config("rm", model={"name": tiny_model_dir, "dtype": "fp32", "device": "cpu"},
+                      data={"train": str(data), "max_length": 64},
+                      train={"output_dir": str(tmp / "rm"), "max_steps": 2, "batch_size": 4,
+                             "learning_rate": 1e-3})  # fmt: skip
+    return str(run("rm", cfg, log=lambda *a, **k: None).model_dir)

@@ -228,17 +228,9 @@ def test_keep_best_off_writes_no_best_and_keep_best_on_tracks_without_stopping(
 # ------------------------------------------------------------------ the gold reward model of online methods
 
 
-@pytest.fixture(scope="module")
-def gold_reward_model(tiny_model_dir, tmp_path_factory) -> str:
-    from conftest import pair_records
-
-    tmp = tmp_path_factory.mktemp("gold-rm")
-    data = write_jsonl(tmp / "pairs.jsonl", pair_records(16))
-    cfg = make_config("rm", model={"name": tiny_model_dir, "dtype": "fp32", "device": "cpu"},
-                      data={"train": str(data), "max_length": 64},
-                      train={"output_dir": str(tmp / "rm"), "max_steps": 2, "batch_size": 4,
-                             "learning_rate": 1e-3})  # fmt: skip
-    return str(run("rm", cfg, **QUIET).model_dir)
+@pytest.fixture
+def gold_reward_model(reward_model_dir) -> str:
+    return reward_model_dir  # the tiny reward model of conftest
 
 
 def test_gold_reward_model_scores_eval_samples_of_a_grpo_run(gold_reward_model, word_model_dir, tmp_path):

@@ -13,22 +13,8 @@ from typer.testing import CliRunner
 from alignkit.cli import app
 from alignkit.errors import UserError
 from alignkit.eval.judged import judge_by_reward, match_responses
-from alignkit.train import make_config, run
 
 PROMPTS = [f"Question {i}: say something about topic {i}." for i in range(12)]
-
-
-@pytest.fixture(scope="module")
-def reward_model_dir(tiny_model_dir, tmp_path_factory) -> str:
-    from conftest import pair_records
-
-    tmp = tmp_path_factory.mktemp("rm")
-    data = write_jsonl(tmp / "pairs.jsonl", pair_records(16))
-    cfg = make_config("rm", model={"name": tiny_model_dir, "dtype": "fp32", "device": "cpu"},
-                      data={"train": str(data), "max_length": 64},
-                      train={"output_dir": str(tmp / "rm"), "max_steps": 2, "batch_size": 4,
-                             "learning_rate": 1e-3})  # fmt: skip
-    return str(run("rm", cfg, log=lambda *a, **k: None).model_dir)
 
 
 def responses(tmp_path, name, texts, categories=None):
