@@ -34,7 +34,7 @@ def test_metrics_of_a_trained_adapter_against_its_base(trained, tiny_model_dir, 
     result = CliRunner().invoke(app, [
         "eval", "metrics", "--model", trained["policy"], "--prompts", trained["prompts"], "--samples", "2",
         "--max-new-tokens", "8", "--reward-model", trained["rm"], "--pairs", trained["pairs"], "--safety",
-        "--safety-limit", "4", "--out", str(out),
+        "--safety-limit", "4", "--winrate-temperature", "0", "--out", str(out),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     m = json.loads(out.read_text())
@@ -43,6 +43,8 @@ def test_metrics_of_a_trained_adapter_against_its_base(trained, tiny_model_dir, 
     assert m["policy_text"]["responses"] == 12 and m["reference_text"]["length_tokens"]["max"] <= 8
     w = m["reward"]["win_rate"]
     assert w["wins"] + w["ties"] + w["losses"] == 6 and set(w["per_category"]) == {"odd", "even"}
+    assert m["winrate_temperature"] == 0 and len(m["winrate_samples"]) == 6  # greedy responses, judged apart
+    assert "(T=0.0 responses)" in result.output
     assert m["pairs"]["pairs"] == 16 and 0 <= m["pairs"]["length_bias"]["implicit_reward_favours_longer"] <= 1
     assert m["safety"]["policy"]["n_harmful"] + m["safety"]["policy"]["n_benign"] == 4
     assert "KL(policy || reference)" in result.output and "win rate of the policy" in result.output
@@ -67,6 +69,9 @@ def test_bad_input(tiny_model_dir, trained, tmp_path):
     r = runner.invoke(app, ["eval", "metrics", "--model", tiny_model_dir, "--prompts", trained["prompts"],
                             "--temperature", "0"])  # fmt: skip
     assert isinstance(r.exception, UserError) and "--temperature 0.0. Fix" in str(r.exception)
+    r = runner.invoke(app, ["eval", "metrics", "--model", tiny_model_dir, "--prompts", trained["prompts"],
+                            "--winrate-temperature", "-1"])  # fmt: skip
+    assert isinstance(r.exception, UserError) and "--winrate-temperature -1.0. Fix" in str(r.exception)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "no prompt here"}])
     r = runner.invoke(app, ["eval", "metrics", "--model", tiny_model_dir, "--prompts", str(bad)])
     assert isinstance(r.exception, UserError) and "bad.jsonl:1: field 'prompt': is missing" in str(r.exception)

@@ -58,9 +58,14 @@ def eval_winrate(
     b: Optional[str] = typer.Option(None, "--b", help="Responses of B to the same prompts"),
     a_model: Optional[str] = typer.Option(None, "--a-model", help=f"Policy A as a model that answers ({MODEL_HELP})"),
     b_model: Optional[str] = typer.Option(None, "--b-model", help="Policy B as a model that answers"),
-    reward_model: str = typer.Option(..., "--reward-model", "-r", help="Judge: a reward model or ensemble dir"),
+    reward_model: Optional[str] = typer.Option(None, "--reward-model", "-r", help="Judge: a reward model/ensemble dir"),
+    verifier: Optional[str] = typer.Option(
+        None, help="Judge: a verifier (math, code, module:function) scoring against the records' fields (answer, ...)"
+    ),
     prompts: Optional[str] = typer.Option(
-        None, help="Prompt records (prompt[, category]) for two models; default builtin:helpful_prompts.jsonl"
+        None,
+        help="Prompt records (prompt[, category, answer]) for two models; default builtin:helpful_prompts.jsonl, "
+        "with --verifier math builtin:arithmetic_heldout.jsonl",
     ),
     limit: Optional[int] = typer.Option(None, min=1, help="Use the first N prompts only"),
     max_new_tokens: int = typer.Option(128, min=1, help="Tokens per response of a model"),
@@ -73,7 +78,8 @@ def eval_winrate(
     seed: int = typer.Option(0, help="Bootstrap seed; sampling seed (A: seed + i on prompt i, B: seed + n + i)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
 ):
-    """Win rate of A over B judged by a reward model: Wilson and bootstrap intervals, length-controlled rate.
+    """Win rate of A over B judged by a reward model or a verifier: Wilson and bootstrap intervals, length-controlled
+    rate.
 
     Each policy is a file of responses (--a/--b) or a model that answers (--a-model/--b-model): two models answer
     --prompts; a model facing a file answers the file's prompts."""
@@ -83,10 +89,17 @@ def eval_winrate(
     from alignkit.data.feedback import write_jsonl
     from alignkit.errors import UserError
     from alignkit.eval.html_report import winrate_json
-    from alignkit.eval.judged import describe, judge_by_reward, match_responses, responses_from_model
+    from alignkit.eval.judged import describe, judge_by_reward, judge_by_verifier, match_responses, responses_from_model
     from alignkit.reward import RewardModel
     from alignkit.reward.aggregate import AGGREGATIONS
+    from alignkit.rewards import load_reward_function
 
+    if (reward_model is None) == (verifier is None):
+        what = "both" if reward_model else "neither"
+        raise UserError(f"--reward-model and --verifier: {what} given. Fix: judge by exactly one, a reward model "
+                        "(--reward-model DIR) or a verifier (--verifier math)")  # fmt: skip
+    if verifier is not None:
+        load_reward_function(verifier)  # a bad name fails before any model answers
     for side, file, model in (("a", a, a_model), ("b", b, b_model)):
         if (file is None) == (model is None):
             what = "both" if file else "neither"
@@ -111,7 +124,8 @@ def eval_winrate(
     elif b_records is not None:
         asked = b_records[:limit]
     else:
-        asked = _read_input(prompts or "builtin:helpful_prompts.jsonl", *outputs)[:limit]
+        default = "builtin:arithmetic_heldout.jsonl" if verifier == "math" else "builtin:helpful_prompts.jsonl"
+        asked = _read_input(prompts or default, *outputs)[:limit]
     loaded: dict = {}  # one Generator per model name: a model against itself loads once
     for side, model, seed_at in (("a", a_model, seed), ("b", b_model, seed + len(asked))):
         if model is None:
@@ -123,14 +137,22 @@ def eval_winrate(
             typer.echo(f"wrote {write_jsonl(saved[side], [rec for _, rec in records])}")
     loaded.clear()
     matched = match_responses(a_records, b_records)
-    result, rows = judge_by_reward(matched, RewardModel.load(reward_model, device=device), aggregate, margin, seed=seed)
     a_name, b_name = a_model or Path(a).name, b_model or Path(b).name
+    if verifier is None:
+        judge = reward_model
+        result, rows = judge_by_reward(matched, RewardModel.load(reward_model, device=device), aggregate, margin,
+                                       seed=seed)  # fmt: skip
+    else:
+        judge = f"verifier:{verifier}"
+        result, rows, left_out = judge_by_verifier(matched, verifier, margin, seed=seed)
+        if left_out:
+            typer.echo(f"{left_out} of {len(rows)} prompts left out: the verifier could not score both responses")
     typer.echo("\n".join(describe(result, a_name, b_name)))
     if out:
         typer.echo(f"wrote {write_jsonl(out, rows)}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(winrate_json(result, a_name, b_name, reward_model), indent=1) + "\n")
+        json_out.write_text(json.dumps(winrate_json(result, a_name, b_name, judge), indent=1) + "\n")
         typer.echo(f"wrote {json_out}")
 
 
@@ -190,6 +212,10 @@ def eval_metrics(
     temperature: float = typer.Option(1.0, help="Sampling temperature (1 = the policy, as the KL estimators assume)"),
     limit: Optional[int] = typer.Option(None, help="Use the first N prompts only"),
     reward_model: Optional[str] = typer.Option(None, "--reward-model", "-r", help="Score both models' samples"),
+    winrate_temperature: Optional[float] = typer.Option(
+        None,
+        help="Win rate on one fresh response per prompt each at this temperature (0 = greedy); default: on the samples",
+    ),
     pairs: Optional[str] = typer.Option(None, help="Held-out preference pairs: implicit-reward accuracy, length bias"),
     pairs_limit: Optional[int] = typer.Option(None, help="Use the first N pairs only"),
     safety: bool = typer.Option(False, help="Also run the shipped safety set (greedy) on both models"),
@@ -223,7 +249,9 @@ def eval_metrics(
         from alignkit.reward import RewardModel
 
         rm = RewardModel.load(reward_model, device=device)
-    settings = Settings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    settings = Settings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                        winrate_temperature=winrate_temperature)  # fmt: skip
+    settings.validate()  # before any model loads
     result = run_metrics(model, reference, rows, settings, rm, pair_examples, safety_records, device, typer.echo)
     typer.echo("\n".join(describe_metrics(result)))
     if out:

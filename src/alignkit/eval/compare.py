@@ -48,6 +48,7 @@ class CompareConfig:
     judge: dict = _f({}, "Judge reward model sections.")
     samples: int = _f(1, "Samples per prompt per policy (temperature 1).")
     max_new_tokens: int = _f(96, "Tokens per sample.")
+    winrate_temperature: float = _f(0.0, "Win rate on one response per prompt each at this temperature (0 = greedy).")
     output_dir: str = _f("runs/compare", "Where every stage and the table go.")
     seed: int = _f(0, "Sampling seed.")
 
@@ -60,6 +61,8 @@ class CompareConfig:
                  "train the judge on different pairs than the policies (held-out judge)")  # fmt: skip
         for name in ("eval_prompt_limit", "samples", "max_new_tokens"):
             _require(getattr(self, name) >= 1, where, name, getattr(self, name), "use at least 1")
+        _require(self.winrate_temperature >= 0, where, "winrate_temperature", self.winrate_temperature,
+                 "use 0 (greedy) or a positive temperature")  # fmt: skip
         for name in ("helpful_limit", "safety_limit"):
             _require(getattr(self, name) >= 0, where, name, getattr(self, name), "use 0 (none) or more")
 
@@ -178,7 +181,8 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     judge = RewardModel.load(judge_dir)
     prompts = eval_prompts(cfg)
     safety = subset(load_safety_prompts(), cfg.safety_limit) if cfg.safety_limit else None
-    settings = Settings(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    settings = Settings(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                        winrate_temperature=cfg.winrate_temperature)  # fmt: skip
     rows = {}
     for name, model in policies.items():
         reference = cfg.base if name == "sft" else sft  # SFT is measured against the base, the rest against SFT
@@ -189,7 +193,8 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
         (root / "eval" / f"metrics-{name}.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
         rows[name] = _row(name, m, stages.seconds.get(name), time.time() - t0)
     result = {"kind": "comparison", "base": cfg.base, "pairs": cfg.pairs, "judge": judge_dir,
-              "judge_pairs": cfg.judge_pairs, "prompts": len(prompts), "rows": rows}  # fmt: skip
+              "judge_pairs": cfg.judge_pairs, "prompts": len(prompts), "winrate_temperature": cfg.winrate_temperature,
+              "rows": rows}  # fmt: skip
     (root / "comparison.json").write_text(json.dumps(result, indent=1, default=_nan_null) + "\n")
     (root / "comparison.md").write_text("\n".join(comparison_table(result)) + "\n")
     return result
@@ -224,9 +229,12 @@ def comparison_table(result: dict) -> list[str]:
     def f(v, spec=".3f"):
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
+    t = result.get("winrate_temperature")
+    judged_on = "the T=1 samples" if t is None else f"one response per prompt at T={t}"
     lines = [
         f"Base {result['base']}; policies trained on {result['pairs']}; judge: a reward model trained on "
-        f"{result['judge_pairs']} (no policy or proxy saw these pairs); {result['prompts']} prompts.",
+        f"{result['judge_pairs']} (no policy or proxy saw these pairs); {result['prompts']} prompts; win rates on "
+        f"{judged_on}; KL on T=1 samples.",
         "",
         "| policy | win rate vs (ties half) [95% bootstrap] | decisive [Wilson] | LC | hh | helpful | judge reward "
         "| KL (nats/seq) | length | loops | refuses harmful | refuses benign | train s |",

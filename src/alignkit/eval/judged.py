@@ -1,10 +1,15 @@
-"""A vs B from files of responses, judged by a reward model or ensemble: matched prompts -> outcomes -> win rate.
+"""A vs B from files of responses, judged by a reward model or ensemble, or by a verifier: matched prompts ->
+outcomes -> win rate.
 
 Each file holds records with ``prompt`` and ``response`` (or ``completion``, or the one-element ``completions`` list
 ``alignkit generate --out`` writes), optionally ``category``. Prompts are
 matched by their text; each of A's prompts must appear once in B. A reward model is a pointwise judge, so the order
 in which the two responses are shown cannot matter: outcome = 1 when A's reward exceeds B's by more than
 ``margin``, 0 when B's exceeds A's by more than ``margin``, else a tie. Length is counted in characters.
+
+A verifier (``judge_by_verifier``: any reward function of ``alignkit.rewards``, e.g. ``math`` against the records'
+``answer``) scores both sides the same way; prompts it cannot score (no gold answer, a timeout) are left out and
+counted. The records' other fields (``answer``, ``tests``, ...) reach it as columns, A's record first, then B's.
 
 A policy can also be given as a model: ``responses_from_model`` samples its responses to prompt records and returns
 them as the same ``(source, record)`` list a file gives, so ``match_responses`` pairs them unchanged.
@@ -13,10 +18,13 @@ them as the same ``(source, record)`` list a file gives, so ``match_responses`` 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from alignkit.errors import UserError
 from alignkit.eval.winrate import WinRate, win_rate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +36,7 @@ class Matched:
     b: list[str]
     categories: list[str] | None
     sources: list[str]
+    columns: dict[str, list] | None = None  # the records' other fields (answer, tests, ...), aligned with prompts
 
 
 def _response(record: dict, source: str) -> str:
@@ -51,17 +60,26 @@ def _prompt(record: dict, source: str) -> str:
     return prompt
 
 
+_TEXT_FIELDS = {"prompt", "response", "completion", "completions", "category"}
+
+
+def _columns(records: list[dict]) -> dict[str, list]:
+    """Fields other than the texts, one list per name aligned with ``records`` (None where a record lacks it)."""
+    names = sorted({k for r in records for k in r if k not in _TEXT_FIELDS})
+    return {k: [r.get(k) for r in records] for k in names}
+
+
 def match_responses(a_records: list, b_records: list) -> Matched:
     """Pair ``(source, record)`` lists of A and B by prompt text; every problem names its file:line."""
     if not a_records:
         raise UserError("A has no records. Fix: give a file with prompt/response records")
-    b_by_prompt: dict[str, tuple[str, str]] = {}
+    b_by_prompt: dict[str, tuple[str, str, dict]] = {}
     for source, record in b_records:
         prompt = _prompt(record, source)
         if prompt in b_by_prompt:
             raise UserError(f"{source}: prompt repeats {b_by_prompt[prompt][0]}. Fix: one response per prompt")
-        b_by_prompt[prompt] = (source, _response(record, source))
-    prompts, a, b, cats, sources, seen = [], [], [], [], [], {}
+        b_by_prompt[prompt] = (source, _response(record, source), record)
+    prompts, a, b, cats, sources, seen, fields = [], [], [], [], [], {}, []
     for source, record in a_records:
         prompt = _prompt(record, source)
         if prompt in seen:
@@ -75,8 +93,9 @@ def match_responses(a_records: list, b_records: list) -> Matched:
         b.append(b_by_prompt[prompt][1])
         cats.append(record.get("category"))
         sources.append(source)
+        fields.append({**b_by_prompt[prompt][2], **{k: v for k, v in record.items() if v is not None}})
     categories = [str(c) for c in cats] if all(c is not None for c in cats) else None
-    return Matched(prompts, a, b, categories, sources)
+    return Matched(prompts, a, b, categories, sources, _columns(fields))
 
 
 def responses_from_model(
@@ -90,7 +109,7 @@ def responses_from_model(
 ) -> list[tuple[str, dict]]:
     """Responses of model ``name`` (model dir, LoRA adapter dir, hub id or the embedded default) to ``prompts``:
     ``(source, record)`` pairs of records with ``prompt`` (and optionally ``category``), as a reader gives them ->
-    ``(source, {"prompt", "response"[, "category"]})`` in the same order, one completion per prompt (temperature 0 =
+    ``(source, {"prompt", "response", other fields})`` in the same order, one completion per prompt (temperature 0 =
     greedy; prompt i samples with seed ``seed + i``). ``cache``: ``{name: alignkit.eval.samples.Generator}``, looked
     up before loading ``name`` and filled after (a model against itself loads once)."""
     if max_new_tokens < 1:
@@ -110,11 +129,29 @@ def responses_from_model(
     completions = generator.sample(texts, 1, max_new_tokens, temperature, seed)
     out = []
     for (source, record), text, group in zip(prompts, texts, completions):
-        row = {"prompt": text, "response": group[0].text}
-        if record.get("category") is not None:
-            row["category"] = record["category"]
-        out.append((source, row))
+        row = {k: v for k, v in record.items() if k not in _TEXT_FIELDS or k == "category"}
+        out.append((source, {"prompt": text, "response": group[0].text, **row}))
     return out
+
+
+def _judge(matched: Matched, score_a: list, score_b: list, margin: float, seed: int, kind: str):
+    """Scores of both sides ``(n,)`` (None = unscored) -> (the win rate on the prompts scored on both sides, one
+    record per prompt with ``{kind}_a``/``{kind}_b`` and the outcome (None where left out), the indices kept)."""
+    outcomes = [
+        None if sa is None or sb is None else 1.0 if sa - sb > margin else 0.0 if sb - sa > margin else 0.5
+        for sa, sb in zip(score_a, score_b)
+    ]
+    kept = [i for i, o in enumerate(outcomes) if o is not None]
+    length_diff = [len(x) - len(y) for x, y in zip(matched.a, matched.b)]
+    cats = [matched.categories[i] for i in kept] if matched.categories else None
+    result = win_rate([outcomes[i] for i in kept], [length_diff[i] for i in kept], cats, seed=seed) if kept else None
+    rows = [
+        {"source": s, "prompt": p, "response_a": x, "response_b": y, f"{kind}_a": sa, f"{kind}_b": sb, "outcome": o,
+         "length_diff": d}
+        for s, p, x, y, sa, sb, o, d in zip(matched.sources, matched.prompts, matched.a, matched.b, score_a, score_b,
+                                            outcomes, length_diff)
+    ]  # fmt: skip
+    return result, rows, kept
 
 
 def judge_by_reward(
@@ -126,16 +163,33 @@ def judge_by_reward(
         raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
     reward_a = reward_model.reward(matched.prompts, matched.a, how=how, batch_size=batch_size)[0].tolist()
     reward_b = reward_model.reward(matched.prompts, matched.b, how=how, batch_size=batch_size)[0].tolist()
-    outcomes = [1.0 if ra - rb > margin else 0.0 if rb - ra > margin else 0.5 for ra, rb in zip(reward_a, reward_b)]
-    length_diff = [len(x) - len(y) for x, y in zip(matched.a, matched.b)]
-    result = win_rate(outcomes, length_diff, matched.categories, seed=seed)
-    rows = [
-        {"source": s, "prompt": p, "response_a": x, "response_b": y, "reward_a": ra, "reward_b": rb, "outcome": o,
-         "length_diff": d}
-        for s, p, x, y, ra, rb, o, d in zip(matched.sources, matched.prompts, matched.a, matched.b, reward_a, reward_b,
-                                            outcomes, length_diff)
-    ]  # fmt: skip
+    result, rows, _ = _judge(matched, reward_a, reward_b, margin, seed, "reward")
     return result, rows
+
+
+def judge_by_verifier(
+    matched: Matched, verifier, margin: float = 0.0, workers: int = 2, seed: int = 0
+) -> tuple[WinRate, list[dict], int]:
+    """Score both sides with ``verifier`` (a reward-function spec: ``math``, ``code``, ``module:function``, or a
+    ``RewardSpec``), run by ``alignkit.rewards.RewardRunner`` with the records' fields as columns -> (the win rate of
+    A on the prompts both sides were scored on, one record per prompt with both scores (None where unscored) and
+    the outcome (None where left out), the number of prompts left out)."""
+    from alignkit.rewards import RewardRunner
+
+    if margin < 0:
+        raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (scores closer than it are ties)")
+    n = len(matched.prompts)
+    columns = {k: v + v for k, v in (matched.columns or {}).items()}
+    with RewardRunner([verifier], workers=workers) as runner:  # both sides in one batch
+        scored = runner(matched.prompts + matched.prompts, matched.a + matched.b, columns)
+    for line in scored.problems():
+        log.warning(line)
+    result, rows, kept = _judge(matched, scored.rewards[:n], scored.rewards[n:], margin, seed, "score")
+    if not kept:
+        name = verifier if isinstance(verifier, str) else getattr(verifier, "name", "verifier")
+        raise UserError(f"verifier {name!r} scored none of the {n} prompts (both sides). Fix: give records the "
+                        "fields it needs, e.g. 'answer' for math, 'tests' for code")  # fmt: skip
+    return result, rows, n - len(kept)
 
 
 def describe(result: WinRate, a: str = "A", b: str = "B") -> list[str]:

@@ -4,6 +4,7 @@
       -> KL(policy || reference) on the policy's samples (k1 / k2 / k3 / exact next-token, per token and per sequence)
       -> length, repetition, loops, distinct-n of both
       -> [reward model] score distributions of both, and the policy's win rate over the reference per prompt
+         (on those samples, or on one response per prompt each at ``winrate_temperature``, 0 = greedy)
       -> [pairs] held-out pairwise accuracy, implicit-reward accuracy, and the length-bias check
       -> [safety] refusal rate on harmful prompts and over-refusal on benign-but-edgy ones, greedy, for both
 
@@ -26,7 +27,10 @@ from alignkit.eval.samples import Generator, kl_summary, length_bias, sample_kl,
 @dataclass
 class Settings:
     """Sampling for the metrics: ``samples`` per prompt at ``temperature`` (1 = the policy itself, which the KL
-    estimators assume), ``max_new_tokens`` each; safety responses are greedy with ``safety_tokens``."""
+    estimators assume), ``max_new_tokens`` each; safety responses are greedy with ``safety_tokens``.
+    ``winrate_temperature``: None = the win rate compares the mean reward of those samples per prompt; a number =
+    it compares one fresh response per prompt of each model at that temperature (0 = greedy, what a user sees at
+    low temperature; a 135M model's T=1 samples are mostly noise to a judge)."""
 
     samples: int = 2
     max_new_tokens: int = 96
@@ -35,12 +39,15 @@ class Settings:
     batch_size: int = 8
     safety_tokens: int = 96
     max_length: int = 512  # pairs: prompt + completion tokens
+    winrate_temperature: float | None = None
 
     def validate(self) -> None:
         if self.samples < 1:
             raise UserError(f"--samples {self.samples}. Fix: sample at least 1 completion per prompt")
         if self.temperature <= 0:
             raise UserError(f"--temperature {self.temperature}. Fix: sample with a temperature > 0 (1 = the policy)")
+        if self.winrate_temperature is not None and self.winrate_temperature < 0:
+            raise UserError(f"--winrate-temperature {self.winrate_temperature}. Fix: use 0 (greedy) or more")
         if self.max_new_tokens < 1 or self.safety_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1. Fix: e.g. --max-new-tokens 96")
 
@@ -95,7 +102,17 @@ def run_metrics(
         "policy_text": _texts_summary(pol_c), "reference_text": _texts_summary(ref_c),
     }  # fmt: skip
     if reward_model is not None:
-        result["reward"] = _rewards(reward_model, prompts, pol_c, ref_c, s.batch_size)
+        judged = None
+        if s.winrate_temperature is not None:
+            t = s.winrate_temperature
+            log(f"win rate: one response per prompt from each model at T={t}")
+            seed = s.seed + 10_000  # not the KL samples' seeds
+            judged = [g.sample(texts, 1, s.max_new_tokens, t, seed) for g in (pol, ref)]
+            result["winrate_temperature"] = t
+            result["winrate_samples"] = [
+                {"prompt": p, "policy": a[0].text, "reference": b[0].text} for p, a, b in zip(texts, *judged)
+            ]
+        result["reward"] = _rewards(reward_model, prompts, pol_c, ref_c, s.batch_size, judged)
     if pairs:
         result["pairs"] = _pairs(pol, ref, pairs, s)
     if safety:
@@ -115,21 +132,22 @@ def _texts_summary(completions) -> dict:
     return out
 
 
-def _rewards(rm, prompts: list[dict], pol_c, ref_c, batch_size: int) -> dict:
-    """Score distributions and the per-prompt win rate of the policy (mean reward of its samples vs the reference's)."""
+def _rewards(rm, prompts: list[dict], pol_c, ref_c, batch_size: int, judged=None) -> dict:
+    """Score distributions of the samples and the per-prompt win rate of the policy: the mean reward of its samples
+    vs the reference's, or of the ``judged`` pair ``(policy, reference)`` of completion groups when given."""
     from alignkit.eval.samples import distribution
     from alignkit.eval.winrate import win_rate
-
-    k = len(pol_c[0])
 
     def score(completions) -> np.ndarray:
         flat_p = [r["prompt"] for r, group in zip(prompts, completions) for _ in group]
         flat_t = [c.text for group in completions for c in group]
-        return rm.reward(flat_p, flat_t, batch_size=batch_size)[0].numpy().reshape(len(prompts), k)
+        return rm.reward(flat_p, flat_t, batch_size=batch_size)[0].numpy().reshape(len(prompts), len(completions[0]))
 
     a, b = score(pol_c), score(ref_c)
-    outcomes = [1.0 if x > y else 0.0 if y > x else 0.5 for x, y in zip(a.mean(1), b.mean(1))]
-    length_diff = [np.mean([len(c.text) for c in x]) - np.mean([len(c.text) for c in y]) for x, y in zip(pol_c, ref_c)]
+    wa, wb = (a, b) if judged is None else (score(judged[0]), score(judged[1]))
+    wc = (pol_c, ref_c) if judged is None else judged
+    outcomes = [1.0 if x > y else 0.0 if y > x else 0.5 for x, y in zip(wa.mean(1), wb.mean(1))]
+    length_diff = [np.mean([len(c.text) for c in x]) - np.mean([len(c.text) for c in y]) for x, y in zip(*wc)]
     cats = [r.get("category") for r in prompts]
     categories = [str(c) for c in cats] if all(c is not None for c in cats) else None
     wr = win_rate(outcomes, length_diff, categories, seed=0)
@@ -180,7 +198,9 @@ def describe_metrics(r: dict) -> list[str]:
                      f"{r['reward']['policy']['std']:.3f}), reference {r['reward']['reference']['mean']:+.3f} (sd "
                      f"{r['reward']['reference']['std']:.3f})")  # fmt: skip
         lc = w["length_controlled"]
-        lines.append(f"win rate of the policy over the reference: {w['wins']}/{w['ties']}/{w['losses']} (w/t/l), "
+        on = f"T={r['winrate_temperature']} responses" if "winrate_temperature" in r else "the samples"
+        lines.append(f"win rate of the policy over the reference ({on}): {w['wins']}/{w['ties']}/{w['losses']} "
+                     "(w/t/l), "
                      f"ties as half {w['rate']:.3f} [{w['bootstrap'][0]:.3f}, {w['bootstrap'][1]:.3f}], decisive "
                      f"{w['decisive_rate']:.3f} Wilson [{w['wilson'][0]:.3f}, {w['wilson'][1]:.3f}], "
                      f"length-controlled {'n/a' if lc is None else f'{lc:.3f}'}")  # fmt: skip
