@@ -161,3 +161,17 @@ def online_config(command: str, model_dir: str, data_file: str, out: Path, defau
     for section, values in [*defaults.items(), *sections.items()]:
         overrides[section] = {**overrides.get(section, {}), **values}
     return make_config(command, **overrides)
+
+
+class Crash(Exception):
+    """Raised by ``crash_at``: a run interrupted on purpose (resume tests)."""
+
+
+def crash_at(step: int):
+    """A loop callback that interrupts the run when it reaches ``step``."""
+
+    def callback(state, metrics):
+        if state.step == step:
+            raise Crash()
+
+    return callback

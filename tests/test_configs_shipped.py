@@ -11,6 +11,9 @@ METHOD_OF = {"sft": "sft", "ipo": "ipo", "simpo": "simpo", "orpo": "orpo", "kto"
 
 
 def method_of(path: Path) -> str:
+    for prefix in ("online_dpo", "online_kto"):
+        if path.stem.startswith(prefix):
+            return prefix.replace("_", "-")
     for prefix in ("rm", "grpo", "rloo", "ppo"):
         if path.stem.startswith(prefix):
             return prefix
@@ -26,7 +29,7 @@ def test_shipped_config_validates(path):
     assert cfg.train.output_dir.startswith("runs/")
     if method in ("grpo", "rloo"):
         assert cfg.method.resolved_advantage == method
-    elif method not in ("sft", "kto", "rm", "ppo"):
+    elif method not in ("sft", "kto", "rm", "ppo", "online-dpo", "online-kto"):
         assert cfg.method.loss == method
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import online_config, write_jsonl
+from helpers import Crash, crash_at, online_config, write_jsonl
 from safetensors.torch import load_file
 
 from alignkit.errors import ConfigError, UserError
@@ -54,16 +54,6 @@ def test_policy_learns_a_verifiable_reward(method, advantage, word_model_dir, tm
 
 
 def test_resume_equals_an_uninterrupted_run(word_model_dir, tmp_path):
-    class Crash(Exception):
-        pass
-
-    def crash_at(step):
-        def callback(state, metrics):
-            if state.step == step:
-                raise Crash()
-
-        return callback
-
     data = prompts_file(tmp_path)
     common = {"train": {"max_steps": 4, "save_steps": 2}, "method": {"beta": 0.05}}
     whole = run("grpo", grpo_config(word_model_dir, data, tmp_path / "whole", **common), **QUIET)

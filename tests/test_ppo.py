@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import online_config, write_jsonl
+from helpers import Crash, crash_at, online_config, write_jsonl
 from safetensors.torch import load_file
 
 from alignkit.errors import ConfigError
@@ -62,16 +62,6 @@ def test_adaptive_kl_controller_raises_beta_when_kl_is_over_target(word_model_di
 
 
 def test_resume_keeps_the_kl_controller(word_model_dir, tmp_path):
-    class Crash(Exception):
-        pass
-
-    def crash_at(step):
-        def callback(state, metrics):
-            if state.step == step:
-                raise Crash()
-
-        return callback
-
     data = prompts_file(tmp_path)
     common = {"train": {"max_steps": 4, "save_steps": 2}, "method": {"kl_target": 0.05, "kl_horizon": 16}}
     whole = run("ppo", ppo_config(word_model_dir, data, tmp_path / "whole", **common), **QUIET)

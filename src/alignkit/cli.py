@@ -22,7 +22,9 @@ SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --se
 
 @app.command()
 def train(
-    method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, rloo or ppo"),
+    method: str = typer.Argument(
+        ..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, rloo, ppo, online-dpo or online-kto"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
@@ -281,7 +283,7 @@ def demo(
 
 @app.command("config")
 def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, "
-                                                          "rloo or ppo")):  # fmt: skip
+                                                          "rloo, ppo, online-dpo or online-kto")):  # fmt: skip
     """Print the full default config of METHOD as YAML, with every field."""
     import yaml
 
@@ -373,10 +375,12 @@ def data_split(
 
 
 from alignkit.cli_eval import eval_app  # noqa: E402
+from alignkit.cli_judge import judge_app  # noqa: E402
 from alignkit.cli_verify import verify_app  # noqa: E402
 
 app.add_typer(verify_app, name="verify")
 app.add_typer(eval_app, name="eval")
+app.add_typer(judge_app, name="judge")
 
 
 def main() -> None:

@@ -243,8 +243,20 @@ class SFTConfig(RunConfig):
     method: SFTMethodConfig = _f(SFTMethodConfig(), "SFT has no method parameters.")
 
 
+class LossDefaults:
+    """The defaults a DPO-family config resolves from its ``loss``: beta and the weight of the NLL term."""
+
+    @property
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else (2.0 if self.loss == "simpo" else 0.1)
+
+    @property
+    def resolved_sft_weight(self) -> float:
+        return self.sft_weight if self.sft_weight is not None else LOSSES[self.loss].default_sft_weight
+
+
 @dataclass
-class PreferenceMethodConfig:
+class PreferenceMethodConfig(LossDefaults):
     loss: str = _f("dpo", "Preference loss.", tuple(LOSSES))
     beta: float | None = _f(
         None, "Loss temperature; None = the loss's default (dpo/ipo/hinge/robust/orpo 0.1, simpo 2.0)."
@@ -294,14 +306,6 @@ class PreferenceMethodConfig:
                 f"{where}: method.ref_model is set but loss '{self.loss}' uses no reference model. "
                 "Fix: remove method.ref_model, or pick a loss with a reference (dpo, ipo, hinge, robust)."
             )
-
-    @property
-    def resolved_beta(self) -> float:
-        return self.beta if self.beta is not None else (2.0 if self.loss == "simpo" else 0.1)
-
-    @property
-    def resolved_sft_weight(self) -> float:
-        return self.sft_weight if self.sft_weight is not None else LOSSES[self.loss].default_sft_weight
 
 
 @dataclass

@@ -10,9 +10,11 @@ completions per forward (memory); the accumulation follows from the rest and is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from alignkit.config import RunConfig, _f, _require
+from alignkit.config import LossDefaults, RunConfig, _f, _require
 from alignkit.errors import ConfigError
+from alignkit.losses import LOSSES
 from alignkit.rl.kl import ESTIMATORS
 
 ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
@@ -49,8 +51,8 @@ class RolloutConfig:
 
 
 @dataclass
-class PolicyGradientConfig:
-    """What GRPO, RLOO and PPO share: rewards, the reference/KL, the clipped objective and the update schedule."""
+class RewardSourcesConfig:
+    """Where the online methods' rewards come from: reward functions and/or a reward model (``RewardSources``)."""
 
     rewards: list = _f([], "Reward functions: built-in names (math, math_format, code) or module:function, or "
                        "{function, weight, timeout, name} mappings; several are summed by weight.")  # fmt: skip
@@ -63,6 +65,12 @@ class PolicyGradientConfig:
                                        "members averaged) is then an early-stopping metric.")  # fmt: skip
     reward_workers: int = _f(2, "Worker processes running reward functions (each call with its timeout); 0 = "
                              "in the training process, no timeouts.")  # fmt: skip
+
+
+@dataclass
+class PolicyGradientConfig(RewardSourcesConfig):
+    """What GRPO, RLOO and PPO share: rewards, the reference/KL, the clipped objective and the update schedule."""
+
     beta: float = _f(0.0, "KL coefficient toward the reference (initial policy); 0 = no reference is loaded.")
     kl_estimator: str = _f("k3", "Per-token KL estimator (Schulman 2020).", ESTIMATORS)
     ref_model: str | None = _f(None, "A different reference model; None = the initial policy.")
@@ -193,3 +201,130 @@ class PPOConfig(OnlineConfig):
 
     rollout: RolloutConfig = _f(RolloutConfig(samples_per_prompt=1), "How prompts become sampled completions.")
     method: PPOMethodConfig = _f(PPOMethodConfig(), "Rewards, value function, GAE, clipping, KL control, schedule.")
+
+
+@dataclass
+class JudgedOnlineConfig(RewardSourcesConfig):
+    """What online DPO and online KTO share: the judge, the iteration schedule, replay, and rewards.
+
+    Every ``iteration_steps`` steps the current policy samples ``rollout.samples_per_prompt`` responses for every
+    prompt of the next ``iteration_steps`` steps; a judge labels them (pairs for DPO, good/bad for KTO); each step
+    then trains on its prompts' labelled samples mixed with those of earlier iterations (and ``replay_data``) at
+    ``replay_ratio``. ``iteration_steps: 1`` is fully online (Guo et al. 2024, OAIF); more is iterative (Xu et al.
+    2023; Yuan et al. 2024). Without ``judge``, the rewards judge (best vs worst sample; good = above threshold);
+    with one, the rewards only give eval metrics (pass@1)."""
+
+    ref_model: str | None = _f(None, "A different reference model; None = the initial policy.")
+    judge: Any = _f(None, "A judge (alignkit.judges.load_judge spec: llm:MODEL, reward_model:DIR, verifier:math, or "
+                    "a mapping with kind); None = judge by method.rewards / method.reward_model.")  # fmt: skip
+    iteration_steps: int = _f(1, "Steps per iteration: the policy samples the data of this many steps at once; "
+                              "1 = fully online.")  # fmt: skip
+    replay_ratio: float = _f(0.5, "Share of each step's examples drawn from earlier iterations (and replay_data); "
+                             "0 = only fresh ones. The spec's iterative DPO mixes old and new 50/50.")  # fmt: skip
+    replay_size: int = _f(4096, "Examples kept for replay; the oldest leave first.")
+    replay_data: str | None = _f(None, "Offline data seeding the replay pool (DPO: pairs; KTO: binary feedback).")
+    iterations: int = _f(1, "Passes over each step's examples.")
+    minibatches: int = _f(1, "Optimizer steps per pass.")
+
+    def validate(self, where: str) -> None:
+        _require(self.iteration_steps >= 1, where, "method.iteration_steps", self.iteration_steps, "use 1 or more")
+        _require(0 <= self.replay_ratio < 1, where, "method.replay_ratio", self.replay_ratio, "use a value in [0, 1)")
+        _require(self.replay_size >= 1, where, "method.replay_size", self.replay_size, "use 1 or more")
+        for name in ("iterations", "minibatches"):
+            _require(getattr(self, name) >= 1, where, f"method.{name}", getattr(self, name), "use a whole number >= 1")
+        _require(self.reward_workers >= 0, where, "method.reward_workers", self.reward_workers, "use 0 or more")
+
+
+@dataclass
+class OnlinePreferenceMethodConfig(JudgedOnlineConfig, LossDefaults):
+    """Online / iterative DPO and the rest of the DPO family: a pair per prompt from its samples."""
+
+    loss: str = _f("dpo", "Preference loss of the DPO family.", tuple(LOSSES))
+    beta: float | None = _f(None, "Loss temperature; None = the loss's default (dpo/ipo/hinge/robust 0.1, simpo 2).")
+    label_smoothing: float = _f(0.0, "Assumed label-noise rate for dpo (cDPO) and robust; in [0, 0.5).")
+    gamma: float = _f(1.0, "SimPO target reward margin.")
+    sft_weight: float | None = _f(None, "Weight of an NLL term on chosen; None = the loss's default (orpo 1).")
+    both_orders: bool = _f(True, "Ask an order-sensitive judge (LLM) in both orders (position bias); orders that "
+                           "disagree make no pair (counted in judge/inconsistent).")  # fmt: skip
+    margin: float = _f(0.0, "Rewards: best and worst must differ by more than this to make a pair.")
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _require(self.beta is None or self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
+        _require(0 <= self.label_smoothing < 0.5, where, "method.label_smoothing", self.label_smoothing,
+                 "use a value in [0, 0.5)")  # fmt: skip
+        if self.loss == "robust":
+            _require(self.label_smoothing > 0, where, "method.label_smoothing", self.label_smoothing,
+                     "robust DPO needs the assumed noise rate, e.g. 0.1")  # fmt: skip
+        _require(self.sft_weight is None or self.sft_weight >= 0, where, "method.sft_weight", self.sft_weight, ">= 0")
+        _require(self.margin >= 0, where, "method.margin", self.margin, "use 0 or a positive reward difference")
+        if not LOSSES[self.loss].needs_reference and self.ref_model:
+            raise ConfigError(f"{where}: method.ref_model is set but loss '{self.loss}' uses no reference model. "
+                              "Fix: remove method.ref_model, or use a loss with a reference (dpo, ipo)")  # fmt: skip
+
+
+@dataclass
+class OnlineKTOMethodConfig(JudgedOnlineConfig):
+    """Online KTO: every sample labelled good or bad by the judge (Ethayarajh et al. 2024's loss)."""
+
+    beta: float = _f(0.1, "KTO temperature beta.")
+    desirable_weight: float = _f(1.0, "lambda_D, weight of desirable samples.")
+    undesirable_weight: float = _f(1.0, "lambda_U, weight of undesirable samples.")
+    label_by: str = _f("threshold", "A sample is desirable when its score exceeds method.threshold, or exceeds the "
+                       "mean score of its prompt's samples (group_mean; ties with the mean are left out).",
+                       ("threshold", "group_mean"))  # fmt: skip
+    threshold: float = _f(0.5, "label_by threshold: the score above which a sample is desirable (a verifier's 1/0: "
+                          "0.5; a normalized reward model: 0).")  # fmt: skip
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        _require(self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
+        for name in ("desirable_weight", "undesirable_weight"):
+            _require(getattr(self, name) > 0, where, f"method.{name}", getattr(self, name), "use a positive weight")
+
+
+@dataclass
+class OnlinePreferenceConfig(OnlineConfig):
+    """Online / iterative preference optimization: prompt-only data, pairs made by a judge in the loop."""
+
+    rollout: RolloutConfig = _f(RolloutConfig(samples_per_prompt=2), "How prompts become sampled completions.")
+    method: OnlinePreferenceMethodConfig = _f(OnlinePreferenceMethodConfig(), "Loss, judge, iterations, replay.")
+
+    def validate(self, where: str = "config") -> None:
+        judge = self.method.judge
+        if judge is None and not self.method.rewards and not self.method.reward_model:
+            raise ConfigError(f"{where}: no judge: method.judge, method.rewards and method.reward_model are all "
+                              "unset. Fix: e.g. method.judge=llm:smollm2-135m-instruct, or "
+                              "method.rewards=[math]")  # fmt: skip
+        g = self.rollout.samples_per_prompt
+        pairs = isinstance(self.method, OnlinePreferenceMethodConfig)
+        if pairs or self.method.label_by == "group_mean":
+            _require(g >= 2, where, "rollout.samples_per_prompt", g,
+                     "a pair (or a group mean) needs at least 2 samples per prompt")  # fmt: skip
+        if judge is not None:
+            from alignkit.judges import check_judge_spec
+
+            kind = check_judge_spec(judge, "method.judge", where)["kind"]
+            if pairs and kind == "llm":
+                _require(g == 2, where, "rollout.samples_per_prompt", g,
+                         "an LLM judge compares two responses: use 2 samples per prompt")  # fmt: skip
+        RunConfig.validate(self, where)
+        self.rollout.validate(where)
+        self.method.validate(where)
+        _require(self.train.grad_accum == 1, where, "train.grad_accum", self.train.grad_accum,
+                 "online methods derive accumulation from the rollout; leave train.grad_accum at 1")  # fmt: skip
+        limit = self.data.max_length - self.rollout.max_new_tokens
+        _require(
+            limit >= 8,
+            where,
+            "data.max_length",
+            self.data.max_length,
+            f"data.max_length must exceed rollout.max_new_tokens ({self.rollout.max_new_tokens}) by 8 or more",
+        )
+
+
+@dataclass
+class OnlineKTOConfig(OnlinePreferenceConfig):
+    """Online KTO: prompt-only data, every sample labelled good/bad by a judge in the loop."""
+
+    method: OnlineKTOMethodConfig = _f(OnlineKTOMethodConfig(), "KTO loss, judge, labelling, iterations, replay.")

@@ -109,31 +109,37 @@ class KTOMethod(Method):
         return batch
 
     def loss(self, module, batch):
-        labels = batch["labels"].bool()
-        b = labels.shape[0]
-        ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-        logps = sequence_logprobs(module(ids[:b], attn[:b], mask[:b]), mask[:b])  # (B,)
-        with torch.no_grad():  # z_ref carries no gradient: score the mismatched rows without building a graph
-            kl_logps = sequence_logprobs(module(ids[b:], attn[b:], mask[b:]), mask[b:])
-        ref = batch["ref_logps"].to(logps.dtype) if "ref_logps" in batch else self.reference.logps(batch)
-        # training: z_ref over the global micro-batch (every process runs the same number of micro-steps);
-        # evaluation shards may differ in batch count, so there each process keeps its own estimate
-        z_ref = kto_reference_point(kl_logps, ref[b:], _all_reduce() if module.training else None)
-        losses, rewards = kto_loss(
-            logps, ref[:b], labels, z_ref, self.mc.beta, self.mc.desirable_weight, self.mc.undesirable_weight
-        )
-        metrics = {
-            "rewards/desirable": rewards[labels],
-            "rewards/undesirable": rewards[~labels],
-            "logps/desirable": logps[labels].detach(),
-            "logps/undesirable": logps[~labels].detach(),
-            "kl": z_ref.expand(b),
-            "rewards/accuracies": ((rewards > 0) == labels).float(),
-        }
-        return losses, metrics
+        ref = batch["ref_logps"] if "ref_logps" in batch else self.reference.logps(batch)
+        return kto_batch_loss(module, batch, ref, self.mc)
 
     def length(self, item) -> int:
         return len(item.prompt_ids) + max(len(item.completion_ids), len(item.kl_completion_ids))
+
+
+def kto_batch_loss(module, batch: dict, ref_logps: torch.Tensor, mc):
+    """KTO on a ``collate_kto`` batch: rows ``:B`` the labelled completions, ``B:`` the mismatched ones;
+    ``ref_logps`` ``(2B,)`` the reference's sums of both; ``mc``: beta, desirable_weight, undesirable_weight ->
+    (per-example losses ``(B,)``, metrics)."""
+    labels = batch["labels"].bool()
+    b = labels.shape[0]
+    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    logps = sequence_logprobs(module(ids[:b], attn[:b], mask[:b]), mask[:b])  # (B,)
+    with torch.no_grad():  # z_ref carries no gradient: score the mismatched rows without building a graph
+        kl_logps = sequence_logprobs(module(ids[b:], attn[b:], mask[b:]), mask[b:])
+    ref = ref_logps.to(logps.dtype)
+    # training: z_ref over the global micro-batch (every process runs the same number of micro-steps);
+    # evaluation shards may differ in batch count, so there each process keeps its own estimate
+    z_ref = kto_reference_point(kl_logps, ref[b:], _all_reduce() if module.training else None)
+    losses, rewards = kto_loss(logps, ref[:b], labels, z_ref, mc.beta, mc.desirable_weight, mc.undesirable_weight)
+    metrics = {
+        "rewards/desirable": rewards[labels],
+        "rewards/undesirable": rewards[~labels],
+        "logps/desirable": logps[labels].detach(),
+        "logps/undesirable": logps[~labels].detach(),
+        "kl": z_ref.expand(b),
+        "rewards/accuracies": ((rewards > 0) == labels).float(),
+    }
+    return losses, metrics
 
 
 def _all_reduce():

@@ -101,33 +101,10 @@ class PreferenceMethod(Method):
             token_logps = module(batch["input_ids"], batch["attention_mask"], mask)  # (2B, seq)
             sums = sequence_logprobs(token_logps, mask)  # (2B,)
             n_tokens = mask[:, 1:].sum(-1).clamp(min=1)
-        means = sums / n_tokens
-        b = sums.shape[0] // 2
-        policy = means if self.spec.average_logps else sums
-        metrics = {"logps/chosen": sums[:b].detach(), "logps/rejected": sums[b:].detach()}
+        ref_sums = None
         if self.spec.needs_reference:
-            if self.mc.reference == "live":
-                ref_sums = self.reference.logps(batch)
-            else:
-                ref_sums = batch["ref_logps"].to(sums.dtype)
-            ref = ref_sums / n_tokens if self.spec.average_logps else ref_sums
-            losses, chosen_r, rejected_r = self.spec.fn(policy[:b], policy[b:], ref[:b], ref[b:], **self.params)
-            metrics["kl/chosen"] = (sums[:b] - ref_sums[:b]).detach()
-        else:
-            losses, chosen_r, rejected_r = self.spec.fn(policy[:b], policy[b:], **self.params)
-        nll = sft_loss(means[:b])
-        if self.sft_weight:
-            losses = losses + self.sft_weight * nll
-        metrics.update(
-            {
-                "rewards/chosen": chosen_r,
-                "rewards/rejected": rejected_r,
-                "rewards/margins": chosen_r - rejected_r,
-                "rewards/accuracies": (chosen_r > rejected_r).float(),
-                "nll/chosen": nll.detach(),
-            }
-        )
-        return losses, metrics
+            ref_sums = self.reference.logps(batch) if self.mc.reference == "live" else batch["ref_logps"].to(sums.dtype)
+        return pair_loss(self.spec, self.params, self.sft_weight, sums, n_tokens, ref_sums)
 
     def tokens(self, batch: dict) -> int:
         """Non-padding tokens of the chosen and rejected sequences (the prompt counted for both), either layout."""
@@ -139,6 +116,35 @@ class PreferenceMethod(Method):
         if self.shared:
             return len(item.prompt_ids) + len(item.chosen_ids) + len(item.rejected_ids)
         return len(item.prompt_ids) + max(len(item.chosen_ids), len(item.rejected_ids))
+
+
+def pair_loss(spec, params: dict, sft_weight: float, sums, n_tokens, ref_sums=None):
+    """The DPO-family loss of a batch of pairs, chosen rows first: ``sums``/``n_tokens``/``ref_sums`` ``(2B,)``
+    (summed completion log-probs of the policy, completion token counts, the reference's sums or None for a
+    reference-free loss) -> (per-pair losses ``(B,)``, per-pair metrics ``{name: (B,)}``)."""
+    means = sums / n_tokens
+    b = sums.shape[0] // 2
+    policy = means if spec.average_logps else sums
+    metrics = {"logps/chosen": sums[:b].detach(), "logps/rejected": sums[b:].detach()}
+    if spec.needs_reference:
+        ref = ref_sums / n_tokens if spec.average_logps else ref_sums
+        losses, chosen_r, rejected_r = spec.fn(policy[:b], policy[b:], ref[:b], ref[b:], **params)
+        metrics["kl/chosen"] = (sums[:b] - ref_sums[:b]).detach()
+    else:
+        losses, chosen_r, rejected_r = spec.fn(policy[:b], policy[b:], **params)
+    nll = sft_loss(means[:b])
+    if sft_weight:
+        losses = losses + sft_weight * nll
+    metrics.update(
+        {
+            "rewards/chosen": chosen_r,
+            "rewards/rejected": rejected_r,
+            "rewards/margins": chosen_r - rejected_r,
+            "rewards/accuracies": (chosen_r > rejected_r).float(),
+            "nll/chosen": nll.detach(),
+        }
+    )
+    return losses, metrics
 
 
 def layout_name(shared: bool, packed: bool) -> str:

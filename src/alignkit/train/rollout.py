@@ -58,6 +58,10 @@ class OnlineMethod(Method):
         self.sampler = self.rewards = self.reference = self.accelerator = self.gold = None
         self.pass_index = (0, 0)  # (iteration, minibatch) of the update being trained
 
+    def needs_reference(self) -> bool:
+        """Whether the loss regularizes toward a reference (the initial policy, or method.ref_model)."""
+        return self.mc.beta > 0
+
     # ---- data: prompt-only records -> TokenizedPrompt items
     def convert(self, record, source):
         return to_prompt(record, source, self.cfg.data.prompt_field, self.cfg.data.prompt_template)
@@ -108,7 +112,7 @@ class OnlineMethod(Method):
                 self.log("warning: method.gold_reward_model is method.reward_model, the reward trained against; "
                          "eval/gold/reward then measures the proxy, not a held-out gold reward")  # fmt: skip
             self.gold = RewardModel.load(self.mc.gold_reward_model, device=str(accelerator.device))
-        if self.mc.beta > 0:
+        if self.needs_reference():
             from alignkit.train.reference import Reference
 
             self.reference = Reference(model, "live", self.mc.ref_model, accelerator, self.cfg.model.trust_remote_code)

@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config
-from alignkit.config_online import GRPOConfig, PPOConfig
+from alignkit.config_online import GRPOConfig, OnlineKTOConfig, OnlinePreferenceConfig, PPOConfig
 from alignkit.data import Tokenizer
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
@@ -21,6 +21,8 @@ from alignkit.train.data import load_train_eval
 from alignkit.train.grpo import GRPOMethod
 from alignkit.train.kto import KTOMethod
 from alignkit.train.loop import TrainResult, fit
+from alignkit.train.online_kto import OnlineKTOMethod
+from alignkit.train.online_pref import OnlinePreferenceMethod
 from alignkit.train.ppo import PPOMethod
 from alignkit.train.preference import PreferenceMethod
 from alignkit.train.reward import RewardMethod, run_ensemble
@@ -40,6 +42,8 @@ METHODS: dict[str, MethodEntry] = {
     "kto": MethodEntry(KTOConfig, KTOMethod),
     "rm": MethodEntry(RewardConfig, RewardMethod),
     "ppo": MethodEntry(PPOConfig, PPOMethod),
+    "online-dpo": MethodEntry(OnlinePreferenceConfig, OnlinePreferenceMethod),
+    "online-kto": MethodEntry(OnlineKTOConfig, OnlineKTOMethod),
 }
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
 METHODS.update({name: MethodEntry(GRPOConfig, GRPOMethod, advantage=name) for name in ("grpo", "rloo")})
@@ -119,7 +123,7 @@ def run(
     method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print, **sections
 ) -> TrainResult:
     """Train with ``method``: 'sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto', 'rm', or online:
-    'grpo', 'rloo', 'ppo'.
+    'grpo', 'rloo', 'ppo', 'online-dpo' (any DPO-family loss with method.loss), 'online-kto'.
 
     ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
     ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.
