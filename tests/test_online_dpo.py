@@ -140,3 +140,17 @@ def test_online_kto_threshold_labels_and_replayed_feedback(word_model_dir, tmp_p
     assert "replay/accuracies" in row
     with pytest.raises(ConfigError, match="rollout.samples_per_prompt"):
         kto_config(word_model_dir, prompts_file(tmp_path), tmp_path / "x", rollout={"samples_per_prompt": 1})
+
+
+def test_an_llm_judge_in_both_orders_makes_the_pairs(tiny_model_dir, tmp_path):
+    """The order-sensitive path end to end: the tiny model judges its own samples (logprobs of A/B), asked both ways;
+    orders that disagree make no pair and are counted."""
+    cfg = config(tiny_model_dir, prompts_file(tmp_path), tmp_path / "llm", train={"max_steps": 2},
+                 rollout={"samples_per_prompt": 2, "max_new_tokens": 6},
+                 method={"rewards": [], "judge": {"kind": "llm", "model": tiny_model_dir, "batch_size": 4}})  # fmt: skip
+    rows = run("online-dpo", cfg, **QUIET).history
+    first = rows[0]
+    assert first["pairs/made"] + first["pairs/ties"] + first["pairs/unjudged"] + first["judge/inconsistent"] == 4
+    assert 0.0 <= first["judge/self_consistency"] <= 1.0
+    with pytest.raises(ConfigError, match="an LLM judge compares two responses"):
+        config(tiny_model_dir, prompts_file(tmp_path), tmp_path / "x", method={"judge": f"llm:{tiny_model_dir}"})
