@@ -24,6 +24,8 @@ def method_of(path: Path) -> str:
 def test_shipped_config_validates(path):
     if path.stem.startswith(("overopt", "compare")):
         return check_study(path)
+    if path.stem.startswith("cai"):
+        return  # not a training config: tests/test_cai.py::test_shipped_cai_configs_load
     method = method_of(path)
     cfg = make_config(method, str(path))
     assert cfg.train.output_dir.startswith("runs/")

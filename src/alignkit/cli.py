@@ -374,12 +374,14 @@ def data_split(
         typer.echo(f"{path}: {len(split)} records")
 
 
+from alignkit.cli_cai import cai_app  # noqa: E402
 from alignkit.cli_eval import eval_app  # noqa: E402
 from alignkit.cli_judge import judge_app  # noqa: E402
 from alignkit.cli_verify import verify_app  # noqa: E402
 
 app.add_typer(verify_app, name="verify")
 app.add_typer(eval_app, name="eval")
+app.add_typer(cai_app, name="cai")
 app.add_typer(judge_app, name="judge")
 
 
