@@ -18,13 +18,10 @@ them as the same ``(source, record)`` list a file gives, so ``match_responses`` 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 
 from alignkit.errors import UserError
 from alignkit.eval.winrate import WinRate, win_rate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,17 +171,18 @@ def judge_by_verifier(
     ``RewardSpec``), run by ``alignkit.rewards.RewardRunner`` with the records' fields as columns -> (the win rate of
     A on the prompts both sides were scored on, one record per prompt with both scores (None where unscored) and
     the outcome (None where left out), the number of prompts left out)."""
-    from alignkit.rewards import RewardRunner
+    from alignkit.judges import VerifierJudge
 
     if margin < 0:
         raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (scores closer than it are ties)")
     n = len(matched.prompts)
     columns = {k: v + v for k, v in (matched.columns or {}).items()}
-    with RewardRunner([verifier], workers=workers) as runner:  # both sides in one batch
-        scored = runner(matched.prompts + matched.prompts, matched.a + matched.b, columns)
-    for line in scored.problems():
-        log.warning(line)
-    result, rows, kept = _judge(matched, scored.rewards[:n], scored.rewards[n:], margin, seed, "score")
+    judge = VerifierJudge(verifier, workers=workers)
+    try:  # both sides in one batch
+        scores = judge.score(matched.prompts + matched.prompts, matched.a + matched.b, columns=columns)
+    finally:
+        judge.close()
+    result, rows, kept = _judge(matched, scores[:n], scores[n:], margin, seed, "score")
     if not kept:
         name = verifier if isinstance(verifier, str) else getattr(verifier, "name", "verifier")
         raise UserError(f"verifier {name!r} scored none of the {n} prompts (both sides). Fix: give records the "

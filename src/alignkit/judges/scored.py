@@ -9,12 +9,15 @@ in which two responses are shown cannot matter (``order_invariant``); a principl
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
 from alignkit.data.formats import Content
 from alignkit.errors import UserError
 from alignkit.judges.base import Judge, Verdict
+
+log = logging.getLogger(__name__)
 
 
 def _versus(score_a: list, score_b: list, margin: float, bradley_terry: bool) -> list[Verdict]:
@@ -70,7 +73,10 @@ class VerifierJudge(Judge):
         """``columns``: the records' fields aligned with ``prompts`` (``answer=[...]``)."""
         if not prompts:
             return []
-        return list(self.runner(list(prompts), list(responses), columns or {}).rewards)
+        result = self.runner(list(prompts), list(responses), columns or {})
+        for line in result.problems():  # timeouts, errors: those samples are unjudged (None)
+            log.warning(line)
+        return list(result.rewards)
 
     def compare(self, prompts, a, b, principles=None, columns: dict[str, list] | None = None) -> list[Verdict]:
         n = len(prompts)

@@ -97,8 +97,8 @@ class OnlinePreferenceMethod(OnlineMethod):
         fresh = self.pending.pop(step, [])
         batch = fresh + self.draw_replay(len(fresh), step)
         sums.add_scalar("pairs/trained", float(len(batch)))
-        per = len(batch) // self.mc.minibatches if batch else 0
-        blocks = [batch[m * per : (m + 1) * per] for m in range(self.mc.minibatches)] if per else [batch]
+        k, n = self.mc.minibatches, len(batch)
+        blocks = [batch[m * n // k : (m + 1) * n // k] for m in range(k)]  # every pair; an empty block is no step
         for it in range(self.mc.iterations):
             for m, block in enumerate(blocks):
                 self.pass_index = (it, m)
