@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all venv bench clean sandbox-deps browser-deps
+.PHONY: demo test test-all venv bench clean sandbox-deps browser-deps store-deps
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt | sandbox-deps browser-deps
+$(STAMP): pyproject.toml constraints.txt | sandbox-deps browser-deps store-deps
 	$(PYTHON) -m venv $(VENV)
 	@echo ">> installing torch (CPU wheel) first"
 	$(PIP) torch==2.13.0
@@ -40,6 +40,18 @@ browser-deps:
 		apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; } \
 			|| echo ">> could not install chromium; $(CHROME_HINT)"; \
 	else echo ">> note: chromium/chromedriver not found; $(CHROME_HINT)"; fi
+
+# The store's PostgreSQL tests (tests/test_serve_store.py, tests/pg_server.py) start a throwaway server from the
+# PostgreSQL binaries (skipped without them). As root with apt-get, install them; otherwise say how. Never fatal.
+PG_HINT := install postgresql for the store's PostgreSQL tests: sudo apt-get install -y postgresql
+store-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo ">> installing postgresql (throwaway server for the store's PostgreSQL tests)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q postgresql || { apt-get update -q && apt-get install -y -q postgresql; } \
+			|| echo ">> could not install postgresql; $(PG_HINT)"; \
+	else echo ">> note: PostgreSQL's initdb not found; $(PG_HINT)"; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/alignkit demo --output-dir runs/demo

@@ -175,3 +175,41 @@ def crash_at(step: int):
             raise Crash()
 
     return callback
+
+
+CHROME_HINT = "install chromium chromium-driver: apt-get install -y chromium chromium-driver"
+
+
+def headless_chromium(tmp_path, window: str = "1280,1600", allow_loopback: bool = False):
+    """A selenium driver on Debian's headless Chromium with no network (loopback only when ``allow_loopback``);
+    skips the test, with the reason printed, when Chromium, its driver or selenium is missing."""
+    import shutil
+
+    import pytest
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver") or next(
+        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if Path(p).exists()), None
+    )
+    if chromium is None or driver_path is None:
+        print(CHROME_HINT)
+        pytest.skip(f"chromium or chromedriver not found; {CHROME_HINT}")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        print("selenium not installed")
+        pytest.skip("selenium not installed: pip install -e '.[dev]' -c constraints.txt")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    rules = "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" if allow_loopback else "MAP * ~NOTFOUND"
+    args = [
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-extensions", "--no-first-run", f"--window-size={window}",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        f"--host-resolver-rules={rules}",  # any other network request fails (and logs an error)
+    ]  # fmt: skip
+    for arg in args:
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)

@@ -11,6 +11,8 @@ METHOD_OF = {"sft": "sft", "ipo": "ipo", "simpo": "simpo", "orpo": "orpo", "kto"
 
 
 def method_of(path: Path) -> str:
+    if path.stem.startswith("retrain_kto"):
+        return "kto"
     for prefix in ("online_dpo", "online_kto"):
         if path.stem.startswith(prefix):
             return prefix.replace("_", "-")

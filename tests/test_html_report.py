@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import pair_records
-from helpers import tiny_sections, write_jsonl
+from helpers import headless_chromium, tiny_sections, write_jsonl
 
 from alignkit.errors import UserError
 from alignkit.eval.html_report import build_report, winrate_json
 from alignkit.eval.report_data import read_eval
 
-CHROME_HINT = "install chromium chromium-driver: apt-get install -y chromium chromium-driver"
 WINRATE = {
     "kind": "winrate", "a": "dpo <b>", "b": "sft", "judge": "rm-large", "wins": 30, "ties": 4, "losses": 14,
     "decisive_rate": 0.6818, "wilson": [0.5344, 0.8004], "rate": 0.6667, "bootstrap": [0.5417, 0.7917],
@@ -191,33 +190,7 @@ def test_cli_report(run_dir, tmp_path, monkeypatch, capsys):
 
 
 def _browser(tmp_path: Path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if Path(p).exists()), None
-    )
-    if chromium is None or driver_path is None:
-        print(CHROME_HINT)
-        pytest.skip(f"chromium or chromedriver not found; {CHROME_HINT}")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium not installed: pip install -e '.[dev]' -c constraints.txt")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    args = [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1600",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",  # any network request would fail and log an error
-    ]
-    for arg in args:
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    return headless_chromium(tmp_path)
 
 
 def _not_blank(png: bytes) -> tuple[float, float]:

@@ -147,7 +147,8 @@ def test_an_llm_judge_in_both_orders_makes_the_pairs(tiny_model_dir, tmp_path):
     orders that disagree make no pair and are counted."""
     cfg = config(tiny_model_dir, prompts_file(tmp_path), tmp_path / "llm", train={"max_steps": 2},
                  rollout={"samples_per_prompt": 2, "max_new_tokens": 6},
-                 method={"rewards": [], "judge": {"kind": "llm", "model": tiny_model_dir, "batch_size": 4}})  # fmt: skip
+                 method={"rewards": [], "judge": {"kind": "llm", "model": tiny_model_dir,
+                                                  "batch_size": 4}})  # fmt: skip
     rows = run("online-dpo", cfg, **QUIET).history
     first = rows[0]
     assert first["pairs/made"] + first["pairs/ties"] + first["pairs/unjudged"] + first["judge/inconsistent"] == 4

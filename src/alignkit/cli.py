@@ -376,13 +376,18 @@ def data_split(
 
 from alignkit.cli_cai import cai_app  # noqa: E402
 from alignkit.cli_eval import eval_app  # noqa: E402
+from alignkit.cli_feedback import feedback_app  # noqa: E402
 from alignkit.cli_judge import judge_app  # noqa: E402
+from alignkit.cli_serve import retrain, serve  # noqa: E402
 from alignkit.cli_verify import verify_app  # noqa: E402
 
 app.add_typer(verify_app, name="verify")
 app.add_typer(eval_app, name="eval")
 app.add_typer(cai_app, name="cai")
 app.add_typer(judge_app, name="judge")
+app.add_typer(feedback_app, name="feedback")
+app.command("serve")(serve)
+app.command("retrain")(retrain)
 
 
 def main() -> None:

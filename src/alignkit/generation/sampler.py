@@ -18,6 +18,7 @@ Top-k / top-p / min-p only decide which tokens may be drawn; that truncation is 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ from alignkit.logprobs import unwrap_causal_lm
 from alignkit.models.attention import use_segmented_attention
 
 FINISH_REASONS = ("eos", "stop", "length")
+OnToken = Callable[[int, int, int], None]  # (prompt index, sample index, token id)
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,12 @@ class Sampler:
         return self.sample(ids, params, [seed + i for i in range(len(ids))])
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
-        """``params.n`` completions per prompt of token ids; ``seeds[i]`` seeds prompt i's generator."""
+    def sample(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], on_token: OnToken | None = None
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per prompt of token ids; ``seeds[i]`` seeds prompt i's generator.
+
+        ``on_token(prompt, sample, token_id)`` is called for each drawn token as it is drawn (streaming)."""
         check_request(prompts, params, seeds)
         self.stats = SamplerStats()
         was_training = self.model.training
@@ -138,7 +144,8 @@ class Sampler:
             for s in range(0, len(order), per_chunk):
                 chunk = order[s : s + per_chunk]
                 gens = [torch.Generator(device="cpu").manual_seed(int(seeds[i])) for i in chunk]
-                for i, completions in zip(chunk, self._sample_chunk([prompts[i] for i in chunk], params, gens)):
+                hook = None if on_token is None else (lambda p, k, t, c=chunk: on_token(c[p], k, t))
+                for i, completions in zip(chunk, self._sample_chunk([prompts[i] for i in chunk], params, gens, hook)):
                     results[i] = completions
         finally:
             self.model.train(was_training)
@@ -146,7 +153,7 @@ class Sampler:
         return out
 
     def _sample_chunk(
-        self, prompts: list[list[int]], params: SamplingParams, gens: list[torch.Generator]
+        self, prompts: list[list[int]], params: SamplingParams, gens: list[torch.Generator], on_token=None
     ) -> list[list[Completion]]:
         lm = unwrap_causal_lm(self.model)
         device = next(lm.parameters()).device
@@ -185,6 +192,8 @@ class Sampler:
                     continue
                 tokens[r].append(token_l[b])
                 logps[r].append(logp_l[b])
+                if on_token is not None:
+                    on_token(*rows[r], token_l[b])
                 if is_eos[b]:
                     finish[r] = "eos"
                 elif params.stop and self._hits_stop(tokens[r], params.stop, stop_window):

@@ -125,8 +125,11 @@ class VLLMSampler(Sampler):
             raise RuntimeError("vLLM loaded none of the policy's weights: the parameter names do not match")
         self.llm.reset_prefix_cache()
 
-    def sample(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
-        """``params.n`` completions per prompt of token ids; ``seeds[i]`` seeds prompt i's requests."""
+    def sample(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int], on_token=None
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per prompt of token ids; ``seeds[i]`` seeds prompt i's requests. ``on_token``
+        (as in ``Sampler.sample``) is called for each token after the batch finished (vLLM's offline API)."""
         from vllm import SamplingParams as VLLMParams
         from vllm.inputs import TokensPrompt
 
@@ -146,6 +149,11 @@ class VLLMSampler(Sampler):
         self.stats.extra["weight_sync_seconds"] = t1 - t0
         out = [[self._completion(c, params.stop) for c in o.outputs] for o in outputs]
         self.stats.tokens = sum(len(c.token_ids) for group in out for c in group)
+        if on_token is not None:
+            for p, group in enumerate(out):
+                for k, c in enumerate(group):
+                    for t in c.token_ids:
+                        on_token(p, k, t)
         return out
 
     def _completion(self, c, stop: tuple[str, ...]) -> Completion:
