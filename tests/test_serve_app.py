@@ -292,3 +292,13 @@ def test_serve_refuses_a_public_bind_without_keys_and_bad_options():
         parse_weights("a=lots")
     assert parse_variants(None, []) == [("default", None)]
     assert parse_variants(None, ["a=x", "b=http://h:1/v1"]) == [("a", "x"), ("b", "http://h:1/v1")]
+
+
+def test_adding_a_variant_with_a_bad_source_or_name_is_refused(server):
+    url = server["url"]
+    dup = httpx.post(f"{url}/admin/variants", json={"name": "base", "source": "x"})
+    assert dup.status_code == 400 and "already served" in dup.json()["error"]["message"]
+    missing = httpx.post(f"{url}/admin/variants", json={"name": "ghost", "source": "/no/such/model"}, timeout=60)
+    assert missing.status_code == 400 and "could not load" in missing.json()["error"]["message"]
+    assert httpx.post(f"{url}/admin/variants", json={"name": "bad name!", "source": "x"}).status_code == 422
+    assert sorted(m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]) == ["base", "new"]
