@@ -112,7 +112,9 @@ def test_two_processes_match_one_process_kto_and_rm(method, tiny_model_dir, pair
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         if method == "kto":
-            assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-7)  # float32 summation order
+            # float32 summation order: KL is a difference of per-sequence log-prob sums of order 10, so a reduction
+            # in another order moves it by a few ulps of 10 (9.5e-7 seen at step 1, where the exact value is 0)
+            assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=5e-6)
 
 
 @pytest.mark.distributed
