@@ -34,7 +34,10 @@ _TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\W_]+|[^\w\s]"
 
 def repetition_score(text: str, n: int = 4, min_tokens: int = 16) -> float:
     """Share of the word ``n``-grams of ``text`` that repeat an earlier one: 0 for varied text, near 1 for a loop
-    ("I am sorry. I am sorry. ..."). Texts under ``min_tokens`` tokens score 0 (too short to tell)."""
+    ("I am sorry. I am sorry. ..."). Texts under ``min_tokens`` tokens score 0 (too short to tell).
+
+    The measure of ``alignkit.eval.samples.repetition_rate``, kept here because the server must not import
+    ``alignkit.eval`` (it loads torch) on its request path; this one also splits CJK text into characters."""
     tokens = [t.lower() for t in _TOKEN.findall(text or "")]
     if len(tokens) < max(min_tokens, n + 1):
         return 0.0
