@@ -1,7 +1,8 @@
 """Load on `alignkit serve` over loopback: feedback posts (requests/s, p50/p95/p99 latency, nothing lost) and
 streamed chat on the embedded model (tokens/s, time to first token).
 
-    .venv/bin/python bench/serve_load.py [--feedback 5000 --clients 50] [--chats 16 --chat-clients 4] [--db URL]
+    .venv/bin/python bench/serve_load.py [--feedback 5000 --clients 50 --rate 500] [--chats 16 --chat-clients 4]
+        [--db URL]
 
 Starts the server as a separate process (as in production: the load generator does not share its CPU time
 slices with the server's event loop beyond the OS's scheduling), waits for /health, then runs each load. On a
@@ -37,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--feedback", type=int, default=5000)
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--rate", type=float, default=500.0, help="offered posts/s of the open-loop run (0: skip it)")
     ap.add_argument("--chats", type=int, default=16)
     ap.add_argument("--chat-clients", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -58,13 +60,16 @@ def main() -> None:
         print("chat:", json.dumps(report["chat"]))
         with Store(db) as store:
             ids = [r["id"] for r in store.responses()]
-        fb = feedback_load(url, ids, args.feedback, args.clients)
+        runs = {"feedback": feedback_load(url, ids, args.feedback, args.clients)}  # closed loop: saturation
+        if args.rate:  # open loop at the goal's rate: the latency a client sees at 500 posts/s
+            runs["feedback_at_rate"] = feedback_load(url, ids, args.feedback, args.clients, rate=args.rate)
     with Store(db) as store:
         stored = Counter(f["id"] for f in store.feedback())
-    lost = [fid for fid in fb.acked if stored[fid] != 1]
-    report["feedback"] = {"posts": args.feedback, "clients": args.clients, **fb.summary(),
-                          "acknowledged_not_stored_once": len(lost)}  # fmt: skip
-    print("feedback:", json.dumps(report["feedback"]))
+    for name, fb in runs.items():
+        lost = [fid for fid in fb.acked if stored[fid] != 1]
+        report[name] = {"posts": args.feedback, "clients": args.clients, "offered_rate": args.rate if "rate" in name
+                        else None, **fb.summary(), "acknowledged_not_stored_once": len(lost)}  # fmt: skip
+        print(f"{name}:", json.dumps(report[name]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -32,7 +32,9 @@ class LoadResult:
         return out
 
 
-async def _feedback(url: str, response_ids: list[str], total: int, clients: int, headers: dict) -> LoadResult:
+async def _feedback(
+    url: str, response_ids: list[str], total: int, clients: int, headers: dict, rate: float | None
+) -> LoadResult:
     import httpx2 as httpx
 
     result = LoadResult(0.0)
@@ -46,6 +48,10 @@ async def _feedback(url: str, response_ids: list[str], total: int, clients: int,
                 body = {"response_id": response_ids[i % len(response_ids)], "value": "up" if i % 3 else "down",
                         "feedback_id": fid, "user": f"load-user-{c}"}  # fmt: skip
                 t0 = time.perf_counter()
+                if rate:  # open loop: post i is due at start + i / rate; latency counts from then (no
+                    due = start + i / rate  # coordinated omission: a late client's wait is in its latency)
+                    await asyncio.sleep(max(0.0, due - t0))
+                    t0 = due
                 try:
                     r = await client.post("/v1/feedback", json=body)
                 except httpx.HTTPError as e:
@@ -57,17 +63,26 @@ async def _feedback(url: str, response_ids: list[str], total: int, clients: int,
                 else:
                     result.errors[str(r.status_code)] = result.errors.get(str(r.status_code), 0) + 1
 
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in range(clients)))
-        result.seconds = time.perf_counter() - t0
+        result.seconds = time.perf_counter() - start
     return result
 
 
-def feedback_load(url: str, response_ids: list[str], total: int = 5000, clients: int = 50, key: str | None = None):
+def feedback_load(
+    url: str,
+    response_ids: list[str],
+    total: int = 5000,
+    clients: int = 50,
+    key: str | None = None,
+    rate: float | None = None,
+) -> LoadResult:
     """``total`` feedback posts (unique feedback ids) spread over ``response_ids`` by ``clients`` concurrent
-    keep-alive connections -> LoadResult with the acknowledged feedback ids."""
+    keep-alive connections -> LoadResult with the acknowledged feedback ids. Closed loop (each client posts as
+    soon as its last post returns: the server's saturation throughput) unless ``rate`` (posts/s) is given: then
+    open loop at that offered rate, latencies measured from each post's due time."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return asyncio.run(_feedback(url, response_ids, total, clients, headers))
+    return asyncio.run(_feedback(url, response_ids, total, clients, headers, rate))
 
 
 async def _chat(url: str, prompts: list[str], clients: int, max_tokens: int, model: str) -> LoadResult:
