@@ -124,6 +124,23 @@ def _rm_sections(model_dir, tmp_path, name="rm", steps=12, **method):
     return sec
 
 
+def test_normalization_pass_keeps_no_autograd_graph(tiny_model_dir, tmp_path, monkeypatch):
+    """finish() scores norm_pairs training pairs after training: with grad on, every batch's graph (all the
+    activations) stayed alive until the end, 24 GB on hh-rlhf with full fine-tuning (OOM-killed)."""
+    import alignkit.train.reward as reward_module
+
+    seen, score = [], reward_module._score
+
+    def spy(module, batch):
+        out = score(module, batch)
+        seen.append((torch.is_grad_enabled(), out.requires_grad))
+        return out
+
+    monkeypatch.setattr(reward_module, "_score", spy)
+    run("rm", **_rm_sections(tiny_model_dir, tmp_path, norm_pairs=1000))
+    assert seen and seen[-1] == (False, False)
+
+
 def test_rm_trains_and_saves_normalization(tiny_model_dir, tmp_path):
     result = run("rm", **_rm_sections(tiny_model_dir, tmp_path, norm_pairs=1000))
     ev = result.eval_metrics

@@ -155,7 +155,8 @@ class RewardMethod(Method):
         rewards = []
         for s in range(0, len(pairs), self.cfg.train.eval_batch_size):
             batch = self._collate_rows(pairs[s : s + self.cfg.train.eval_batch_size])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(self.cfg, device)):
+            # no_grad: keeping each batch's graph held every activation of all norm_pairs (24 GB, OOM, full FT)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(self.cfg, device)):
                 rewards.append(_score(module, {k: v.to(device) for k, v in batch.items()}))
         module.train(was_training)
         r = torch.cat(rewards).cpu()  # (2n, heads)
