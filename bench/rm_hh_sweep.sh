@@ -7,16 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 declare -A VARIANTS=(
-  [lora-r16-len256]=""
-  [full-lr1e-5]="--set lora=null --set train.learning_rate=1e-5"
-  [full-lr3e-5]="--set lora=null --set train.learning_rate=3e-5"
-  [lora-r64]="--set lora.r=64 --set lora.alpha=128"
-  [len512]="--set data.max_length=512"
+  [epochs1]="--set train.epochs=1"
+  [full-lr1e-5-epochs1]="--set lora=null --set train.learning_rate=1e-5 --set train.epochs=1"
   [epochs2]="--set train.epochs=2"
-  [sft-first]="--sft-first"
-  [no-centering]="--set method.center_weight=0"
+  [epochs2-seed1]="--set train.epochs=2 --set train.seed=1"
+  [len512-epochs2]="--set data.max_length=512 --set train.epochs=2"
+  [sft-first-epochs2]="--sft-first --set train.epochs=2"
+  [lora-r64-epochs2]="--set lora.r=64 --set lora.alpha=128 --set train.epochs=2"
+  [full-lr1e-5-epochs2]="--set lora=null --set train.learning_rate=1e-5 --set train.epochs=2"
+  [ensemble3-epochs2]="--set method.ensemble_size=3 --set train.epochs=2"
 )
-ORDER=(lora-r16-len256 full-lr1e-5 len512 epochs2 sft-first lora-r64 full-lr3e-5 no-centering)
+ORDER=(epochs1 full-lr1e-5-epochs1 epochs2 epochs2-seed1 len512-epochs2 sft-first-epochs2 lora-r64-epochs2
+       full-lr1e-5-epochs2 ensemble3-epochs2)
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 for name in "${names[@]}"; do

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from alignkit.data import Tokenizer, read_records, to_pairwise, tokenize_pairs, validate_records
 from alignkit.data.collate import collate_pairs
+from alignkit.errors import UserError
 from alignkit.logprobs import token_logprobs
 from alignkit.models import load_model, load_tokenizer
 from alignkit.models.embedded import embedded_model_dir
@@ -80,16 +82,29 @@ def test_greedy_generation_is_deterministic(model):
     assert a == b and "Paris" in a[0]
 
 
-def test_demo_job_writes_a_complete_report(tmp_path):
-    """The main job on reduced settings: every artifact is written from measured numbers."""
+JUDGE_SMALL = ["lora.r=4", "data.max_length=128", "data.on_invalid=skip", "train.max_steps=2", "train.batch_size=4",
+               "train.eval_batch_size=16"]  # fmt: skip
+
+
+def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
+    """The main job on reduced settings: every artifact is written from measured numbers, the judge is trained on
+    hh-rlhf once and reused, and every goal is checked."""
+    import alignkit.demo_eval as demo_eval
     from alignkit.demo import run_demo
 
+    hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
+    if not hh.is_file():
+        pytest.skip(f"{hh} not found: the demo's judge trains on hh-rlhf from ../shared/data")
+    monkeypatch.setattr(demo_eval, "judge_dir_for", lambda *a: tmp_path / "judge")
     out = tmp_path / "demo"
+    small = dict(judge_data=str(hh), judge_recipe=JUDGE_SMALL, judge_slices=("[:16]", "[1200:1232]"), helpful_limit=4,
+                 safety_limit=4, eval_tokens=8, max_new_tokens=4)  # fmt: skip
+    lines = []
     summary = run_demo(
         str(out),
         ["train.max_steps=2", "train.eval_steps=2", "data.max_examples=8"],
-        max_new_tokens=4,
-        log=lambda *a: None,
+        log=lines.append,
+        **small,
     )
     for name in (
         "report.md",
@@ -107,3 +122,38 @@ def test_demo_job_writes_a_complete_report(tmp_path):
     assert 0.0 <= summary["mean_logp_accuracy_before"] <= 1.0 and summary["seconds per optimizer step"] > 0
     report = (out / "report.md").read_text()
     assert f"{summary['mean_logp_accuracy_before']:.3f}" in report and report.count("*before:*") == 8
+    # the goals: each measured, each stated met or not in the report and the log
+    goals = {g["goal"]: g for g in summary["goals"]}
+    assert len(goals) == 6 and all(isinstance(g["met"], bool) for g in goals.values())
+    win = next(g for name, g in goals.items() if name.startswith("win rate"))
+    assert 0.0 <= win["value"] <= 1.0 and win["target"].startswith(">= 0.60")
+    m = json.loads((out / "eval_vs_base.json").read_text())
+    assert m["prompts"] == 72 + 4 and m["reward"]["win_rate"]["wins"] + m["reward"]["win_rate"]["ties"] + m[
+        "reward"]["win_rate"]["losses"] == 76  # fmt: skip
+    assert "goals met" in report and f"{summary['judge']['held_out_accuracy']:.3f}" in report
+    assert sum(line.startswith(("met: ", "NOT met: ")) for line in lines) == 6
+    # a second call reuses the cached judge instead of training it again
+    lines.clear()
+    again, _ = demo_eval.demo_judge(str(hh), JUDGE_SMALL, lines.append, small["judge_slices"])
+    assert again == str(tmp_path / "judge" / "model") and any("reusing the reward model" in x for x in lines)
+    # a judge given by directory (alignkit demo --judge DIR) reports its own saved held-out accuracy
+    given = demo_eval.given_judge(str(tmp_path / "judge" / "model"))
+    assert given["held_out_accuracy"] == pytest.approx(summary["judge"]["held_out_accuracy"])
+    with pytest.raises(UserError, match="not a reward model"):
+        demo_eval.given_judge(str(out / "model"))  # the DPO adapter is not a reward model
+
+
+def test_demo_without_the_judge_data_says_so(tmp_path):
+    """No hh-rlhf at the judge path: no judge, no win-rate goal, and the report says the win rate was not measured."""
+    from alignkit.demo_eval import check_goals, demo_judge, goals_section
+
+    judge, info = demo_judge(str(tmp_path / "missing.jsonl.gz"))
+    assert judge is None and "not found" in info["reason"]
+    text = {"length_tokens": {"mean": 40.0}, "repetition_4gram": 0.0, "loop_rate": 0.0, "distinct_2": 0.9,
+            "finished_by_eos": 0.5}  # fmt: skip
+    m = {"prompts": 3, "kl": {"full": {"sequence": {"mean": 6.0, "p50": 5.0, "p90": 9.0}}}, "policy_text": text,
+         "reference_text": text}  # fmt: skip
+    goals = check_goals(m, 100.0, 600.0)
+    assert [g["met"] for g in goals] == [False, True, True]  # KL 6 > 5; no loops; 100 s < 600 s
+    assert not any(g["goal"].startswith("win rate") for g in goals)
+    assert "The win rate is not measured" in "\n".join(goals_section(goals, m, info))

@@ -266,13 +266,17 @@ def demo(
     method: str = typer.Option("dpo", "--method", help="dpo (LoRA on preference pairs) or grpo (math verifier)"),
     output_dir: Optional[str] = typer.Option(None, help="Where the report, metrics and model go (runs/demo[-grpo])"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    judge: Optional[str] = typer.Option(
+        None, help="dpo: a reward model dir to judge the win rate with (default: one trained on hh-rlhf, cached)"
+    ),
 ):
-    """The main job on the embedded model, with a report: DPO with LoRA on the shipped pairs, or GRPO with the math
-    verifier on the project's arithmetic problems (held-out accuracy before and after)."""
+    """The main job on the embedded model, with a report: DPO with LoRA on the shipped pairs, measured against the
+    base by a judge trained on other data; or GRPO with the math verifier on the project's arithmetic problems
+    (held-out accuracy before and after)."""
     if method == "dpo":
         from alignkit.demo import run_demo
 
-        run_demo(output_dir or "runs/demo", set_)
+        run_demo(output_dir or "runs/demo", set_, judge=judge)
     elif method == "grpo":
         from alignkit.demo_grpo import run_grpo_demo
 

@@ -1,0 +1,205 @@
+"""Did the demo's model get better? Measured against the base on held-out prompts, with a judge it never saw.
+
+hh-rlhf pairs (../shared/data, not the demo pairs) -> a judge reward model (trained once, cached)
+trained adapter + base -> ``eval.metrics_run.run_metrics`` on the held-out demo prompts and the project's
+    helpfulness prompts: win rate over the base (greedy answers, judged), KL(policy || base) on T=1 samples,
+    length / repetition / loops of both, refusal rates on the project's safety prompts for both
+-> ``GOALS`` checked one by one (issue 13's demo criteria), each stated met or not with its number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+JUDGE_DATA = "../shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz"
+JUDGE_TRAIN, JUDGE_EVAL = "[:400]", "[1200:]"  # 400 pairs: about 4 minutes on 2 cores, with its eval
+# The judge's recipe: hh-rlhf pairs, a short run sized for the demo's time budget (bench/rm_hh.py measures more).
+JUDGE_RECIPE = [
+    "lora.r=16", "lora.alpha=32", "lora.dropout=0.0", "data.max_length=256", "data.on_invalid=skip",
+    "method.center_weight=0.01", "method.norm_pairs=128", "train.learning_rate=2e-4", "train.batch_size=8",
+    "train.eval_batch_size=16", "train.epochs=1", "train.logging_steps=25", "train.eval_steps=100000", "train.seed=0",
+]  # fmt: skip
+
+
+def judge_dir_for(data: Path, recipe: list[str], slices: tuple[str, str]) -> Path:
+    """The cache directory of a judge trained on ``data`` with ``recipe`` (a change of any retrains)."""
+    from alignkit.models.embedded import cache_root
+
+    key = hashlib.sha256(json.dumps([data.name, data.stat().st_size, recipe, *slices]).encode()).hexdigest()
+    return cache_root() / "demo-judge" / key[:16]
+
+
+def demo_judge(
+    data: str = JUDGE_DATA,
+    recipe: list[str] = JUDGE_RECIPE,
+    log=print,
+    slices: tuple[str, str] = (JUDGE_TRAIN, JUDGE_EVAL),
+) -> tuple[str | None, dict]:
+    """A judge reward model trained on ``data`` (hh-rlhf by path; ``slices`` = training and held-out records),
+    reused from the cache when already trained -> (its directory, {held-out accuracy, ECE, seconds, ...});
+    (None, {reason}) when the data is not there."""
+    from alignkit.train import make_config, run
+
+    path = Path(data)
+    if not path.is_file():
+        return None, {"reason": f"{data} not found (the judge trains on hh-rlhf from ../shared/data)"}
+    train_slice, eval_slice = slices
+    root = judge_dir_for(path, recipe, slices)
+    info = root / "judge.json"
+    if info.is_file():
+        log(f"      judge: reusing the reward model trained on {data}{train_slice} ({root})")
+        return str(root / "model"), {**json.loads(info.read_text()), "trained_in_this_run": False}
+    log(f"      judge: training a reward model on {data}{train_slice} (once; cached in {root})")
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cfg = make_config(
+        "rm", None,
+        [f"data.train={data}{train_slice}", f"data.eval={data}{eval_slice}", f"train.output_dir={tmp}",
+         "train.overwrite=true", *recipe],
+    )  # fmt: skip
+    result = run("rm", cfg, log=lambda *_: None)
+    ev = result.eval_metrics
+    summary = {
+        "data": f"{data}{train_slice}", "held_out": f"{data}{eval_slice}",
+        "held_out_accuracy": ev["eval/rewards/accuracies"], "held_out_ece": ev["eval/calibration/ece"],
+        "train_seconds": round(result.wall_seconds, 1), "recipe": recipe,
+    }  # fmt: skip
+    (tmp / "judge.json").write_text(json.dumps(summary, indent=1) + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.replace(root)
+    return str(root / "model"), {**summary, "trained_in_this_run": True}
+
+
+def given_judge(path: str) -> dict:
+    """What the report says of a reward model given by directory: its saved held-out metrics, when it has them."""
+    from alignkit.reward.model import read_info
+    from alignkit.reward.scoring import RewardModel
+
+    RewardModel.load(path)  # fails now, with the fix, if it is not a reward model
+    root = Path(path)
+    info_dir = root if (root / "alignkit_reward.json").is_file() else root / "member-0" / "model"
+    ev = read_info(info_dir).get("eval_metrics", {}) if (info_dir / "alignkit_reward.json").is_file() else {}
+    out = {"data": f"{path} (given)", "held_out": "its own held-out pairs"}
+    if "eval/rewards/accuracies" in ev:
+        out |= {"held_out_accuracy": ev["eval/rewards/accuracies"], "held_out_ece": ev.get("eval/calibration/ece")}
+    return out
+
+
+KL_GOAL = 5.0
+WIN_GOAL = (0.60, 0.75)
+
+
+def eval_prompts(held_out: str, helpful_limit: int) -> list[dict]:
+    """The prompts of the held-out pairs file ``held_out`` (with their category) and the first ``helpful_limit``
+    project helpfulness prompts (category "helpful"): records for ``run_metrics``."""
+    from alignkit.data import read_records
+    from alignkit.eval.safety import load_helpful_prompts
+
+    rows = []
+    for _, r in read_records(held_out):
+        p = r["prompt"]
+        rows.append({"prompt": p if isinstance(p, str) else tuple(p), "category": r.get("category") or "demo"})
+    return rows + [{"prompt": r["prompt"], "category": "helpful"} for r in load_helpful_prompts()[:helpful_limit]]
+
+
+def evaluate_vs_base(
+    policy: str, base: str, judge: str | None, prompts: list[dict], safety_limit: int, max_new_tokens: int, log=print
+) -> dict:
+    """``run_metrics`` of the trained adapter against the base, plus refusal rates on the judged (greedy) answers
+    to the helpfulness prompts, for both."""
+    from alignkit.eval.metrics_run import Settings, run_metrics
+    from alignkit.eval.safety import is_refusal, load_safety_prompts, subset
+    from alignkit.reward import RewardModel
+
+    settings = Settings(samples=1, max_new_tokens=max_new_tokens, winrate_temperature=0.0, batch_size=16,
+                        safety_tokens=max_new_tokens)  # fmt: skip
+    rm = RewardModel.load(judge, dtype="auto") if judge else None
+    safety = subset(load_safety_prompts(), safety_limit) if safety_limit else None
+    m = run_metrics(policy, base, prompts, settings, rm, None, safety, log=lambda s: log(f"      {s}"))
+    if "winrate_samples" in m:
+        helpful = [s for s, p in zip(m["winrate_samples"], prompts) if p["category"] == "helpful"]
+        m["helpful_refusals"] = {
+            name: sum(is_refusal(s[name]) for s in helpful) / len(helpful) if helpful else float("nan")
+            for name in ("policy", "reference")
+        }
+    return m
+
+
+def check_goals(m: dict, seconds: float, time_goal: float) -> list[dict]:
+    """Each goal with its measured value and whether it is met: win rate over the base by the judge, KL on
+    samples, loops, over-refusal on benign prompts and on the helpfulness prompts, wall time."""
+    goals = []
+
+    def add(name, goal, value, met, detail=""):
+        goals.append({"goal": name, "target": goal, "value": value, "met": bool(met), "detail": detail})
+
+    if "reward" in m:
+        w = m["reward"]["win_rate"]
+        lo, hi = w["bootstrap"]
+        add("win rate over the base (judge RM, greedy, ties half)", f">= {WIN_GOAL[0]:.2f} (spec: "
+            f"{WIN_GOAL[0]:.0%}-{WIN_GOAL[1]:.0%})", w["rate"], w["rate"] >= WIN_GOAL[0],
+            f"[{lo:.3f}, {hi:.3f}] 95% bootstrap; {w['wins']}-{w['ties']}-{w['losses']} (W-T-L); length-controlled "
+            f"{_f(w['length_controlled'])}")  # fmt: skip
+    kl = m["kl"]["full"]["sequence"]
+    add("KL(policy || base) on T=1 samples, nats per sequence", f"< {KL_GOAL:g}", kl["mean"], kl["mean"] < KL_GOAL,
+        f"median {kl['p50']:.2f}, p90 {kl['p90']:.2f}")  # fmt: skip
+    pt, rt = m["policy_text"], m["reference_text"]
+    add("repetition loops (share of samples)", "no rise over the base", pt["loop_rate"],
+        pt["loop_rate"] <= rt["loop_rate"], f"base {rt['loop_rate']:.3f}; repeated 4-grams {pt['repetition_4gram']:.3f}"
+        f" vs {rt['repetition_4gram']:.3f}")  # fmt: skip
+    if "safety" in m:
+        a, b = m["safety"]["policy"], m["safety"]["reference"]
+        add("over-refusal of benign-but-edgy prompts", "no rise over the base", a["over_refusal_rate_benign"],
+            a["over_refusal_rate_benign"] <= b["over_refusal_rate_benign"],
+            f"base {b['over_refusal_rate_benign']:.3f}; {a['n_benign']} prompts; refusal of harmful prompts "
+            f"{a['refusal_rate_harmful']:.3f} vs base {b['refusal_rate_harmful']:.3f}")  # fmt: skip
+    if "helpful_refusals" in m:
+        h = m["helpful_refusals"]
+        add("refusals of the helpfulness prompts", "no rise over the base", h["policy"], h["policy"] <= h["reference"],
+            f"base {h['reference']:.3f}")  # fmt: skip
+    add("demo wall time, seconds", f"< {time_goal:.0f}", seconds, seconds < time_goal)
+    return goals
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def goals_section(goals: list[dict], m: dict, judge_info: dict) -> list[str]:
+    """Markdown: the goals table, what judged, and the text statistics of both models."""
+    met = sum(g["met"] for g in goals)
+    lines = ["## Did the model get better? (measured against the base on held-out prompts)", ""]
+    if "held_out_accuracy" not in judge_info and "reason" not in judge_info:
+        lines += [f"Judge: the reward model {judge_info['data']}.", ""]
+    elif "held_out_accuracy" in judge_info:
+        lines += [
+            f"Judge: a reward model trained on {judge_info['data']} (hh-rlhf, not the demo pairs), held-out "
+            f"accuracy {judge_info['held_out_accuracy']:.3f} on {judge_info['held_out']}. "
+            f"{m['prompts']} prompts: the held-out demo prompts and the project's helpfulness prompts.",
+            "",
+        ]
+    else:
+        lines += [f"No judge: {judge_info.get('reason')}. The win rate is not measured.", ""]
+    lines += [f"**{met} of {len(goals)} goals met.**", "", "| goal | target | measured | met | detail |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for g in goals:
+        v = g["value"]
+        lines.append(f"| {g['goal']} | {g['target']} | {v:.3f} | {'yes' if g['met'] else '**no**'} | {g['detail']} |"
+                     if isinstance(v, float) else f"| {g['goal']} | {g['target']} | {v} | {g['met']} | |")  # fmt: skip
+    pt, rt = m["policy_text"], m["reference_text"]
+    lines += ["", "| samples (T=1) | base | trained |", "|---|---|---|",
+              f"| length, tokens (mean) | {rt['length_tokens']['mean']:.1f} | {pt['length_tokens']['mean']:.1f} |",
+              f"| repeated 4-grams | {rt['repetition_4gram']:.3f} | {pt['repetition_4gram']:.3f} |",
+              f"| loops | {rt['loop_rate']:.3f} | {pt['loop_rate']:.3f} |",
+              f"| distinct-2 | {rt['distinct_2']:.3f} | {pt['distinct_2']:.3f} |",
+              f"| ended by EOS | {rt['finished_by_eos']:.2f} | {pt['finished_by_eos']:.2f} |", ""]  # fmt: skip
+    if "reward" in m:
+        per = m["reward"]["win_rate"].get("per_category") or {}
+        if per:
+            lines += ["| category | win rate over base | prompts |", "|---|---|---|"]
+            lines += [f"| {c} | {v['rate']:.3f} | {v['wins'] + v['ties'] + v['losses']} |" for c, v in per.items()]
+            lines += [""]
+    return lines
