@@ -74,15 +74,17 @@ def demo_judge(
 
 
 def given_judge(path: str) -> dict:
-    """What the report says of a reward model given by directory: its saved held-out metrics, when it has them."""
+    """What the report says of a reward model given by directory: its saved held-out metrics, when it has them.
+    Reads only its ``alignkit_reward.json`` (an ensemble's first member's); a directory that is not a reward model
+    fails here, with the fix, before any training."""
     from alignkit.reward.model import read_info
-    from alignkit.reward.scoring import RewardModel
 
-    RewardModel.load(path)  # fails now, with the fix, if it is not a reward model
     root = Path(path)
-    info_dir = root if (root / "alignkit_reward.json").is_file() else root / "member-0" / "model"
-    ev = read_info(info_dir).get("eval_metrics", {}) if (info_dir / "alignkit_reward.json").is_file() else {}
-    out = {"data": f"{path} (given)", "held_out": "its own held-out pairs"}
+    ensemble = root / "ensemble.json"
+    members = json.loads(ensemble.read_text())["members"] if ensemble.is_file() else ["."]
+    ev = read_info(root / members[0]).get("eval_metrics") or {}
+    which = f" (its first of {len(members)} members)" if len(members) > 1 else ""
+    out = {"data": f"{path} (given)", "held_out": f"its own held-out pairs{which}"}
     if "eval/rewards/accuracies" in ev:
         out |= {"held_out_accuracy": ev["eval/rewards/accuracies"], "held_out_ece": ev.get("eval/calibration/ece")}
     return out
