@@ -37,12 +37,23 @@ def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_pa
         assert 0 <= row["win_rate"] <= 1 and row["kl"] >= -1e-4 and row["refusal_harmful"] is not None
         assert row["win_rate_hh"] is not None and row["win_rate_helpful"] is not None
     assert out["rows"]["dpo"]["train_seconds"] > 0
+    ppo = out["rows"]["ppo"]  # the health monitor's verdict on the PPO run is in its row; the offline rows have none
+    assert ppo["logged_steps"] == 2 and 0 <= ppo["alarm_steps"] <= 2 and ppo["train_kl_max"] is not None
+    assert sum(ppo["alarms"].values()) >= ppo["alarm_steps"] and "alarm_steps" not in out["rows"]["dpo"]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
-    assert "| dpo |" in table and "| ppo |" in table and "vs sft" in table
+    assert "| dpo |" in table and "| ppo |" in table and "vs sft" in table and " of 2 steps" in table
     # a rerun reuses every trained stage
     again = CliRunner().invoke(app, ["compare", "--config", str(config), "--set", "methods=[dpo]"])
     assert again.exit_code == 0, again.output
-    assert "sft: reusing" in again.output and "judge: reusing" in again.output and "training" not in again.output
+    assert "sft: reusing" in again.output and "judge: reusing" in again.output and ": training " not in again.output
+    # a changed stage is redone, and only it (its upstream is unchanged); the stage key is saved with it
+    changed = CliRunner().invoke(
+        app, ["compare", "--config", str(config), "--set", "methods=[dpo]", "--set", "dpo.method.beta=0.3"]
+    )
+    assert changed.exit_code == 0, changed.output
+    assert "dpo: its config or its starting model changed" in changed.output and "dpo: training dpo" in changed.output
+    assert "sft: reusing" in changed.output and "sft: training" not in changed.output
+    assert json.loads((tmp_path / "cmp" / "dpo" / "stage.json").read_text())["sections"]["method"]["beta"] == 0.3
 
 
 def test_compare_config_errors():

@@ -9,13 +9,16 @@
           helpfulness prompts (categories "hh" and "helpful"), the judge's mean reward, the win rate over SFT with
           intervals, KL to SFT, refusal rates on the safety set -> ``comparison.json`` and ``comparison.md``
 
-Each stage's model is kept under ``output_dir`` and reused on a rerun (delete a stage's directory to redo it).
+Each stage's model is kept under ``output_dir`` and reused on a rerun while its sections and the stage it starts from
+are unchanged (``stage.json`` holds their key); a changed stage is redone, with every stage built on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +90,7 @@ class Stages:
 
     def __init__(self, cfg: CompareConfig, log):
         self.cfg, self.log, self.root = cfg, log, Path(cfg.output_dir)
-        self.seconds: dict[str, float] = {}
+        self.keys: dict[str, str] = {}  # model path -> the key of the stage that made it
         timing = self.root / "timing.json"
         self.seconds = json.loads(timing.read_text()) if timing.is_file() else {}
 
@@ -96,17 +99,18 @@ class Stages:
 
         out = self.root / name
         model_dir = out / "model"
-        if (model_dir / "config.json").is_file() or (model_dir / "adapter_config.json").is_file():
-            self.log(f"{name}: reusing {model_dir}")
-            return str(model_dir)
         sections = _merge({"model": {"name": model}}, sections)
         sections = _merge(sections, {"train": {"output_dir": str(out), "overwrite": True}})
+        key = self._key(method, sections, model)
+        if self._reusable(name, out, key, (model_dir / "config.json", model_dir / "adapter_config.json")):
+            return self._done(str(model_dir), key)
         self.log(f"{name}: training {method} from {model}")
         t0 = time.time()
         run(method, make_config(method, None, (), **sections), log=self.log)
         self.seconds[name] = time.time() - t0
         (self.root / "timing.json").write_text(json.dumps(self.seconds, indent=1) + "\n")
-        return str(model_dir)
+        (out / "stage.json").write_text(json.dumps({"key": key, "method": method, "sections": sections}) + "\n")
+        return self._done(str(model_dir), key)
 
     def merged(self, adapter: str, name: str) -> str:
         """A full model from an adapter dir (other methods start from it); a full model dir is returned as is."""
@@ -114,10 +118,33 @@ class Stages:
 
         if not (Path(adapter) / "adapter_config.json").is_file():
             return adapter
-        out = self.root / name
-        if not (out / "config.json").is_file():
+        out, key = self.root / name, self._key("merge", {}, adapter)
+        if not self._reusable(name, out, key, (out / "config.json",)):
+            shutil.rmtree(out, ignore_errors=True)
             merge_adapter(adapter, out)
-        return str(out)
+            (out / "stage.json").write_text(json.dumps({"key": key, "method": "merge", "adapter": adapter}) + "\n")
+        return self._done(str(out), key)
+
+    def _key(self, method: str, sections: dict, model: str) -> str:
+        """A stage's identity: its method, its sections and the identity of the stage it starts from (so a changed
+        SFT retrains everything built on it)."""
+        what = {"method": method, "sections": sections, "upstream": self.keys.get(model, model)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _reusable(self, name: str, out: Path, key: str, made: tuple[Path, ...]) -> bool:
+        if not any(p.is_file() for p in made):
+            return False
+        info = out / "stage.json"
+        saved = json.loads(info.read_text()).get("key") if info.is_file() else None
+        if saved != key:
+            self.log(f"{name}: its config or its starting model changed since {out} was trained; redoing it")
+            return False
+        self.log(f"{name}: reusing {out}")
+        return True
+
+    def _done(self, path: str, key: str) -> str:
+        self.keys[path] = key
+        return path
 
 
 def write_data(cfg: CompareConfig) -> dict[str, Path]:
@@ -192,6 +219,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
         (root / "eval").mkdir(exist_ok=True)
         (root / "eval" / f"metrics-{name}.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
         rows[name] = _row(name, m, stages.seconds.get(name), time.time() - t0)
+        rows[name] |= training_health(root / name / "metrics.jsonl")
     result = {"kind": "comparison", "base": cfg.base, "pairs": cfg.pairs, "judge": judge_dir,
               "judge_pairs": cfg.judge_pairs, "prompts": len(prompts), "winrate_temperature": cfg.winrate_temperature,
               "rows": rows}  # fmt: skip
@@ -202,6 +230,25 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
 
 def _nan_null(x):
     return None if isinstance(x, float) and not math.isfinite(x) else str(x)
+
+
+def training_health(metrics_file: Path) -> dict:
+    """What the PPO health monitor said during training, from a stage's ``metrics.jsonl`` -> {"alarm_steps": logged
+    steps with any alarm, "alarms": {check: steps flagged}, "train_kl_max": the largest logged ``kl/sequence``};
+    {} for a stage that logs no health metrics (SFT, DPO, KTO) or was not trained here."""
+    if not metrics_file.is_file():
+        return {}
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "health/alarms" in r]
+    if not rows:
+        return {}
+    checks = sorted({k for r in rows for k in r if k.startswith("health/") and k != "health/alarms"})
+    kls = [r["kl/sequence"] for r in rows if isinstance(r.get("kl/sequence"), (int, float))]
+    return {
+        "alarm_steps": sum(r["health/alarms"] > 0 for r in rows), "logged_steps": len(rows),
+        "alarms": {c.removeprefix("health/"): n for c in checks if (n := sum(r.get(c, 0) > 0 for r in rows))},
+        "train_kl_max": max(kls) if kls else None,
+    }  # fmt: skip
 
 
 def _row(name: str, m: dict, train_seconds: float | None, eval_seconds: float) -> dict:
@@ -223,6 +270,14 @@ def _row(name: str, m: dict, train_seconds: float | None, eval_seconds: float) -
     return row
 
 
+def _alarms(r: dict) -> str:
+    """'0 of 16 steps' / '2 of 16 steps (kl_high 2)' for a monitored (RL) stage, '-' for the others."""
+    if "alarm_steps" not in r:
+        return "-"
+    which = ", ".join(f"{k} {n}" for k, n in r["alarms"].items())
+    return f"{r['alarm_steps']} of {r['logged_steps']} steps" + (f" ({which})" if which else "")
+
+
 def comparison_table(result: dict) -> list[str]:
     """The spec's comparison table in Markdown."""
 
@@ -234,11 +289,12 @@ def comparison_table(result: dict) -> list[str]:
     lines = [
         f"Base {result['base']}; policies trained on {result['pairs']}; judge: a reward model trained on "
         f"{result['judge_pairs']} (no policy or proxy saw these pairs); {result['prompts']} prompts; win rates on "
-        f"{judged_on}; KL on T=1 samples.",
+        f"{judged_on}; KL to the row's reference (the vs column) on T=1 samples; health alarms: steps on which the PPO "
+        "health monitor flagged anything during training.",
         "",
         "| policy | win rate vs (ties half) [95% bootstrap] | decisive [Wilson] | LC | hh | helpful | judge reward "
-        "| KL (nats/seq) | length | loops | refuses harmful | refuses benign | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KL (nats/seq) | length | loops | refuses harmful | refuses benign | train s | health alarms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["rows"].items():
         lo, hi = r["win_rate_interval"]
@@ -248,6 +304,6 @@ def comparison_table(result: dict) -> list[str]:
             f"| {f(r['length_controlled'])} | {f(r['win_rate_hh'])} | {f(r['win_rate_helpful'])} | "
             f"{f(r['reward'], '+.3f')} | {f(r['kl'])} | {f(r['length'], '.1f')} | {f(r['loops'], '.2f')} | "
             f"{f(r.get('refusal_harmful'), '.2f')} | {f(r.get('over_refusal_benign'), '.2f')} | "
-            f"{f(r['train_seconds'], '.0f')} |"
+            f"{f(r['train_seconds'], '.0f')} | {_alarms(r)} |"
         )
     return lines
