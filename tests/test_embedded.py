@@ -131,6 +131,14 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     assert m["prompts"] == 72 + 4 and m["reward"]["win_rate"]["wins"] + m["reward"]["win_rate"]["ties"] + m[
         "reward"]["win_rate"]["losses"] == 76  # fmt: skip
     assert "goals met" in report and f"{summary['judge']['held_out_accuracy']:.3f}" in report
+    # the judge is checked on the clear-cut held-out demo pairs, and the report says how it did
+    assert m["judge_sanity"]["pairs"] == 72 and set(m["judge_sanity"]["per_category"]) == {
+        "helpfulness", "harmlessness", "honesty", "concision"}  # fmt: skip
+    assert f"higher on {m['judge_sanity']['accuracy']:.3f} of the 72 held-out demo pairs" in report
+    assert summary["judge"]["train_pairs"] == 16
+    wall = goals["demo wall time, seconds (the judge trained and cached)"]
+    assert wall["value"] < summary["total wall seconds (incl. judge, scoring, generation, evaluation)"]
+    assert "trained the judge once" in wall["detail"]
     assert sum(line.startswith(("met: ", "NOT met: ")) for line in lines) == 6
     # a second call reuses the cached judge instead of training it again
     lines.clear()
@@ -143,11 +151,40 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
         demo_eval.given_judge(str(out / "model"))  # the DPO adapter is not a reward model
 
 
+def test_judge_without_hh_trains_on_the_extra_pairs(tmp_path, monkeypatch):
+    """No hh-rlhf at the judge path but extra judge pairs: the judge trains on those alone, held out on the demo's."""
+    from conftest import pair_records
+    from helpers import write_jsonl
+
+    import alignkit.demo_eval as demo_eval
+
+    own = str(write_jsonl(tmp_path / "own.jsonl", pair_records(12)))
+    monkeypatch.setattr(demo_eval, "judge_dir_for", lambda *a: tmp_path / "judge")
+    judge, info = demo_eval.demo_judge(str(tmp_path / "missing.jsonl.gz"), JUDGE_SMALL, lambda *_: None, own=own)
+    assert judge == str(tmp_path / "judge" / "model") and info["data"] == own
+    assert info["train_pairs"] == 12 and info["held_out"] == demo_eval.SANITY_PAIRS
+    assert 0.0 <= info["held_out_accuracy"] <= 1.0 and info["trained_in_this_run"]
+
+
+def test_judge_cache_key_follows_its_inputs(tmp_path):
+    from alignkit.demo_eval import JUDGE_RECIPE, judge_dir_for
+
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("{}\n")
+    JUDGE_OWN = "builtin:demo_prefs_heldout.jsonl"  # any pairs file stands in for the extra judge pairs
+    key = judge_dir_for(hh, JUDGE_RECIPE, ("[:4]", "[4:]"), JUDGE_OWN)
+    assert key == judge_dir_for(hh, JUDGE_RECIPE, ("[:4]", "[4:]"), JUDGE_OWN)
+    assert key != judge_dir_for(None, JUDGE_RECIPE, ("[:4]", "[4:]"), JUDGE_OWN)  # hh missing: another judge
+    assert key != judge_dir_for(hh, JUDGE_RECIPE, ("[:4]", "[4:]"), None)
+    assert key != judge_dir_for(hh, JUDGE_RECIPE[:-1], ("[:4]", "[4:]"), JUDGE_OWN)
+
+
 def test_demo_without_the_judge_data_says_so(tmp_path):
-    """No hh-rlhf at the judge path: no judge, no win-rate goal, and the report says the win rate was not measured."""
+    """Neither hh-rlhf nor the project's pairs: no judge, no win-rate goal, and the report says the win rate was not
+    measured; the one-time judge training is left out of the time goal."""
     from alignkit.demo_eval import check_goals, demo_judge, goals_section
 
-    judge, info = demo_judge(str(tmp_path / "missing.jsonl.gz"))
+    judge, info = demo_judge(str(tmp_path / "missing.jsonl.gz"), own=None)
     assert judge is None and "not found" in info["reason"]
     text = {"length_tokens": {"mean": 40.0}, "repetition_4gram": 0.0, "loop_rate": 0.0, "distinct_2": 0.9,
             "finished_by_eos": 0.5}  # fmt: skip
@@ -157,3 +194,6 @@ def test_demo_without_the_judge_data_says_so(tmp_path):
     assert [g["met"] for g in goals] == [False, True, True]  # KL 6 > 5; no loops; 100 s < 600 s
     assert not any(g["goal"].startswith("win rate") for g in goals)
     assert "The win rate is not measured" in "\n".join(goals_section(goals, m, info))
+    late = check_goals(m, 700.0, 600.0, setup_seconds=250.0)[-1]
+    assert late["met"] and late["value"] == 450.0 and "250 s, 700 s in all" in late["detail"]
+    assert not check_goals(m, 700.0, 600.0, setup_seconds=50.0)[-1]["met"]
