@@ -36,6 +36,7 @@ def row_of(name: str, overrides: list[str], run_dir: Path) -> dict:
             "trained": m["policy_text"]["length_tokens"]["mean"],
         },
         "judge": {k: v for k, v in s["judge"].items() if k != "recipe"},
+        "judge_sanity": m.get("judge_sanity"),
         "mean_logp_accuracy": [s["mean_logp_accuracy_before"], s["mean_logp_accuracy_after"]],
         "implicit_reward_accuracy_after": s["implicit_reward_accuracy_after"],
         "wall_seconds": s["total wall seconds (incl. judge, scoring, generation, evaluation)"],

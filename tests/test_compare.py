@@ -42,6 +42,9 @@ def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_pa
     assert sum(ppo["alarms"].values()) >= ppo["alarm_steps"] and "alarm_steps" not in out["rows"]["dpo"]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| dpo |" in table and "| ppo |" in table and "vs sft" in table and " of 2 steps" in table
+    # the judge and PPO's proxy are checked on the clear-cut held-out demo pairs, and the table says how they did
+    assert set(out["sanity"]) == {"judge", "proxy"} and out["sanity"]["judge"]["pairs"] == 72
+    assert f"judge {out['sanity']['judge']['accuracy']:.3f} (helpfulness " in table
     # a rerun reuses every trained stage
     again = CliRunner().invoke(app, ["compare", "--config", str(config), "--set", "methods=[dpo]"])
     assert again.exit_code == 0, again.output
@@ -54,6 +57,12 @@ def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_pa
     assert "dpo: its config or its starting model changed" in changed.output and "dpo: training dpo" in changed.output
     assert "sft: reusing" in changed.output and "sft: training" not in changed.output
     assert json.loads((tmp_path / "cmp" / "dpo" / "stage.json").read_text())["sections"]["method"]["beta"] == 0.3
+    # a retrained proxy reward model retrains PPO, which optimizes it (same path, other model)
+    proxy = CliRunner().invoke(app, ["compare", "--config", str(config), "--set", "methods=[ppo]", "--set",
+                                     "rm.method.center_weight=0.05", "--set", "sanity_pairs=''"])  # fmt: skip
+    assert proxy.exit_code == 0, proxy.output
+    assert "rm: training rm" in proxy.output and "ppo: training ppo" in proxy.output and "sft: reusing" in proxy.output
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["sanity"] == {}
 
 
 def test_compare_config_errors():

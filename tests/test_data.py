@@ -533,3 +533,48 @@ def test_slice_selects_records_by_position(tmp_path):
     assert read_records(f"{path}[2:4]")[0][0].endswith("r.jsonl:3")  # sources keep line numbers
     with pytest.raises(DataError, match="does not exist"):
         read_records(f"{tmp_path / 'missing.jsonl'}[:3]")
+
+
+def test_plus_joins_data_sets_in_order(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"i": i} for i in range(5)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"i": 10 + i} for i in range(3)])
+    joined = read_records(f"{a}[3:] + {b} + {a}[:1]")
+    assert [r["i"] for _, r in joined] == [3, 4, 10, 11, 12, 0]
+    assert joined[2][0].endswith("b.jsonl:1")  # each part keeps its own sources
+    with pytest.raises(DataError, match="missing.jsonl does not exist"):
+        read_records(f"{a} + {tmp_path / 'missing.jsonl'}")
+
+
+def test_shipped_judge_pairs_are_valid_balanced_and_apart_from_the_demo():
+    """The demo judge's own pairs: 40 per category, interleaved (any slice holds every category), none of the
+    demo's or the evaluation sets' prompts, and length is no cue outside concision (the hh judge learned length)."""
+    import re
+    from collections import Counter
+
+    from alignkit.data.formats import to_pairwise
+
+    records = read_records("builtin:judge_prefs.jsonl")
+    examples = [to_pairwise(r, s) for s, r in records]
+    cats = [r["category"] for _, r in records]
+    assert Counter(cats) == {c: 40 for c in ("helpfulness", "harmlessness", "honesty", "concision",
+                                             "instruction_following")}  # fmt: skip
+    assert len(set(cats[:5])) == 5 and all(Counter(cats[:100]).get(c) == 20 for c in set(cats))
+
+    def words(text: str) -> frozenset:
+        return frozenset(re.findall(r"[a-z0-9']+", text.lower()))
+
+    mine = [words(e.prompt[-1]["content"]) for e in examples]
+    assert len(set(mine)) == 200
+    others = []
+    for name in ("demo_prefs_train.jsonl", "demo_prefs_heldout.jsonl", "demo_sft.jsonl", "demo_feedback.jsonl",
+                 "helpful_prompts.jsonl", "safety_prompts.jsonl", "red_team_prompts.jsonl"):  # fmt: skip
+        for _, r in read_records(f"builtin:{name}"):
+            p = r.get("prompt") or r.get("messages")
+            text = p if isinstance(p, str) else " ".join(m["content"] for m in p if m["role"] == "user")
+            others.append(words(text))
+    close = [(a, b) for a in mine for b in others if len(a & b) / len(a | b) > 0.5]
+    assert not close, close[:3]
+    for cat in set(cats) - {"concision"}:
+        pairs = [e for e, c in zip(examples, cats) if c == cat]
+        longer = sum(len(e.chosen[-1]["content"].split()) > len(e.rejected[-1]["content"].split()) for e in pairs)
+        assert 14 <= longer <= 26, (cat, longer)

@@ -135,7 +135,7 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     assert m["judge_sanity"]["pairs"] == 72 and set(m["judge_sanity"]["per_category"]) == {
         "helpfulness", "harmlessness", "honesty", "concision"}  # fmt: skip
     assert f"higher on {m['judge_sanity']['accuracy']:.3f} of the 72 held-out demo pairs" in report
-    assert summary["judge"]["train_pairs"] == 16
+    assert summary["judge"]["train_pairs"] == 16 + 200  # hh[:16] + the project's judge pairs
     wall = goals["demo wall time, seconds (the judge trained and cached)"]
     assert wall["value"] < summary["total wall seconds (incl. judge, scoring, generation, evaluation)"]
     assert "trained the judge once" in wall["detail"]

@@ -16,11 +16,11 @@ import shutil
 from pathlib import Path
 
 JUDGE_DATA = "../shared/data/hh-rlhf/harmless-base-test-part1.jsonl.gz"
-JUDGE_TRAIN, JUDGE_EVAL = "[:400]", "[1200:]"  # 400 pairs: about 4 minutes on 2 cores, with its eval
-# Extra pairs for the judge (a file or builtin:NAME, none of the demo's prompts), mixed with the hh pairs; none yet:
-# hh-rlhf alone (400 pairs, 0.61 on held-out hh) preferred the demo's *rejected* answer on 78% of its clear-cut
-# harmlessness pairs (the sanity check below), so the project's own judge pairs are the next step (issue 13's note).
-JUDGE_OWN: str | None = None
+JUDGE_TRAIN, JUDGE_EVAL = "[:320]", "[1200:]"  # + the 200 project pairs: about 5 minutes on 2 cores, with its eval
+# The project's judge pairs (helpfulness, harmlessness, honesty, concision, instruction following; none of the demo's
+# prompts), mixed with the hh pairs: hh-rlhf alone (400 pairs, 0.61 on held-out hh) preferred the demo's *rejected*
+# answer on 78% of its clear-cut harmlessness pairs (the sanity check below).
+JUDGE_OWN: str | None = "builtin:judge_prefs.jsonl"
 SANITY_PAIRS = "builtin:demo_prefs_heldout.jsonl"  # clear-cut cases the judge must get right to be believed
 # The judge's recipe: a short run sized for the demo's time budget (bench/rm_hh.py measures longer ones).
 JUDGE_RECIPE = [
@@ -94,21 +94,6 @@ def demo_judge(
     return str(root / "model"), {**summary, "trained_in_this_run": True}
 
 
-def judge_agreement(rm, pairs: str = SANITY_PAIRS) -> dict:
-    """How often the judge ``rm`` scores the chosen answer above the rejected one on the clear-cut ``pairs``:
-    {"accuracy", "pairs", "per_category": {category: accuracy}}. A judge far below 1 here is not evidence."""
-    from alignkit.data import read_records
-    from alignkit.reward.scoring import score_records
-
-    rows, _ = score_records(rm, read_records(pairs))
-    by: dict[str, list[bool]] = {}
-    for r in rows:
-        by.setdefault(r.get("category") or "all", []).append(r["reward_chosen"] > r["reward_rejected"])
-    hits = [x for v in by.values() for x in v]
-    return {"accuracy": sum(hits) / len(hits), "pairs": len(hits),
-            "per_category": {k: sum(v) / len(v) for k, v in by.items()}}  # fmt: skip
-
-
 def given_judge(path: str) -> dict:
     """What the report says of a reward model given by directory: its saved held-out metrics, when it has them.
     Reads only its ``alignkit_reward.json`` (an ensemble's first member's); a directory that is not a reward model
@@ -152,6 +137,7 @@ def evaluate_vs_base(
     from alignkit.eval.metrics_run import Settings, run_metrics
     from alignkit.eval.safety import is_refusal, load_safety_prompts, subset
     from alignkit.reward import RewardModel
+    from alignkit.reward.scoring import pair_agreement
 
     settings = Settings(samples=1, max_new_tokens=max_new_tokens, winrate_temperature=0.0, batch_size=16,
                         safety_tokens=max_new_tokens)  # fmt: skip
@@ -159,7 +145,7 @@ def evaluate_vs_base(
     safety = subset(load_safety_prompts(), safety_limit) if safety_limit else None
     m = run_metrics(policy, base, prompts, settings, rm, None, safety, log=lambda s: log(f"      {s}"))
     if rm is not None:
-        m["judge_sanity"] = judge_agreement(rm)
+        m["judge_sanity"] = pair_agreement(rm, SANITY_PAIRS)
         agree = m["judge_sanity"]["accuracy"]
         log(f"      the judge prefers the chosen answer of {agree:.3f} of the held-out demo pairs")
     if "winrate_samples" in m:

@@ -34,7 +34,10 @@ def read_records(spec: str, split: str = "train") -> list[Record]:
 
     A Python slice after the name selects records by position, as in HF's ``train[:1200]``:
     ``pairs.jsonl.gz[:1200]``, ``pairs.jsonl.gz[1200:]``, ``pairs.jsonl.gz[-300:]``. Sources keep file line numbers.
+    Specs joined by `` + `` are read one after another: ``hh.jsonl.gz[:400] + builtin:judge_prefs.jsonl``.
     """
+    if " + " in spec and not Path(spec).exists():
+        return [r for part in spec.split(" + ") for r in read_records(part.strip(), split)]
     sliced = _SLICE.match(spec)
     if sliced and not Path(spec).exists():
         name, start, stop = sliced.groups()

@@ -37,6 +37,10 @@ class CompareConfig:
     base: str = _f(EMBEDDED_MODEL, "The base model every method starts from.")
     pairs: str = _f("", "Preference pairs the methods train on (SFT uses their chosen responses).")
     judge_pairs: str = _f("", "Different preference pairs for the held-out judge reward model.")
+    sanity_pairs: str = _f(
+        "builtin:demo_prefs_heldout.jsonl",
+        "Clear-cut pairs the judge and PPO's proxy are checked on (their agreement is reported); '' = none.",
+    )
     eval_prompts: str = _f("", "Held-out prompt records (pairs give their prompt), category 'hh'.")
     eval_prompt_limit: int = _f(32, "Held-out prompts used.")
     helpful_limit: int = _f(32, "Prompts of the shipped helpfulness set used (category 'helpful'); 0 = none.")
@@ -127,8 +131,15 @@ class Stages:
 
     def _key(self, method: str, sections: dict, model: str) -> str:
         """A stage's identity: its method, its sections and the identity of the stage it starts from (so a changed
-        SFT retrains everything built on it)."""
-        what = {"method": method, "sections": sections, "upstream": self.keys.get(model, model)}
+        SFT retrains everything built on it); a section naming another stage's model (PPO's proxy reward model) counts
+        that stage's identity too, so a retrained proxy retrains PPO."""
+
+        def ids(v):
+            if isinstance(v, dict):
+                return {k: ids(x) for k, x in v.items()}
+            return self.keys.get(v, v) if isinstance(v, str) else v
+
+        what = {"method": method, "sections": ids(sections), "upstream": self.keys.get(model, model)}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _reusable(self, name: str, out: Path, key: str, made: tuple[Path, ...]) -> bool:
@@ -189,6 +200,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     from alignkit.eval.metrics_run import Settings, run_metrics
     from alignkit.eval.safety import load_safety_prompts, subset
     from alignkit.reward import RewardModel
+    from alignkit.reward.scoring import pair_agreement
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -206,6 +218,12 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
         policies["ppo"] = stages.train("ppo", "ppo", sft, ppo)
     judge_dir = stages.train("judge", "rm", cfg.base, _merge({"data": {"train": cfg.judge_pairs}}, cfg.judge))
     judge = RewardModel.load(judge_dir)
+    sanity = {}
+    if cfg.sanity_pairs:  # is the judge (and the proxy PPO optimizes) sensible where a reader decides at once?
+        sanity = {"judge": pair_agreement(judge, cfg.sanity_pairs)}
+        if "ppo" in cfg.methods:
+            sanity["proxy"] = pair_agreement(RewardModel.load(proxy), cfg.sanity_pairs)
+        log(f"agreement on {cfg.sanity_pairs}: " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in sanity.items()))
     prompts = eval_prompts(cfg)
     safety = subset(load_safety_prompts(), cfg.safety_limit) if cfg.safety_limit else None
     settings = Settings(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
@@ -222,7 +240,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
         rows[name] |= training_health(root / name / "metrics.jsonl")
     result = {"kind": "comparison", "base": cfg.base, "pairs": cfg.pairs, "judge": judge_dir,
               "judge_pairs": cfg.judge_pairs, "prompts": len(prompts), "winrate_temperature": cfg.winrate_temperature,
-              "rows": rows}  # fmt: skip
+              "sanity_pairs": cfg.sanity_pairs, "sanity": sanity, "rows": rows}  # fmt: skip
     (root / "comparison.json").write_text(json.dumps(result, indent=1, default=_nan_null) + "\n")
     (root / "comparison.md").write_text("\n".join(comparison_table(result)) + "\n")
     return result
@@ -278,6 +296,19 @@ def _alarms(r: dict) -> str:
     return f"{r['alarm_steps']} of {r['logged_steps']} steps" + (f" ({which})" if which else "")
 
 
+def _sanity_line(result: dict) -> str:
+    """' Agreement with the clear-cut pairs X: judge 0.92 (helpfulness 0.90, ...); proxy 0.61 (...).' or ''."""
+    sanity = result.get("sanity") or {}
+    if not sanity:
+        return ""
+    parts = [f"{who} {s['accuracy']:.3f} (" + ", ".join(f"{c} {a:.2f}" for c, a in s["per_category"].items()) + ")"
+             for who, s in sanity.items()]  # fmt: skip
+    return (
+        f" Agreement with the clear-cut pairs {result['sanity_pairs']} (chosen scored above rejected; below 0.8 "
+        f"the judge's verdicts are not evidence): " + "; ".join(parts) + "."
+    )
+
+
 def comparison_table(result: dict) -> list[str]:
     """The spec's comparison table in Markdown."""
 
@@ -290,7 +321,7 @@ def comparison_table(result: dict) -> list[str]:
         f"Base {result['base']}; policies trained on {result['pairs']}; judge: a reward model trained on "
         f"{result['judge_pairs']} (no policy or proxy saw these pairs); {result['prompts']} prompts; win rates on "
         f"{judged_on}; KL to the row's reference (the vs column) on T=1 samples; health alarms: steps on which the PPO "
-        "health monitor flagged anything during training.",
+        "health monitor flagged anything during training." + _sanity_line(result),
         "",
         "| policy | win rate vs (ties half) [95% bootstrap] | decisive [Wilson] | LC | hh | helpful | judge reward "
         "| KL (nats/seq) | length | loops | refuses harmful | refuses benign | train s | health alarms |",

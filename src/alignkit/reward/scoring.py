@@ -205,3 +205,18 @@ def score_records(
         for (_, rec), a, s, row in zip(records, r, std, every)
     ]
     return out, None
+
+
+def pair_agreement(rm, pairs: str) -> dict:
+    """How often the reward model ``rm`` scores the chosen answer above the rejected one on the clear-cut ``pairs``
+    (a data spec) -> {"accuracy", "pairs", "per_category": {category: accuracy}}. A judge far below 1 on pairs a
+    reader decides at once is not evidence, whatever its held-out accuracy on noisier data."""
+    from alignkit.data import read_records
+
+    rows, _ = score_records(rm, read_records(pairs))
+    by: dict[str, list[bool]] = {}
+    for r in rows:
+        by.setdefault(r.get("category") or "all", []).append(r["reward_chosen"] > r["reward_rejected"])
+    hits = [x for v in by.values() for x in v]
+    return {"accuracy": sum(hits) / len(hits), "pairs": len(hits),
+            "per_category": {k: sum(v) / len(v) for k, v in by.items()}}  # fmt: skip
