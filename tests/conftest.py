@@ -89,3 +89,11 @@ def reward_model_dir(tiny_model_dir, tmp_path_factory) -> str:
                       train={"output_dir": str(tmp / "rm"), "max_steps": 2, "batch_size": 4,
                              "learning_rate": 1e-3})  # fmt: skip
     return str(run("rm", cfg, log=lambda *a, **k: None).model_dir)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="Rewrite tests/golden/*.json from this run (when a change is meant to move the numbers; say why)",
+    )
