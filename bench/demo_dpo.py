@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     run_dir = Path(args.from_run or args.output_dir)
     if args.from_run is None:
-        from alignkit.demo import run_demo
+        from alignkit.recipes.demo_dpo import run_demo
 
         run_demo(str(run_dir), args.overrides)
     row = row_of(args.name, args.overrides, run_dir)

@@ -28,8 +28,8 @@ CASES = "full:fp32:shared,full:bf16:shared,full:bf16:plain,lora:fp32:shared,lora
 
 
 def one(mode: str, dtype: str, layout: str, steps: int, data: str) -> dict:
+    from alignkit.data.jsonl import read_jsonl
     from alignkit.train import make_config, run
-    from alignkit.train.metrics import read_jsonl
 
     out = tempfile.mkdtemp(prefix="alignkit-bench-")
     overrides = [

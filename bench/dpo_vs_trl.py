@@ -342,10 +342,10 @@ def run_alignkit(spec: dict) -> dict:
 
     from mfu import model_shape
 
-    import alignkit.train.preference as preference
+    import alignkit.train.methods.preference as preference
     from alignkit.config import PreferenceMethodConfig, TrainConfig
+    from alignkit.data.jsonl import read_jsonl
     from alignkit.train import fit, make_config, prepare
-    from alignkit.train.metrics import read_jsonl
 
     case, s = spec["case"], spec["settings"]
     out = spec["workdir"]

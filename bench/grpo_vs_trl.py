@@ -45,7 +45,7 @@ else the 64 arithmetic word problems below, in order; the first P x steps are us
 use the chat template: TRL gets conversational prompts ``[{"role": "user", "content": q}]`` and applies the
 template; alignkit gets the text and makes it one user message (rollout.chat=true). The parent checks that both
 tokenize every prompt to the same ids, and each case reports the ids of the first prompt it actually fed. Reward:
-``alignkit.rewards.math:math_reward`` for both (1 / 0 on the last number / marked answer vs the ``answer`` column).
+``alignkit.rewards.verifiers.math:math_reward`` for both (1 / 0 on the last number / marked answer vs the ``answer`` column).
 TRL passes conversational completions as message lists (``[{"role": "assistant", "content": ...}]``) and dataset
 columns as keyword arguments: a small wrapper hands the text to the same function. alignkit runs it in the training
 process (method.reward_workers=0, like TRL; ``--reward-workers`` changes that).
@@ -107,7 +107,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "grpo_vs_trl.json"
 ARITHMETIC = REPO / "src" / "alignkit" / "resources" / "arithmetic_train.jsonl"
 MARK = "@@bench-result "
-REWARD = "alignkit.rewards.math:math_reward"
+REWARD = "alignkit.rewards.verifiers.math:math_reward"
 GOAL_SPEEDUP, GOAL_RSS = 3.0, 1.0  # TRL s/step / alignkit s/step >= 3; alignkit RSS / TRL RSS <= 1
 
 # (template, operands, answer function): 8 templates x 8 operand pairs = 64 prompts, answers computed below
@@ -197,7 +197,7 @@ def run_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from alignkit.rewards.math import math_reward
+    from alignkit.rewards.verifiers.math import math_reward
 
     s = spec["settings"]
     t_imports = time.perf_counter() - T_START
@@ -375,8 +375,8 @@ def run_trl(spec: dict) -> dict:
 
 
 def run_alignkit(spec: dict) -> dict:
+    from alignkit.data.jsonl import read_jsonl
     from alignkit.train import fit, make_config, prepare
-    from alignkit.train.metrics import read_jsonl
 
     s = spec["settings"]
     t_imports = time.perf_counter() - T_START

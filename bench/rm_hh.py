@@ -37,8 +37,8 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="also score the held-out pairs by the base LM's log-probs")
     args = ap.parse_args()
 
-    from alignkit.eval.math import wilson_interval
     from alignkit.models.load import cpu_has_native_bf16
+    from alignkit.stats import wilson_interval
     from alignkit.train import make_config, run
 
     t0 = time.time()
@@ -128,7 +128,7 @@ def _plain(content):
 def _score_saved(model_dir: Path, how: str) -> dict:
     """Held-out metrics of a saved model or ensemble through ``alignkit score``'s code path."""
     from alignkit.data import read_records
-    from alignkit.reward.scoring import RewardModel, score_records
+    from alignkit.reward_model.scoring import RewardModel, score_records
 
     reward = RewardModel.load(model_dir, dtype="auto")
     _, summary = score_records(reward, read_records(f"{DATA}[1200:]"), how=how, batch_size=16)

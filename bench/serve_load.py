@@ -21,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from alignkit.serve.loadgen import chat_load, feedback_load  # noqa: E402
 from serve_helpers import serve_process  # noqa: E402
 
 from alignkit.models.load import cpu_has_native_bf16  # noqa: E402
-from alignkit.serve.loadgen import chat_load, feedback_load  # noqa: E402
 from alignkit.serve.store import Store  # noqa: E402
 
 PROMPTS = [

@@ -11,7 +11,7 @@ import pytest
 
 from alignkit.data import arithmetic
 from alignkit.data.readers import builtin_path, read_records
-from alignkit.rewards.math import extract_answer, extract_gold, grade
+from alignkit.rewards.verifiers.math import extract_answer, extract_gold, grade
 
 # every template's answer, written independently of the generator
 FORMULAS = {

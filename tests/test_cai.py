@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from alignkit.cai import derive_seed, load_constitution
 from alignkit.cai.label import pick_pairs
 from alignkit.cai.revise import FEW_SHOT, check_revision, clean
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.data import read_records, to_pairwise, to_sft, validate_records
 from alignkit.data.readers import builtin_path
 from alignkit.errors import ConfigError, UserError
@@ -231,7 +231,7 @@ def _check_pairs(out: Path, summary_path: Path, n_prompts: int) -> tuple[list[di
 
 
 def test_cai_label_with_a_reward_model_judge(tiny_model_dir, reward_model_dir, tmp_path):
-    from alignkit.reward import RewardModel
+    from alignkit.reward_model import RewardModel
 
     out = tmp_path / "prefs.jsonl"
     res = invoke("cai", "label", "-m", tiny_model_dir, "--judge", f"reward_model:{reward_model_dir}", "--limit", 5,

@@ -166,7 +166,7 @@ def invoke(*args: str):
     """``alignkit ARGS`` in this process (CliRunner: no interpreter start); errors stay as exceptions."""
     from typer.testing import CliRunner
 
-    from alignkit.cli import app
+    from alignkit.cli.main import app
 
     return CliRunner().invoke(app, list(args))
 

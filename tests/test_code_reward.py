@@ -13,7 +13,8 @@ from importlib import resources
 import pytest
 
 import alignkit.rewards.sandbox as sb
-from alignkit.rewards.code import (
+from alignkit.rewards.sandbox import SandboxUnavailable
+from alignkit.rewards.verifiers.code import (
     build_program,
     code_reward,
     extract_program,
@@ -21,7 +22,6 @@ from alignkit.rewards.code import (
     verify_code,
     verify_many,
 )
-from alignkit.rewards.sandbox import SandboxUnavailable
 
 pytestmark = pytest.mark.skipif(
     all(sb._probe(b, sb.DEFAULT_PYTHON) for b in sb.BACKENDS), reason="no sandbox works on this machine"

@@ -9,9 +9,9 @@ from conftest import pair_records
 from helpers import write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import ConfigError
-from alignkit.eval.compare import load_compare_config
+from alignkit.recipes.compare import load_compare_config
 
 
 def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_path):

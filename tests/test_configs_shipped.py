@@ -50,12 +50,12 @@ def test_the_grpo_demo_runs_the_shipped_recipe():
 def check_study(path: Path) -> None:
     """An overoptimization or comparison recipe: it loads, and each of its training sections is a valid config."""
     if path.stem.startswith("overopt"):
-        from alignkit.eval.overopt_run import load_overopt_config
+        from alignkit.recipes.overopt import load_overopt_config
 
         cfg = load_overopt_config(str(path))
         sections = {"rm": cfg.rm}
     else:
-        from alignkit.eval.compare import load_compare_config
+        from alignkit.recipes.compare import load_compare_config
 
         cfg = load_compare_config(str(path))
         sections = {"sft": cfg.sft, "dpo": cfg.dpo, "kto": cfg.kto, "rm": cfg.rm, "ppo": cfg.ppo, "rm ": cfg.judge}

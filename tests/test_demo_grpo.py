@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from alignkit.demo_grpo import paired_change, run_grpo_demo
-from alignkit.eval.math import MathEvalResult
+from alignkit.eval.accuracy import MathEvalResult
+from alignkit.recipes.demo_grpo import paired_change, run_grpo_demo
 
 QUIET = {"log": lambda *a, **k: None}
 

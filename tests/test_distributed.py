@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit.train.metrics import read_jsonl
+from alignkit.data.jsonl import read_jsonl
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

@@ -14,11 +14,11 @@ from conftest import tiny_sections
 from helpers import online_config, write_jsonl
 from safetensors.torch import load_file
 
+from alignkit.data.jsonl import read_jsonl
 from alignkit.errors import ConfigError, UserError
 from alignkit.train import make_config, run
 from alignkit.train.early_stop import EarlyStopping, higher_is_better
-from alignkit.train.metrics import read_jsonl
-from alignkit.train.preference import PreferenceMethod
+from alignkit.train.methods.preference import PreferenceMethod
 
 QUIET = {"log": lambda *a, **k: None}
 
@@ -260,8 +260,8 @@ def test_gold_reward_is_the_mean_normalized_score_of_the_eval_samples(gold_rewar
     from contextlib import nullcontext
     from types import SimpleNamespace
 
-    from alignkit.reward import RewardModel
-    from alignkit.train.rollout import OnlineMethod
+    from alignkit.reward_model import RewardModel
+    from alignkit.train.online.rollout import OnlineMethod
 
     class FakeSampler:
         def sample(self, prompts, params, seeds):
@@ -303,7 +303,7 @@ def test_bad_mode_and_min_delta_name_the_field(tiny_model_dir, pairs_file, tmp_p
 def test_a_reward_models_best_weights_load_as_a_reward_model(tiny_model_dir, tmp_path):
     from conftest import pair_records
 
-    from alignkit.reward import RewardModel
+    from alignkit.reward_model import RewardModel
 
     data = str(write_jsonl(tmp_path / "pairs.jsonl", pair_records(16)))
     sections = tiny_sections(tiny_model_dir, data, tmp_path / "rm", max_steps=2, eval_steps=1, keep_best=True)

@@ -11,12 +11,12 @@ import torch
 
 from alignkit.data import Tokenizer, read_records, to_pairwise, tokenize_pairs, validate_records
 from alignkit.data.collate import collate_pairs
+from alignkit.data.jsonl import read_jsonl
 from alignkit.errors import UserError
 from alignkit.logprobs import token_logprobs
 from alignkit.models import load_model, load_tokenizer
 from alignkit.models.embedded import embedded_model_dir
 from alignkit.train import make_config, run
-from alignkit.train.metrics import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +89,8 @@ JUDGE_SMALL = ["lora.r=4", "data.max_length=128", "data.on_invalid=skip", "train
 def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     """The main job on reduced settings: every artifact is written from measured numbers, the judge is trained on
     hh-rlhf once and reused, and every goal is checked."""
-    import alignkit.demo_eval as demo_eval
-    from alignkit.demo import run_demo
+    import alignkit.recipes.demo_eval as demo_eval
+    from alignkit.recipes.demo_dpo import run_demo
 
     hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
     if not hh.is_file():
@@ -156,7 +156,7 @@ def test_judge_without_hh_trains_on_the_extra_pairs(tmp_path, monkeypatch):
     from conftest import pair_records
     from helpers import write_jsonl
 
-    import alignkit.demo_eval as demo_eval
+    import alignkit.recipes.demo_eval as demo_eval
 
     own = str(write_jsonl(tmp_path / "own.jsonl", pair_records(12)))
     monkeypatch.setattr(demo_eval, "judge_dir_for", lambda *a: tmp_path / "judge")
@@ -167,7 +167,7 @@ def test_judge_without_hh_trains_on_the_extra_pairs(tmp_path, monkeypatch):
 
 
 def test_judge_cache_key_follows_its_inputs(tmp_path):
-    from alignkit.demo_eval import JUDGE_RECIPE, judge_dir_for
+    from alignkit.recipes.demo_eval import JUDGE_RECIPE, judge_dir_for
 
     hh = tmp_path / "hh.jsonl"
     hh.write_text("{}\n")
@@ -182,7 +182,7 @@ def test_judge_cache_key_follows_its_inputs(tmp_path):
 def test_demo_without_the_judge_data_says_so(tmp_path):
     """Neither hh-rlhf nor the project's pairs: no judge, no win-rate goal, and the report says the win rate was not
     measured; the one-time judge training is left out of the time goal."""
-    from alignkit.demo_eval import check_goals, demo_judge, goals_section
+    from alignkit.recipes.demo_eval import check_goals, demo_judge, goals_section
 
     judge, info = demo_judge(str(tmp_path / "missing.jsonl.gz"), own=None)
     assert judge is None and "not found" in info["reason"]

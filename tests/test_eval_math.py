@@ -13,14 +13,15 @@ import torch
 from helpers import shared_data_path, tiny_llama, write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.data import Tokenizer
 from alignkit.errors import DataError, UserError
-from alignkit.eval import math as eval_math
-from alignkit.eval.math import evaluate_math, wilson_interval
+from alignkit.eval import accuracy as eval_math
+from alignkit.eval.accuracy import evaluate_math
 from alignkit.generation.sampler import Completion, Sampler, SamplingParams
 from alignkit.models import load_model, load_tokenizer
-from alignkit.rewards.math import extract_answer
+from alignkit.rewards.verifiers.math import extract_answer
+from alignkit.stats import wilson_interval
 
 PROMPTS = [f"What is {i} plus {i + 1}?" for i in range(6)]
 

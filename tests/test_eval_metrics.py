@@ -9,7 +9,7 @@ from conftest import pair_records
 from helpers import tiny_sections, write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import UserError
 from alignkit.train import make_config, run
 

@@ -13,7 +13,7 @@ from helpers import write_jsonl
 
 from alignkit.data import read_records, to_pairwise
 from alignkit.data.feedback import clean_feedback, feedback_to_pairs, split_by_prompt
-from alignkit.data.feedback import write_jsonl as write_atomic
+from alignkit.data.jsonl import write_jsonl as write_atomic
 from alignkit.errors import DataError
 
 

@@ -11,9 +11,9 @@ import torch
 from helpers import Crash, crash_at, online_config, write_jsonl
 from safetensors.torch import load_file
 
+from alignkit.data.jsonl import read_jsonl
 from alignkit.errors import ConfigError, UserError
 from alignkit.train import run
-from alignkit.train.metrics import read_jsonl
 
 QUIET = {"log": lambda *a, **k: None}
 
@@ -131,7 +131,7 @@ def test_prefix_shared_groups_train_like_the_padded_layout(lora, word_model_dir,
 
 def test_padding_does_not_change_the_loss(word_model_dir, tmp_path):
     """A sample's loss is the same alone and next to a longer (padded-against) sample."""
-    from alignkit.train.experience import Sample, collate_samples
+    from alignkit.data import Sample, collate_samples
     from alignkit.train.run import prepare
 
     cfg = grpo_config(word_model_dir, prompts_file(tmp_path), tmp_path / "pad")
@@ -258,7 +258,7 @@ def test_prompt_field_and_template(word_model_dir, tmp_path):
 
 def test_nan_stops_an_online_run_and_keeps_the_checkpoint(word_model_dir, tmp_path, monkeypatch):
     from alignkit.errors import TrainingDiverged
-    from alignkit.train.grpo import GRPOMethod
+    from alignkit.train.online.grpo import GRPOMethod
 
     original = GRPOMethod.loss
     calls = {"n": 0}

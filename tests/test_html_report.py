@@ -17,8 +17,8 @@ from conftest import pair_records
 from helpers import headless_chromium, tiny_sections, write_jsonl
 
 from alignkit.errors import UserError
-from alignkit.eval.html_report import build_report, winrate_json
-from alignkit.eval.report_data import read_eval
+from alignkit.eval.report.page import build_report, winrate_json
+from alignkit.eval.report.runs import read_eval
 
 WINRATE = {
     "kind": "winrate", "a": "dpo <b>", "b": "sft", "judge": "rm-large", "wins": 30, "ties": 4, "losses": 14,
@@ -168,7 +168,7 @@ def test_winrate_json_is_read_back(tmp_path):
 
 
 def test_cli_report(run_dir, tmp_path, monkeypatch, capsys):
-    from alignkit.cli import main
+    from alignkit.cli.main import main
 
     def alignkit(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["alignkit", *args])

@@ -11,7 +11,7 @@ import pytest
 from helpers import write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import DataError, UserError
 from alignkit.eval.human import COLUMNS, cohen_kappa, describe_human, export_pairs, import_labels
 from alignkit.eval.judged import match_responses

@@ -11,7 +11,7 @@ from conftest import pair_records
 from helpers import write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.data import to_pairwise
 from alignkit.errors import ConfigError
 from alignkit.judges import Judge, Verdict, VerifierJudge, combine_orders, consistency, judge_pairs, load_judge

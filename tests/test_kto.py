@@ -8,11 +8,10 @@ import pytest
 from conftest import tiny_sections
 from helpers import write_jsonl
 
-from alignkit.data import Tokenizer
+from alignkit.data import Tokenizer, collate_kto, tokenize_kto
 from alignkit.data.formats import to_binary
+from alignkit.data.jsonl import read_jsonl
 from alignkit.train import make_config, run
-from alignkit.train.kto import collate_kto, tokenize_kto
-from alignkit.train.metrics import read_jsonl
 
 
 def feedback(n: int, share_up: float = 0.5) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import write_jsonl
 
-from alignkit.rewards.math import (
+from alignkit.rewards.verifiers.math import (
     answers_match,
     extract_answer,
     extract_gold,

@@ -10,9 +10,9 @@ import torch
 from helpers import Crash, crash_at, online_config, write_jsonl
 from safetensors.torch import load_file
 
+from alignkit.data.jsonl import read_jsonl
 from alignkit.errors import ConfigError
 from alignkit.train import run
-from alignkit.train.metrics import read_jsonl
 
 QUIET = {"log": lambda *a, **k: None}
 

@@ -16,7 +16,7 @@ from alignkit.eval.overopt import (
     rl_form,
     unbiased_best_of_n,
 )
-from alignkit.reward.best_of_n import best_of_n_kl
+from alignkit.reward_model.best_of_n import best_of_n_kl
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
@@ -101,7 +101,7 @@ def test_overopt_lab_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
     from helpers import write_jsonl
     from typer.testing import CliRunner
 
-    from alignkit.cli import app
+    from alignkit.cli.main import app
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_records(30))
     rm = {"model": {"name": tiny_model_dir, "dtype": "fp32", "device": "cpu"}, "data": {"max_length": 64},
@@ -135,7 +135,7 @@ def test_overopt_lab_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path):
 
 def test_overopt_config_errors_name_the_field(tmp_path):
     from alignkit.errors import ConfigError
-    from alignkit.eval.overopt_run import load_overopt_config
+    from alignkit.recipes.overopt import load_overopt_config
 
     with pytest.raises(ConfigError, match="ns"):
         load_overopt_config(None, ["pairs=p.jsonl", "prompts=p.jsonl", "pool=8", "ns=[1,16]"])

@@ -74,7 +74,7 @@ def test_resume_keeps_the_kl_controller(word_model_dir, tmp_path):
     )
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
-    from alignkit.train.metrics import read_jsonl
+    from alignkit.data.jsonl import read_jsonl
 
     rows_a, rows_b = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(tmp_path / "split" / "metrics.jsonl")
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
@@ -89,8 +89,8 @@ def test_resume_keeps_the_kl_controller(word_model_dir, tmp_path):
 @pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.0}])
 def test_reward_model_as_reward_and_as_the_value_models_start(lora, tiny_model_dir, pairs_file, tmp_path):
     from alignkit.models import load_tokenizer
-    from alignkit.reward.model import head_of
-    from alignkit.train.ppo import load_value_model
+    from alignkit.reward_model.model import head_of
+    from alignkit.train.online.ppo import load_value_model
 
     rm_sections = {
         "model": {"name": tiny_model_dir, "dtype": "fp32", "device": "cpu"},
@@ -102,7 +102,7 @@ def test_reward_model_as_reward_and_as_the_value_models_start(lora, tiny_model_d
     rm = run("rm", make_config("rm", **rm_sections), **QUIET)
     tokenizer = load_tokenizer(tiny_model_dir)
     value = load_value_model(str(rm.model_dir), tiny_model_dir, None, tokenizer)
-    from alignkit.reward import RewardModel
+    from alignkit.reward_model import RewardModel
 
     scorer = RewardModel.load(rm.model_dir, device="cpu").members[0].scorer
     ids = torch.tensor([tokenizer("hello there").input_ids])

@@ -14,10 +14,10 @@ import torch
 from conftest import tiny_sections
 from safetensors.torch import load_file
 
+from alignkit.data.jsonl import read_jsonl
 from alignkit.errors import UserError
 from alignkit.train import make_config, run
 from alignkit.train.checkpoint import list_checkpoints
-from alignkit.train.metrics import read_jsonl
 
 QUIET = {"log": lambda *a, **k: None}
 

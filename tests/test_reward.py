@@ -12,10 +12,10 @@ from conftest import pair_records, tiny_sections
 from helpers import make_word_tokenizer, tiny_llama, write_jsonl
 
 from alignkit.errors import ConfigError, DataError, UserError
-from alignkit.eval.reward import calibration_terms, ece_from_terms, reward_metrics
-from alignkit.reward import RewardModel, aggregate, uncertainty
-from alignkit.reward.best_of_n import best_of_n, best_of_n_kl
-from alignkit.reward.model import RewardScorer, load_classifier
+from alignkit.reward_model import RewardModel, aggregate, uncertainty
+from alignkit.reward_model.best_of_n import best_of_n, best_of_n_kl
+from alignkit.reward_model.model import RewardScorer, load_classifier
+from alignkit.stats import calibration_terms, ece_from_terms, reward_metrics
 from alignkit.train import make_config, run
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -127,7 +127,7 @@ def _rm_sections(model_dir, tmp_path, name="rm", steps=12, **method):
 def test_normalization_pass_keeps_no_autograd_graph(tiny_model_dir, tmp_path, monkeypatch):
     """finish() scores norm_pairs training pairs after training: with grad on, every batch's graph (all the
     activations) stayed alive until the end, 24 GB on hh-rlhf with full fine-tuning (OOM-killed)."""
-    import alignkit.train.reward as reward_module
+    import alignkit.train.methods.reward_model as reward_module
 
     seen, score = [], reward_module._score
 
@@ -309,7 +309,7 @@ def test_best_of_n_with_a_policy_of_another_tokenizer(trained_rm):
 def test_cli_train_score_best_of_n(tiny_model_dir, tmp_path, trained_rm):
     from typer.testing import CliRunner
 
-    from alignkit.cli import app
+    from alignkit.cli.main import app
 
     runner = CliRunner()
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(8))
@@ -345,7 +345,7 @@ def test_cli_train_score_best_of_n(tiny_model_dir, tmp_path, trained_rm):
 
 
 def test_score_bad_input_names_line_and_field(trained_rm, tmp_path):
-    from alignkit.reward.scoring import score_records
+    from alignkit.reward_model.scoring import score_records
 
     rm = RewardModel.load(trained_rm)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "only a prompt"}])
@@ -361,7 +361,7 @@ def test_score_bad_input_names_line_and_field(trained_rm, tmp_path):
 def test_cli_score_errors(trained_rm, tmp_path):
     from typer.testing import CliRunner
 
-    from alignkit.cli import app
+    from alignkit.cli.main import app
 
     runner = CliRunner()
     f = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "a", "response": "b"}])

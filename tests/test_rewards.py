@@ -17,7 +17,7 @@ import reward_fns
 from alignkit.errors import ConfigError, UserError
 from alignkit.rewards import RewardRunner, RewardSpec, load_reward_function, parse_reward_specs
 from alignkit.rewards.functions import BUILTINS, ContractViolation, check_rewards
-from alignkit.rewards.math import math_format_reward, math_reward
+from alignkit.rewards.verifiers.math import math_format_reward, math_reward
 
 psutil = pytest.importorskip("psutil")
 TESTS = Path(__file__).resolve().parent
@@ -45,12 +45,12 @@ def wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
 def test_builtin_names():
     assert load_reward_function("math") is math_reward
     assert load_reward_function("math_format") is math_format_reward
-    assert BUILTINS["code"] == "alignkit.rewards.code:code_reward"  # mapped lazily: imported only when asked for
+    assert BUILTINS["code"] == "alignkit.rewards.verifiers.code:code_reward"  # mapped lazily: imported only when asked for
 
 
 def test_module_and_file_specs(tmp_path):
     assert load_reward_function("reward_fns:length") is reward_fns.length
-    assert load_reward_function(" alignkit.rewards.math:math_reward ") is math_reward
+    assert load_reward_function(" alignkit.rewards.verifiers.math:math_reward ") is math_reward
     path = tmp_path / "my_rewards.py"
     path.write_text("def shout(prompts, completions, **_):\n    return [float(c.isupper()) for c in completions]\n")
     fn = load_reward_function(f"{path}:shout")

@@ -10,9 +10,8 @@ import pytest
 from helpers import write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import DataError, UserError
-from alignkit.eval.math import wilson_interval
 from alignkit.eval.safety import (
     OPENING_CHARS,
     REFUSAL_RULES,
@@ -25,6 +24,7 @@ from alignkit.eval.safety import (
     verdicts_from_scores,
     write_review_csv,
 )
+from alignkit.stats import wilson_interval
 
 HARMFUL_CATEGORIES = {
     "weapons", "violence", "cybercrime", "fraud", "drugs", "self_harm", "harassment", "privacy", "hate",
@@ -272,7 +272,7 @@ def test_cli_generates_with_a_model(tiny_model_dir, tmp_path):
 def test_cli_adds_the_reward_model_reading(tiny_model_dir, tmp_path):
     from conftest import pair_records
 
-    from alignkit.reward import RewardModel
+    from alignkit.reward_model import RewardModel
     from alignkit.train import make_config, run
 
     cfg = make_config("rm", model={"name": tiny_model_dir, "dtype": "fp32", "device": "cpu"},

@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 import alignkit.rewards.sandbox as sb
-from alignkit.rewards.code import verify_code
 from alignkit.rewards.sandbox import SandboxUnavailable, run_python, sandbox_backend
+from alignkit.rewards.verifiers.code import verify_code
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -278,8 +278,8 @@ def test_api_keys_by_scope(tiny_model_dir, tmp_path):
 def test_serve_refuses_a_public_bind_without_keys_and_bad_options():
     from typer.testing import CliRunner
 
-    from alignkit.cli import app
-    from alignkit.cli_serve import parse_variants, parse_weights
+    from alignkit.cli.main import app
+    from alignkit.cli.serve import parse_variants, parse_weights
 
     runner = CliRunner()
     out = runner.invoke(app, ["serve", "--host", "0.0.0.0"])

@@ -196,7 +196,7 @@ def test_prompt_messages_normalizes_or_refuses():
 
 
 def run_cli(*args):
-    from alignkit.cli import app
+    from alignkit.cli.main import app
 
     return CliRunner().invoke(app, ["feedback", "export", *args])
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import openai
+from alignkit.serve.loadgen import feedback_load
 from serve_helpers import serve_process
 
-from alignkit.serve.loadgen import feedback_load
 from alignkit.serve.store import Store
 
 

@@ -309,7 +309,7 @@ def store_path(tmp_path_factory):
 
 
 def run_cli(*args):
-    from alignkit.cli import app
+    from alignkit.cli.main import app
 
     return CliRunner().invoke(app, ["feedback", *args])
 

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from pg_server import _free_port, postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 from alignkit.errors import UserError
-from alignkit.serve import store_schema
 from alignkit.serve.store import DEFAULT_DB, NotFound, Store, StoreError
-from alignkit.serve.store_schema import Migration, add_column
+from alignkit.serve.store import schema as store_schema
+from alignkit.serve.store.schema import Migration, add_column
 
 WRITER = str(Path(__file__).with_name("store_writer.py"))
 

@@ -13,11 +13,11 @@ import torch
 from conftest import tiny_sections
 from safetensors.torch import load_file
 
+from alignkit.data.jsonl import read_jsonl
 from alignkit.errors import TrainingDiverged, UserError
 from alignkit.train import loop as loop_module
 from alignkit.train import make_config, run
-from alignkit.train.metrics import read_jsonl
-from alignkit.train.preference import PreferenceMethod
+from alignkit.train.methods.preference import PreferenceMethod
 from alignkit.train.reference import Reference
 
 QUIET = {"log": lambda *a, **k: None}

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from alignkit.eval.winrate import bootstrap_interval, bradley_terry, length_controlled_win_rate, swap_rule, win_rate
+from alignkit.eval.winrate import bradley_terry, length_controlled_win_rate, swap_rule, win_rate
+from alignkit.stats import bootstrap_interval
 
 
 def test_counts_and_the_wilson_interval_on_decisive_comparisons():

@@ -10,7 +10,7 @@ import pytest
 from helpers import write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import UserError
 from alignkit.eval.judged import judge_by_reward, match_responses
 
@@ -31,7 +31,7 @@ def read(path):
 
 
 def test_outcomes_follow_the_reward_models_scores_and_mirror_when_swapped(reward_model_dir, tmp_path):
-    from alignkit.reward import RewardModel
+    from alignkit.reward_model import RewardModel
 
     a_texts = [f"A careful answer number {i}, with details." for i in range(12)]
     b_texts = [f"b{i}" if i % 2 else f"Another long reply {i} here." for i in range(12)]

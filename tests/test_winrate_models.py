@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_llama, write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import UserError
 from alignkit.eval.ranking import comparisons, match_many, pairwise_rates, parse_specs, rank, ranking_json
 
@@ -180,7 +180,7 @@ def test_specs_and_prompt_sets_are_checked(tmp_path):
 
 
 def test_rank_cli_end_to_end_with_three_files(reward_model_dir, tmp_path):
-    from alignkit.reward import RewardModel
+    from alignkit.reward_model import RewardModel
 
     texts = {
         "long": [f"A careful, detailed answer number {i}, with reasons and an example." for i in range(6)],

@@ -7,7 +7,7 @@ import json
 from helpers import write_jsonl
 from typer.testing import CliRunner
 
-from alignkit.cli import app
+from alignkit.cli.main import app
 from alignkit.errors import UserError
 from alignkit.eval.judged import judge_by_verifier, match_responses
 

@@ -1,3 +1,3 @@
-from alignkit.cli import main
+from alignkit.cli.main import main
 
 main()

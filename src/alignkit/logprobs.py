@@ -14,6 +14,8 @@ The fused path is used whenever the model's output head is a plain linear layer 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -219,6 +221,27 @@ def supports_prefix_sharing(model: nn.Module) -> bool:
 
 
 SHARED_KEYS = ("position_ids", "logp_index", "logp_labels", "logp_segments", "completion_tokens", "logp_target")
+
+
+@torch.no_grad()
+def layouts_agree(
+    model: nn.Module, plain: Callable[[], Tensor], shared: Callable[[], Tensor], what: str, log, atol: float = 1e-3
+) -> bool:
+    """The prefix-sharing probe, run once before a method trains on the shared layout: ``shared()`` (the values of
+    a small prefix-shared batch) against ``plain()`` (the same examples padded), in eval mode. False, with a log
+    line, when they differ: the method then keeps the padded layout."""
+    was = model.training
+    model.eval()
+    try:
+        expected, got = plain(), shared()
+    finally:
+        model.train(was)
+    if torch.allclose(got, expected, rtol=1e-4, atol=atol):
+        return True
+    diff = float((got - expected).abs().max())
+    log(f"prefix sharing off: the shared layout's {what} differ from the padded layout's for this model "
+        f"(max {diff:.3g})")  # fmt: skip
+    return False
 
 
 def shared_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:

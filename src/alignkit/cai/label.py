@@ -39,7 +39,7 @@ from alignkit.cai.revise import (
     uses_chat,
     write_json,
 )
-from alignkit.config import EMBEDDED_MODEL, _f, _require
+from alignkit.config import EMBEDDED_MODEL, require, setting
 from alignkit.eval.samples import text_summary
 
 PAIRINGS = ("best_worst", "all")
@@ -51,32 +51,32 @@ DEFAULT_JUDGE = f"llm:{EMBEDDED_MODEL}"
 class LabelConfig:
     """``alignkit cai label``; every field can be set in YAML (``--config``), ``--set field=value`` or its option."""
 
-    policy: str = _f(EMBEDDED_MODEL, "The model whose responses are compared (dir, hub id or the embedded one).")
-    prompts: str = _f(RED_TEAM, "Prompt records (a prompt field; other fields go to the judge as columns).")
-    prompt_field: str = _f("prompt", "The field holding the prompt.")
-    limit: int | None = _f(None, "Use N prompts, taken round-robin over categories (all when None).")
-    samples: int = _f(2, "Responses per prompt (K >= 2).")
-    pairing: str = _f("best_worst", "best_worst: one pair per prompt by round-robin wins; all: every judged pair.",
+    policy: str = setting(EMBEDDED_MODEL, "The model whose responses are compared (dir, hub id or the embedded one).")
+    prompts: str = setting(RED_TEAM, "Prompt records (a prompt field; other fields go to the judge as columns).")
+    prompt_field: str = setting("prompt", "The field holding the prompt.")
+    limit: int | None = setting(None, "Use N prompts, taken round-robin over categories (all when None).")
+    samples: int = setting(2, "Responses per prompt (K >= 2).")
+    pairing: str = setting("best_worst", "best_worst: one pair per prompt by round-robin wins; all: every judged pair.",
                       PAIRINGS)  # fmt: skip
-    temperature: float = _f(1.0, "Sampling temperature of the policy (> 0, so the K responses differ).")
-    max_new_tokens: int = _f(128, "Tokens per response.")
-    judge: str = _f(DEFAULT_JUDGE, "reward_model:DIR, verifier:math or llm:MODEL (alignkit.judges.load_judge).")
-    constitution: str | None = _f(None, "A constitution YAML; None = the shipped one.")
-    principles: list = _f([], "Use only these principles (names); [] = all.")
-    inconsistent: str = _f("tie", "What a disagreement between the two orders becomes: tie or drop (unjudged).")
-    seed: int = _f(0, "Seed of sampling and principle choice.")
-    out: str = _f("runs/cai/preferences.jsonl", "Preference pairs (alignkit train dpo / rm --data FILE).")
-    summary: str | None = _f(None, "Counts and judge consistency; None = OUT with .summary.json.")
-    device: str = _f("auto", "auto, cpu, cuda or mps.")
+    temperature: float = setting(1.0, "Sampling temperature of the policy (> 0, so the K responses differ).")
+    max_new_tokens: int = setting(128, "Tokens per response.")
+    judge: str = setting(DEFAULT_JUDGE, "reward_model:DIR, verifier:math or llm:MODEL (alignkit.judges.load_judge).")
+    constitution: str | None = setting(None, "A constitution YAML; None = the shipped one.")
+    principles: list = setting([], "Use only these principles (names); [] = all.")
+    inconsistent: str = setting("tie", "What a disagreement between the two orders becomes: tie or drop (unjudged).")
+    seed: int = setting(0, "Seed of sampling and principle choice.")
+    out: str = setting("runs/cai/preferences.jsonl", "Preference pairs (alignkit train dpo / rm --data FILE).")
+    summary: str | None = setting(None, "Counts and judge consistency; None = OUT with .summary.json.")
+    device: str = setting("auto", "auto, cpu, cuda or mps.")
 
     def validate(self, where: str = "cai label") -> None:
-        _require(self.samples >= 2, where, "samples", self.samples, "sample at least 2 responses per prompt")
-        _require(self.pairing in PAIRINGS, where, "pairing", self.pairing, f"use one of {', '.join(PAIRINGS)}")
-        _require(self.temperature > 0, where, "temperature", self.temperature, "sample with a temperature > 0")
-        _require(self.max_new_tokens >= 1, where, "max_new_tokens", self.max_new_tokens, "generate at least 1 token")
-        _require(self.limit is None or self.limit >= 1, where, "limit", self.limit, "use at least 1 prompt")
-        _require(self.inconsistent in ("tie", "drop"), where, "inconsistent", self.inconsistent, "use tie or drop")
-        _require(bool(self.out), where, "out", self.out, "name the output file, e.g. runs/cai/preferences.jsonl")
+        require(self.samples >= 2, where, "samples", self.samples, "sample at least 2 responses per prompt")
+        require(self.pairing in PAIRINGS, where, "pairing", self.pairing, f"use one of {', '.join(PAIRINGS)}")
+        require(self.temperature > 0, where, "temperature", self.temperature, "sample with a temperature > 0")
+        require(self.max_new_tokens >= 1, where, "max_new_tokens", self.max_new_tokens, "generate at least 1 token")
+        require(self.limit is None or self.limit >= 1, where, "limit", self.limit, "use at least 1 prompt")
+        require(self.inconsistent in ("tie", "drop"), where, "inconsistent", self.inconsistent, "use tie or drop")
+        require(bool(self.out), where, "out", self.out, "name the output file, e.g. runs/cai/preferences.jsonl")
 
     @property
     def summary_file(self) -> str:
@@ -137,7 +137,7 @@ def pick_pairs(n_responses: int, verdicts: dict[tuple[int, int], object], pairin
 def run_label(cfg: LabelConfig, log: Callable = print, judge=None) -> dict:
     """Sample, judge and write the preference pairs of ``cfg``; returns the summary. ``judge``: a built
     ``alignkit.judges.Judge`` to use instead of ``cfg.judge``."""
-    from alignkit.data.feedback import write_jsonl
+    from alignkit.data.jsonl import write_jsonl
     from alignkit.eval.samples import Generator
     from alignkit.judges import consistency, judge_pairs, load_judge
     from alignkit.models import pick_device

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from alignkit.cai.constitution import derive_seed, load_constitution
-from alignkit.config import EMBEDDED_MODEL, _f, _require
+from alignkit.config import EMBEDDED_MODEL, require, setting
 from alignkit.data.formats import Content, InvalidRecord, to_prompt
 from alignkit.errors import UserError
 from alignkit.eval.samples import has_loop, ngrams, text_summary, words
@@ -74,31 +74,31 @@ _LABEL = re.compile(  # "Revised reply:", "**Critique:**" at the start of a gene
 class ReviseConfig:
     """``alignkit cai revise``; every field can be set in YAML (``--config``), ``--set field=value`` or its option."""
 
-    model: str = _f(EMBEDDED_MODEL, "The model that answers, critiques and revises (dir, hub id or the embedded one).")
-    prompts: str = _f(RED_TEAM, "Prompt records (a prompt field: text or chat messages); default the red-team set.")
-    prompt_field: str = _f("prompt", "The field holding the prompt.")
-    limit: int | None = _f(None, "Use N prompts, taken round-robin over categories (all when None).")
-    rounds: int = _f(1, "Critique-revision rounds per prompt, each with a freshly picked principle.")
-    constitution: str | None = _f(None, "A constitution YAML; None = the shipped one.")
-    principles: list = _f([], "Use only these principles (names); [] = all.")
-    max_new_tokens: int = _f(128, "Tokens per response and per revision.")
-    critique_tokens: int = _f(96, "Tokens per critique.")
-    temperature: float = _f(0.0, "0 = greedy; > 0 samples every stage with a seed derived from (seed, stage, item).")
-    few_shot: bool = _f(True, "Show the two worked examples before each critique and revision request.")
-    drop_truncated: bool = _f(False, "Also filter revisions cut off at max_new_tokens.")
-    seed: int = _f(0, "Seed of principle choice and sampling.")
-    out: str = _f("runs/cai/revisions.jsonl", "SFT records {prompt, completion} (alignkit train sft --data FILE).")
-    chains: str | None = _f(None, "Whole chains per prompt; None = OUT with .chains.jsonl.")
-    summary: str | None = _f(None, "Counts and text statistics; None = OUT with .summary.json.")
-    device: str = _f("auto", "auto, cpu, cuda or mps.")
+    model: str = setting(EMBEDDED_MODEL, "The model that answers, critiques and revises (dir, hub id or the embedded one).")
+    prompts: str = setting(RED_TEAM, "Prompt records (a prompt field: text or chat messages); default the red-team set.")
+    prompt_field: str = setting("prompt", "The field holding the prompt.")
+    limit: int | None = setting(None, "Use N prompts, taken round-robin over categories (all when None).")
+    rounds: int = setting(1, "Critique-revision rounds per prompt, each with a freshly picked principle.")
+    constitution: str | None = setting(None, "A constitution YAML; None = the shipped one.")
+    principles: list = setting([], "Use only these principles (names); [] = all.")
+    max_new_tokens: int = setting(128, "Tokens per response and per revision.")
+    critique_tokens: int = setting(96, "Tokens per critique.")
+    temperature: float = setting(0.0, "0 = greedy; > 0 samples every stage with a seed derived from (seed, stage, item).")
+    few_shot: bool = setting(True, "Show the two worked examples before each critique and revision request.")
+    drop_truncated: bool = setting(False, "Also filter revisions cut off at max_new_tokens.")
+    seed: int = setting(0, "Seed of principle choice and sampling.")
+    out: str = setting("runs/cai/revisions.jsonl", "SFT records {prompt, completion} (alignkit train sft --data FILE).")
+    chains: str | None = setting(None, "Whole chains per prompt; None = OUT with .chains.jsonl.")
+    summary: str | None = setting(None, "Counts and text statistics; None = OUT with .summary.json.")
+    device: str = setting("auto", "auto, cpu, cuda or mps.")
 
     def validate(self, where: str = "cai revise") -> None:
-        _require(self.rounds >= 1, where, "rounds", self.rounds, "run at least 1 critique-revision round (--rounds 1)")
-        _require(self.limit is None or self.limit >= 1, where, "limit", self.limit, "use at least 1 prompt")
+        require(self.rounds >= 1, where, "rounds", self.rounds, "run at least 1 critique-revision round (--rounds 1)")
+        require(self.limit is None or self.limit >= 1, where, "limit", self.limit, "use at least 1 prompt")
         for name in ("max_new_tokens", "critique_tokens"):
-            _require(getattr(self, name) >= 1, where, name, getattr(self, name), "generate at least 1 token")
-        _require(self.temperature >= 0, where, "temperature", self.temperature, "use 0 (greedy) or > 0")
-        _require(bool(self.out), where, "out", self.out, "name the SFT output file, e.g. runs/cai/revisions.jsonl")
+            require(getattr(self, name) >= 1, where, name, getattr(self, name), "generate at least 1 token")
+        require(self.temperature >= 0, where, "temperature", self.temperature, "use 0 (greedy) or > 0")
+        require(bool(self.out), where, "out", self.out, "name the SFT output file, e.g. runs/cai/revisions.jsonl")
 
     @property
     def chains_file(self) -> str:
@@ -269,7 +269,7 @@ def check_revision(revision: str, previous: str, few_shot: bool = True) -> str |
 
 def run_revise(cfg: ReviseConfig, log: Callable = print) -> dict:
     """Run the supervised CAI phase of ``cfg`` and write its three outputs; returns the summary."""
-    from alignkit.data.feedback import write_jsonl
+    from alignkit.data.jsonl import write_jsonl
     from alignkit.eval.samples import Generator
     from alignkit.models import pick_device
 

@@ -1,6 +1,6 @@
 """Data path, first half: record -> validated example -> tokens -> batch."""
 
-from alignkit.data.collate import collate_completions, collate_pairs, pad_sequences
+from alignkit.data.collate import collate_completions, collate_kto, collate_pairs, collate_samples, pad_sequences
 from alignkit.data.formats import (
     BinaryExample,
     PairwiseExample,
@@ -14,19 +14,30 @@ from alignkit.data.formats import (
     to_sft,
     validate_records,
 )
+from alignkit.data.jsonl import read_jsonl, write_jsonl
 from alignkit.data.readers import read_records
 from alignkit.data.tokenize import (
+    KTOItem,
+    Sample,
     TokenizedCompletion,
     TokenizedPair,
     TokenizedPrompt,
     Tokenizer,
     TruncationStats,
     tokenize_completions,
+    tokenize_kto,
     tokenize_pairs,
     tokenize_prompts,
 )
 
 __all__ = [
+    "KTOItem",
+    "Sample",
+    "collate_kto",
+    "collate_samples",
+    "read_jsonl",
+    "tokenize_kto",
+    "write_jsonl",
     "BinaryExample",
     "PairwiseExample",
     "PromptExample",

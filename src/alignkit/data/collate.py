@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from alignkit.data.tokenize import TokenizedCompletion, TokenizedPair
+from alignkit.data.tokenize import KTOItem, Sample, TokenizedCompletion, TokenizedPair
 
 
 def pad_sequences(
@@ -189,3 +189,43 @@ def collate_groups_shared(prompts: list[list[int]], completions: list[list[int]]
         "logp_target": torch.tensor(target, dtype=torch.long),
         "logical_tokens": torch.tensor(sum(len(p) + len(c) for p, c in zip(prompts, completions))),
     }
+
+
+def collate_kto(items: list[KTOItem], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows ``0..B-1``: prompt + completion; rows ``B..2B-1``: prompt + mismatched completion. ``labels`` ``(B,)``."""
+    prompts = [x.prompt_ids for x in items] * 2
+    batch = pad_sequences(prompts, [x.completion_ids for x in items] + [x.kl_completion_ids for x in items], pad_id)
+    batch["labels"] = torch.tensor([x.label for x in items])
+    return batch
+
+
+def collate_samples(samples: list[Sample], pad_id: int, shared: bool = False) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + completion rows ``(B, T)`` (``pad_sequences``) plus the per-token values of the
+    samples placed at their completion positions (``old_logps``, ``ref_logps``, ``sampler_logps``, and for PPO
+    ``values``/``returns``/``advantages``), and per-sequence ``advantages`` ``(B,)`` when they are scalars. With
+    ``shared``, ``input_ids``/``attention_mask`` are instead the packed prefix-shared row of
+    ``collate_groups_shared`` (plus its ``position_ids``, ``segment_lengths``, ``logp_*``, ``logical_tokens``)."""
+    batch = pad_sequences([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id)
+    shape = batch["input_ids"].shape
+
+    def per_token(name: str) -> torch.Tensor:
+        out = torch.zeros(shape, dtype=torch.float32)
+        for i, s in enumerate(samples):
+            values = getattr(s, name) if name != "sampler_logps" else s.sampler_logps
+            start = len(s.prompt_ids)
+            out[i, start : start + len(values)] = torch.tensor(values, dtype=torch.float32)
+        return out
+
+    batch["sampler_logps"] = per_token("sampler_logps")
+    for name in ("old_logps", "ref_logps", "values", "returns"):
+        if samples and getattr(samples[0], name) is not None:
+            batch[name] = per_token(name)
+    if samples and len(samples[0].advantages) == 1:
+        batch["advantages"] = torch.tensor([s.advantages[0] for s in samples], dtype=torch.float32)
+    elif samples:
+        batch["advantages"] = per_token("advantages")
+    if shared:  # the forward runs on one packed row; the per-token values above keep the (B, W) layout
+        packed = collate_groups_shared([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
+        batch["input_ids"], batch["attention_mask"] = packed.pop("input_ids"), packed.pop("attention_mask")
+        batch.update(packed)
+    return batch

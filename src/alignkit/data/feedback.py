@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from alignkit.data.formats import BinaryExample, InvalidRecord, to_binary, validate_records
@@ -233,23 +231,3 @@ def split_by_prompt(records: Iterable, fractions=(0.8, 0.1, 0.1), seed: int = 0)
     return tuple([item for i, item in enumerate(items) if split_of[i] == s] for s in range(3))
 
 
-# --------------------------------------------------------------------------------------------- output
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    """Write one JSON object a line, atomically (a temp file in the same directory, then renamed)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for rec in records:
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as e:
-        raise DataError(f"{path}: cannot be written ({e}). Fix: choose a writable file path") from None
-    return path

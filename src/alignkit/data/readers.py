@@ -7,13 +7,12 @@ with ``datasets.save_to_disk``, or a hub dataset id (``datasets`` installed, net
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from alignkit.data.jsonl import iter_jsonl, open_text
 from alignkit.errors import DataError
 
 Record = tuple[str, Any]  # (source like "train.jsonl:12", the raw record)
@@ -57,7 +56,7 @@ def read_records(spec: str, split: str = "train") -> list[Record]:
     if path.is_file():
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            return list(_read_jsonl(path))
+            return list(iter_jsonl(path))
         if name.endswith((".json", ".json.gz")):
             return list(_read_json(path))
         if name.endswith(".parquet"):
@@ -70,32 +69,9 @@ def read_records(spec: str, split: str = "train") -> list[Record]:
     raise DataError(f"data file {spec} does not exist. Fix: check the path (relative paths start from {Path.cwd()})")
 
 
-def _open_text(path: Path):
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def _read_jsonl(path: Path) -> Iterator[Record]:
-    try:
-        with _open_text(path) as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{i}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}). "
-                        "Fix: each line must be one JSON object"
-                    ) from None
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path}: cannot be read ({e}). Fix: check the file is UTF-8 text (gzip for .gz)") from None
-
-
 def _read_json(path: Path) -> Iterator[Record]:
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(
@@ -126,7 +102,7 @@ def _read_parquet(path: Path) -> Iterator[Record]:
 
 def _read_csv(path: Path) -> Iterator[Record]:
     """CSV cells are text; a cell holding a JSON list (chat messages) is decoded."""
-    with _open_text(path) as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         start = 2  # line 1 is the header; a quoted cell may span lines, so track where each record starts
         for row in reader:

@@ -46,6 +46,44 @@ class TokenizedPrompt:
     index: int
 
 
+@dataclass(frozen=True)
+class KTOItem:
+    """A KTO example: the labelled completion and another item's completion (``kl_completion_ids``) scored after
+    this prompt for the KL reference point; ``ref_*``: the reference's summed log-probs of both."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    kl_completion_ids: list[int]  # another item's completion, for the KL reference point
+    label: bool
+    source: str
+    ref_logp: float = 0.0
+    ref_kl_logp: float = 0.0
+
+
+@dataclass
+class Sample:
+    """One sampled completion of one prompt and what the update needs. Per-token lists are ``(L,)``, aligned with
+    ``completion_ids``; ``advantages`` is one value per sequence (GRPO/RLOO) or per token (PPO)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    sampler_logps: list[float]
+    finish_reason: str
+    text: str
+    group: int  # the prompt's position among this process's prompts of the step
+    reward: float | None = None
+    advantages: list[float] = field(default_factory=list)
+    old_logps: list[float] | None = None
+    ref_logps: list[float] | None = None
+    values: list[float] | None = None
+    returns: list[float] | None = None
+    weight: float = 1.0  # 0: left out of the loss (no reward, or a masked overlong completion)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
 @dataclass
 class TruncationStats:
     prompts_truncated: int = 0
@@ -239,3 +277,19 @@ def tokenize_prompts(
         if fitted is not None:
             out.append(TokenizedPrompt(fitted[0], prompt, ex.columns, ex.source, len(out)))
     return out, stats
+
+
+def tokenize_kto(examples, tok, max_length, max_prompt_length, keep="keep_end", policy="truncate"):
+    """Binary examples -> ``KTOItem``s with their mismatched KL completions; returns (items, stats)."""
+    items, stats = tokenize_completions(examples, tok, max_length, max_prompt_length, keep, policy)
+    n = len(items)
+    return [
+        KTOItem(
+            x.prompt_ids,
+            x.completion_ids,
+            items[(i + 1) % n].completion_ids[: max_length - len(x.prompt_ids)],
+            bool(x.label),
+            x.source,
+        )
+        for i, x in enumerate(items)
+    ], stats

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from alignkit.errors import DataError
 from alignkit.eval.judged import Matched, describe
-from alignkit.eval.math import wilson_interval
 from alignkit.eval.winrate import WinRate, win_rate
+from alignkit.stats import wilson_interval
 
 COLUMNS = ("item_id", "prompt", "response_1", "response_2", "label", "notes")
 LABELS = ("1", "2", "tie", "both_bad")

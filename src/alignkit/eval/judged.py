@@ -154,7 +154,7 @@ def _judge(matched: Matched, score_a: list, score_b: list, margin: float, seed: 
 def judge_by_reward(
     matched: Matched, reward_model, how: str = "mean", margin: float = 0.0, batch_size: int = 8, seed: int = 0
 ) -> tuple[WinRate, list[dict]]:
-    """Score both sides with ``reward_model`` (an ``alignkit.reward.RewardModel``, aggregated by ``how``) ->
+    """Score both sides with ``reward_model`` (an ``alignkit.reward_model.RewardModel``, aggregated by ``how``) ->
     (the win rate of A, one record per prompt with both responses, both rewards and the outcome)."""
     if margin < 0:
         raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")

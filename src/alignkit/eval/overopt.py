@@ -8,7 +8,7 @@ the optimization's distance from the initial policy, d = sqrt(KL(pi || pi_init))
   Nakano et al. 2021 / Gao et al. 2023 (appendix). With the pool sorted by the selecting score (rank i = 1..m,
   ascending), the best of a uniform n-subset is rank i with probability C(i - 1, n - 1) / C(m, n), so
   E[eval reward of best-of-n] = sum_i C(i - 1, n - 1) / C(m, n) * eval_i.
-- KL(best-of-n || pi) <= log n - (n - 1) / n (the analytic bound, ``alignkit.reward.best_of_n.best_of_n_kl``);
+- KL(best-of-n || pi) <= log n - (n - 1) / n (the analytic bound, ``alignkit.reward_model.best_of_n.best_of_n_kl``);
   the sampled counterpart is the plug-in KL with pi replaced by the pool's empirical distribution, below the bound
   and tending to it as the pool grows.
 - Functional forms (Gao et al. eq. 1 and 2), with R(0) = 0 (rewards measured from the initial policy's mean):

@@ -28,7 +28,7 @@ from typing import Iterable
 
 from alignkit.data.readers import builtin_path, read_records
 from alignkit.errors import DataError, UserError
-from alignkit.eval.math import wilson_interval
+from alignkit.stats import wilson_interval
 
 KINDS = ("harmful", "benign")
 VERDICTS = ("refusal", "compliance", "empty")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alignkit.eval.math import wilson_interval
+from alignkit.stats import bootstrap_interval, wilson_interval
 
 OUTCOMES = (0.0, 0.5, 1.0)
 
@@ -53,17 +53,6 @@ def check_outcomes(outcomes) -> np.ndarray:
     if bad:
         raise ValueError(f"outcome {values[bad[0]]!r} at position {bad[0]}: use 1 (A wins), 0 (B wins) or 0.5 (tie)")
     return values
-
-
-def bootstrap_interval(values, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` ``(n,)`` (one value per prompt, resampled)."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
 
 
 def length_controlled_win_rate(outcomes, length_diff) -> float | None:

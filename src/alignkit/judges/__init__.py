@@ -11,13 +11,11 @@ verifiers, and LLM judges that follow a rubric or a constitution (``alignkit.jud
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
+from alignkit.config.judge import JUDGE_KINDS as KINDS
+from alignkit.config.judge import check_judge_spec
 from alignkit.errors import ConfigError
 from alignkit.judges.base import INCONSISTENT, Judge, Verdict, combine_orders, consistency, judge_pairs
 from alignkit.judges.scored import RewardModelJudge, VerifierJudge
-
-KINDS = ("reward_model", "verifier", "llm")
 
 __all__ = [
     "INCONSISTENT",
@@ -34,26 +32,6 @@ __all__ = [
 ]
 
 
-_TARGET = {"reward_model": "path", "verifier": "function", "llm": "model"}
-
-
-def check_judge_spec(spec, field: str = "judge", where: str = "") -> dict:
-    """``spec`` as a mapping with ``kind`` (nothing loaded); ``ConfigError`` naming ``field`` and the fix."""
-    at = f"{where}: " if where else ""
-    if isinstance(spec, str):
-        kind, colon, target = spec.partition(":")
-        if not colon or kind not in KINDS or not target:
-            raise ConfigError(f"{at}{field}: {spec!r} is not a judge. Fix: use reward_model:DIR, verifier:math or "
-                              "llm:MODEL (or a mapping with kind)")  # fmt: skip
-        return {"kind": kind, _TARGET[kind]: target}
-    if not isinstance(spec, Mapping) or spec.get("kind") not in KINDS:
-        got = spec.get("kind") if isinstance(spec, Mapping) else spec
-        raise ConfigError(f"{at}{field}.kind: {got!r}. Fix: use one of {', '.join(KINDS)}")
-    if spec["kind"] == "reward_model" and not (isinstance(spec.get("path"), str) and spec["path"]):
-        raise ConfigError(f"{at}{field}.path: {spec.get('path')!r}. Fix: name a reward model (or ensemble) directory")
-    return dict(spec)
-
-
 def load_judge(spec, field: str = "judge", device: str = "auto") -> Judge:
     """A judge from ``spec`` (see the module docstring); ``ConfigError`` naming ``field`` and the fix."""
     if isinstance(spec, Judge):
@@ -64,7 +42,7 @@ def load_judge(spec, field: str = "judge", device: str = "auto") -> Judge:
     try:
         if kind == "reward_model":
             path = options.pop("path")
-            from alignkit.reward import RewardModel
+            from alignkit.reward_model import RewardModel
 
             return RewardModelJudge(RewardModel.load(path, device=device), name=f"reward_model:{path}", **options)
         if kind == "verifier":

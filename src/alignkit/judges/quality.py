@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alignkit.eval.math import wilson_interval
 from alignkit.judges.base import Judge, judge_pairs, response_text
+from alignkit.stats import wilson_interval
 
 
 def judge_agreement(judge: Judge, examples: list, both_orders: bool = True, seed: int = 0) -> dict:

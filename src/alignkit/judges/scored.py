@@ -36,11 +36,11 @@ class RewardModelJudge(Judge):
     order_invariant = True
 
     def __init__(self, reward_model, how: str = "mean", margin: float = 0.0, batch_size: int = 8, name: str = ""):
-        """``reward_model``: an ``alignkit.reward.RewardModel`` or the path of one (or of an ensemble)."""
+        """``reward_model``: an ``alignkit.reward_model.RewardModel`` or the path of one (or of an ensemble)."""
         if margin < 0:
             raise UserError(f"judge margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
         if isinstance(reward_model, str):
-            from alignkit.reward import RewardModel
+            from alignkit.reward_model import RewardModel
 
             name = name or f"reward_model:{reward_model}"
             reward_model = RewardModel.load(reward_model)

@@ -9,7 +9,7 @@ import torch
 
 from alignkit.errors import UserError
 from alignkit.models.load import load_model, load_tokenizer
-from alignkit.train.checkpoint import save_model
+from alignkit.models.save import save_model
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None) -> Path:

@@ -5,8 +5,8 @@ See ``alignkit.rewards.functions`` for the contract every reward function follow
 """
 
 from alignkit.rewards.functions import BUILTINS, RewardSpec, load_reward_function, parse_reward_specs
-from alignkit.rewards.math import answers_match, extract_answer, math_format_reward, math_reward
 from alignkit.rewards.runner import FunctionStats, RewardResult, RewardRunner
+from alignkit.rewards.verifiers.math import answers_match, extract_answer, math_format_reward, math_reward
 
 __all__ = [
     "BUILTINS",

@@ -41,9 +41,9 @@ RewardFunction = Callable[..., Any]  # the contract above
 FunctionSpec = Union[str, RewardFunction]
 
 BUILTINS = {
-    "math": "alignkit.rewards.math:math_reward",
-    "math_format": "alignkit.rewards.math:math_format_reward",
-    "code": "alignkit.rewards.code:code_reward",
+    "math": "alignkit.rewards.verifiers.math:math_reward",
+    "math_format": "alignkit.rewards.verifiers.math:math_format_reward",
+    "code": "alignkit.rewards.verifiers.code:code_reward",
 }
 _FORMS = "module:function, path/to/file.py:function, or a built-in name (" + ", ".join(BUILTINS) + ")"
 

@@ -253,7 +253,8 @@ def export_feedback(
     report; DataError (nothing written) when no record is left, saying what was dropped."""
     import json
 
-    from alignkit.data.feedback import feedback_to_pairs, write_jsonl
+    from alignkit.data.feedback import feedback_to_pairs
+    from alignkit.data.jsonl import write_jsonl
 
     if fmt not in FORMATS:
         raise DataError(f"format {fmt!r}: unknown. Fix: use one of {', '.join(FORMATS)}")

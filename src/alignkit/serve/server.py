@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from alignkit.serve.ab import Router, user_hash
 from alignkit.serve.engine import ChatOut, ChatParams
 from alignkit.serve.guard import ApiError
-from alignkit.serve.metrics import Metrics
+from alignkit.serve.prometheus import Metrics
 
 log = logging.getLogger("alignkit.serve")
 AUTO = ("", "auto", "alignkit")  # model names that mean "assign me a variant"

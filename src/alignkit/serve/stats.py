@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 import re
 import time
-import warnings
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Iterable
 
 from alignkit.errors import UserError
+from alignkit.stats import newcombe_difference, wilson_interval
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 ACTIONS = ("promote", "keep_collecting", "roll_back")
@@ -90,8 +90,6 @@ def wilson(successes: float, n: int, alpha: float = 0.05) -> list[float] | None:
     """The Wilson score interval of ``successes / n`` (statsmodels), None when n is 0."""
     if n <= 0:
         return None
-    from alignkit.eval.math import wilson_interval
-
     return list(wilson_interval(successes, n, alpha))
 
 
@@ -196,20 +194,6 @@ def comparison_stats(comparisons: Iterable[dict], alpha: float = 0.05) -> list[d
 # --------------------------------------------------------------------------------------------- decision
 
 
-def _difference(up_c: int, n_c: int, up_b: int, n_b: int, alpha: float) -> tuple[list[float], float]:
-    """(Newcombe interval of p_c - p_b, two-sided p-value of the pooled two-proportion z-test)."""
-    from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
-
-    low, high = confint_proportions_2indep(up_c, n_c, up_b, n_b, method="newcomb", compare="diff", alpha=alpha)
-    pooled = (up_c + up_b) / (n_c + n_b)
-    if pooled in (0.0, 1.0):  # every rating the same: no evidence of a difference
-        return [float(low), float(high)], 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        _, p = proportions_ztest([up_c, up_b], [n_c, n_b])
-    return [float(low), float(high)], float(p)
-
-
 def _z(alpha: float) -> float:
     from scipy.stats import norm
 
@@ -237,7 +221,8 @@ def ab_decision(baseline: dict, candidate: dict, margin: float = 0.05, min_n: in
         return {**out, "action": "keep_collecting", "reason": "too_few", "more_needed": more,
                 "sentence": f"keep collecting: {c} vs baseline {b} needs {min_n} ratings each; {missing}"}  # fmt: skip
     diff = up_c / n_c - up_b / n_b
-    interval, p = _difference(up_c, n_c, up_b, n_b, alpha)
+    interval, p = newcombe_difference(up_c, n_c, up_b, n_b, alpha)
+    interval = list(interval)
     out.update(diff=diff, diff_interval=interval, p_value=p)
     level = f"{1 - alpha:.0%}"
     numbers = (f"thumbs-up {up_c / n_c:.3f} (n={n_c}) vs {up_b / n_b:.3f} (n={n_b}), difference {diff:+.3f}, "

@@ -117,23 +117,3 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, accelerator, expect
     if rng.is_file():
         set_rng_state(torch.load(rng, weights_only=False))
     return state
-
-
-def save_model(model, tokenizer, out: Path, extra_files: dict[str, str] | None = None) -> None:
-    """Final model (or LoRA adapter) + tokenizer (+ ``extra_files`` {name: text}), written atomically to ``out``."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if hasattr(model, "peft_config"):
-        # LoRA adapters only; "auto" would look the base model up on the hub to decide about embeddings.
-        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text)
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -25,13 +25,14 @@ from transformers import get_scheduler
 
 from alignkit.config import RunConfig, save_config
 from alignkit.errors import TrainingDiverged, UserError
+from alignkit.models.save import save_model
 from alignkit.train.checkpoint import (
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
-    save_model,
 )
+from alignkit.train.distributed import global_sum
 from alignkit.train.early_stop import EarlyStopping
 from alignkit.train.metrics import JsonlLog, MetricSums, peak_memory_mb
 
@@ -317,7 +318,7 @@ def fit(
         """One optimizer step on this process's ``items`` (micro-batches of train.batch_size); the loss of each
         example is weighted and divided by the total weight over all processes. Returns the gradient norm, or
         None when every example has weight 0 (nothing to learn from: no step)."""
-        total_weight = _global_sum(sum(method.weight(x) for x in items), accelerator)
+        total_weight = global_sum(sum(method.weight(x) for x in items), accelerator)
         if total_weight == 0:
             return None
         n_micro = max(1, math.ceil(len(items) / tc.batch_size))
@@ -473,14 +474,6 @@ def evaluate(method: Method, module, items: list, batch_size: int, accelerator) 
     finally:
         module.train(was_training)
     return {f"eval/{k}": v for k, v in metrics.items()}
-
-
-def _global_sum(value: float, accelerator) -> float:
-    """``value`` summed over all processes (float64)."""
-    if accelerator.num_processes == 1:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(t, reduction="sum")[0])
 
 
 def _diverged(step: int, loss: float, grad_norm: float, out: Path, items: list) -> None:

@@ -66,10 +66,6 @@ class JsonlLog:
             f.write(json.dumps(record) + "\n")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak accelerator memory if on CUDA, else this process's peak resident set size."""
     if device.type == "cuda":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from accelerate import Accelerator
@@ -10,23 +12,24 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config
-from alignkit.config_online import GRPOConfig, OnlineKTOConfig, OnlinePreferenceConfig, PPOConfig
+from alignkit.config.online import GRPOConfig, OnlineKTOConfig, OnlinePreferenceConfig, PPOConfig
 from alignkit.data import Tokenizer
+from alignkit.data.splits import load_train_eval
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
 from alignkit.models.cpu_memory import keep_freed_memory
 from alignkit.models.load import quiet_known_warnings
-from alignkit.train.data import load_train_eval
-from alignkit.train.grpo import GRPOMethod
-from alignkit.train.kto import KTOMethod
+from alignkit.reward_model.model import REWARD_INFO, write_ensemble_info
 from alignkit.train.loop import TrainResult, fit
-from alignkit.train.online_kto import OnlineKTOMethod
-from alignkit.train.online_pref import OnlinePreferenceMethod
-from alignkit.train.ppo import PPOMethod
-from alignkit.train.preference import PreferenceMethod
-from alignkit.train.reward import RewardMethod, run_ensemble
-from alignkit.train.sft import SFTMethod
+from alignkit.train.methods.kto import KTOMethod
+from alignkit.train.methods.preference import PreferenceMethod
+from alignkit.train.methods.reward_model import RewardMethod
+from alignkit.train.methods.sft import SFTMethod
+from alignkit.train.online.dpo import OnlinePreferenceMethod
+from alignkit.train.online.grpo import GRPOMethod
+from alignkit.train.online.kto import OnlineKTOMethod
+from alignkit.train.online.ppo import PPOMethod
 
 
 @dataclass(frozen=True)
@@ -141,3 +144,53 @@ def _training_mode(cfg: RunConfig) -> str:
     if cfg.lora:
         return f"LoRA r={cfg.lora.r}"
     return "heads only, frozen trunk" if getattr(cfg.method, "freeze_trunk", False) else "full fine-tuning"
+
+
+def run_ensemble(cfg: RewardConfig, resume: str | bool = False, callbacks=(), log=print) -> TrainResult:
+    """Train ``method.ensemble_size`` reward models (seed + k) into ``output_dir/member-k``; writes
+    ``ensemble.json`` listing them. With ``resume``, finished members are kept and the rest resumed."""
+    out = Path(cfg.train.output_dir)
+    k_total = cfg.method.ensemble_size
+    results, p = [], None
+    for k in range(k_total):
+        member_cfg = copy.deepcopy(cfg)
+        member_cfg.method.ensemble_size = 1
+        member_cfg.train.seed = cfg.train.seed + k
+        member_cfg.train.output_dir = str(out / f"member-{k}")
+        done = (out / f"member-{k}" / "model" / REWARD_INFO).is_file()
+        if resume and done:
+            log(f"ensemble member {k + 1}/{k_total}: already trained, kept")
+            continue
+        log(f"ensemble member {k + 1}/{k_total}: seed {member_cfg.train.seed}")
+        p = prepare("rm", member_cfg, log)
+        p.method.member = k
+        member_resume = resume if resume and any((out / f"member-{k}").glob("ckpt-*")) else False
+        results.append(
+            fit(
+                p.method,
+                member_cfg,
+                p.model,
+                p.tokenizer,
+                p.train_items,
+                p.eval_items,
+                p.accelerator,
+                member_resume,
+                callbacks,
+                p.log,
+            )  # fmt: skip
+        )
+    if p is None or p.accelerator.is_main_process:
+        write_ensemble_info(out, [f"member-{k}/model" for k in range(k_total)])
+    log(f"ensemble of {k_total} reward models: {out} (score with: alignkit score {out} ...)")
+    last = results[-1] if results else None
+    return TrainResult(
+        out,
+        out,
+        sum(r.steps for r in results),
+        last.final_metrics if last else {},
+        last.eval_metrics if last else {},
+        sum(r.wall_seconds for r in results),
+        max((r.peak_memory_mb for r in results), default=0.0),
+        False,
+        [h for r in results for h in r.history],
+    )

@@ -1,0 +1,52 @@
+"""What the command modules share: help texts, reading inputs safely, the prompts of --prompt / --prompts-file.
+
+Never imports the app (``cli.main``) or a command module: they import this."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignkit.errors import UserError
+
+SET_HELP = "Override a config field: section.field=value (repeatable), e.g. --set train.learning_rate=1e-5"
+AGG_HELP = "How ensemble members combine: mean, min, percentile, mean_minus_std"
+INPUT_HELP = "Records: .jsonl/.json/.parquet/.csv, a saved HF dataset, or builtin:NAME"
+MODEL_HELP = "Model dir, LoRA adapter dir, hub id, or the embedded default"
+
+
+def read_input(spec: str, *outputs: Path) -> list:
+    """The records of ``spec``; refuses outputs that are the input file or a directory."""
+    from alignkit.data.readers import BUILTIN, builtin_path, read_records
+
+    source = builtin_path(spec[len(BUILTIN) :]) if spec.startswith(BUILTIN) else Path(spec)
+    for out in outputs:
+        if out.resolve() == source.resolve():
+            raise UserError(f"{out} is the input file; refusing to overwrite it. Fix: write to another file")
+        if out.is_dir():
+            raise UserError(f"{out} is a directory. Fix: give a file name, e.g. {out / 'out.jsonl'}")
+    return read_records(spec)
+
+
+def read_prompts(prompt: list[str], prompts_file: Path | None) -> list:
+    """Prompts from --prompt and --prompts-file (one per line, or .jsonl/.json records with a 'prompt' field)."""
+    prompts = list(prompt)
+    if prompts_file:
+        if not prompts_file.is_file():
+            raise UserError(f"--prompts-file {prompts_file} does not exist. Fix: pass an existing file")
+        if prompts_file.suffix in (".jsonl", ".json", ".gz", ".parquet", ".csv"):
+            from alignkit.data import read_records, to_prompt, validate_records
+
+            prompts += [x.prompt for x in validate_records(read_records(str(prompts_file)), to_prompt)[0]]
+        else:
+            prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise UserError("no prompts. Fix: pass --prompt TEXT or --prompts-file FILE")
+    return prompts
+
+
+def check_aggregate(aggregate: str) -> None:
+    """An ensemble aggregation name the reward model knows, else a ``UserError`` naming the choices."""
+    from alignkit.reward_model.aggregate import AGGREGATIONS
+
+    if aggregate not in AGGREGATIONS:
+        raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")

@@ -1,0 +1,61 @@
+"""``alignkit train``, ``alignkit config`` and ``alignkit merge``: train a method from a config, print a method's
+full config, merge a LoRA adapter into its base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from alignkit.cli.helpers import SET_HELP
+
+
+def train(
+    method: str = typer.Argument(
+        ..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, rloo, ppo, online-dpo or online-kto"
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
+    set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.output_dir"),
+    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this ckpt-* directory"),
+):
+    """Train a model with METHOD."""
+    from alignkit.train import make_config, run
+
+    cfg = make_config(method, str(config) if config else None, set_)
+    result = run(method, cfg, resume=str(resume_from) if resume_from else resume)
+    typer.echo(f"model: {result.model_dir}")
+
+
+def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, "
+                                                          "rloo, ppo, online-dpo or online-kto")):  # fmt: skip
+    """Print the full default config of METHOD as YAML, with every field."""
+    import yaml
+
+    from alignkit.config import to_dict
+    from alignkit.train import make_config
+    from alignkit.train.run import METHODS
+
+    overrides = ["data.train=PATH/TO/DATA.jsonl"]
+    if method in METHODS and hasattr(METHODS[method].config_class(), "rollout"):
+        overrides.append("method.rewards=[math]")  # online methods need a reward to validate
+    cfg = make_config(method, overrides=overrides)
+    typer.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def merge(
+    adapter: Path = typer.Argument(..., help="LoRA adapter directory (the 'model' dir of a LoRA run)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model"),
+    base: Optional[str] = typer.Option(None, help="Base model (default: the one recorded in the adapter)"),
+):
+    """Merge a LoRA adapter into its base model; the result loads with plain transformers."""
+    from alignkit.models.merge import merge_adapter
+
+    typer.echo(f"merged model: {merge_adapter(adapter, out, base)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command("config")(show_config)
+    app.command()(merge)

@@ -1,0 +1,222 @@
+"""``alignkit eval metrics``: how a trained policy differs from its reference, measured on samples.
+
+    prompts -> k samples per prompt from the policy and from the reference (same seeds)
+      -> KL(policy || reference) on the policy's samples (k1 / k2 / k3 / exact next-token, per token and per sequence)
+      -> length, repetition, loops, distinct-n of both
+      -> [reward model] score distributions of both, and the policy's win rate over the reference per prompt
+         (on those samples, or on one response per prompt each at ``winrate_temperature``, 0 = greedy)
+      -> [pairs] held-out pairwise accuracy, implicit-reward accuracy, and the length-bias check
+      -> [safety] refusal rate on harmful prompts and over-refusal on benign-but-edgy ones, greedy, for both
+
+The reference of a LoRA adapter is its base model; of a full model, the embedded default unless given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alignkit.errors import UserError
+from alignkit.eval.samples import Generator, kl_summary, length_bias, sample_kl, text_summary
+
+
+@dataclass
+class Settings:
+    """Sampling for the metrics: ``samples`` per prompt at ``temperature`` (1 = the policy itself, which the KL
+    estimators assume), ``max_new_tokens`` each; safety responses are greedy with ``safety_tokens``.
+    ``winrate_temperature``: None = the win rate compares the mean reward of those samples per prompt; a number =
+    it compares one fresh response per prompt of each model at that temperature (0 = greedy, what a user sees at
+    low temperature; a 135M model's T=1 samples are mostly noise to a judge)."""
+
+    samples: int = 2
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    safety_tokens: int = 96
+    max_length: int = 512  # pairs: prompt + completion tokens
+    winrate_temperature: float | None = None
+
+    def validate(self) -> None:
+        if self.samples < 1:
+            raise UserError(f"--samples {self.samples}. Fix: sample at least 1 completion per prompt")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature {self.temperature}. Fix: sample with a temperature > 0 (1 = the policy)")
+        if self.winrate_temperature is not None and self.winrate_temperature < 0:
+            raise UserError(f"--winrate-temperature {self.winrate_temperature}. Fix: use 0 (greedy) or more")
+        if self.max_new_tokens < 1 or self.safety_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1. Fix: e.g. --max-new-tokens 96")
+
+
+def default_reference(policy: str) -> str:
+    """The base model of a LoRA adapter dir, else the embedded default."""
+    from alignkit.config import EMBEDDED_MODEL
+    from alignkit.models.load import resolve_model_path
+
+    adapter = Path(resolve_model_path(policy)) / "adapter_config.json"
+    if adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if base:
+            return base
+    return EMBEDDED_MODEL
+
+
+def run_metrics(
+    policy: str,
+    reference: str | None,
+    prompts: list[dict],
+    settings: Settings,
+    reward_model=None,
+    pairs: list | None = None,
+    safety: list[dict] | None = None,
+    device: str = "auto",
+    log=print,
+) -> dict:
+    """Everything above as one JSON-ready dict (``kind`` "metrics"). ``prompts``: records with ``prompt`` (and
+    optionally ``category``); ``reward_model``: an ``alignkit.reward_model.RewardModel``; ``pairs``: ``PairwiseExample``s;
+    ``safety``: safety records (``alignkit.eval.safety.load_safety_prompts``)."""
+    from alignkit.models import pick_device
+
+    settings.validate()
+    reference = reference or default_reference(policy)
+    target = pick_device(device)
+    pol, ref = Generator(policy, target), Generator(reference, target)
+    if len(pol.tok.hf) != len(ref.tok.hf):
+        raise UserError(f"{policy} and {reference} have different vocabularies ({len(pol.tok.hf)} vs "
+                        f"{len(ref.tok.hf)} tokens): KL needs one tokenizer. Fix: pass --reference, the model the "
+                        "policy was trained from")  # fmt: skip
+    texts = [r["prompt"] for r in prompts]
+    k, s = settings.samples, settings
+    log(f"sampling {k} per prompt for {len(texts)} prompts from {policy} and from {reference} (T={s.temperature})")
+    pol_c = pol.sample(texts, k, s.max_new_tokens, s.temperature, s.seed)
+    ref_c = ref.sample(texts, k, s.max_new_tokens, s.temperature, s.seed)
+    rows = [(pol.sampler.prompt_ids(p), c.token_ids) for p, group in zip(texts, pol_c) for c in group]
+    terms = sample_kl(pol.model, ref.model, [r[0] for r in rows], [r[1] for r in rows], pol.tok.pad_id, s.batch_size)
+    result = {
+        "kind": "metrics", "policy": policy, "reference": reference, "prompts": len(texts), "samples_per_prompt": k,
+        "temperature": s.temperature, "max_new_tokens": s.max_new_tokens, "kl": kl_summary(terms),
+        "policy_text": _texts_summary(pol_c), "reference_text": _texts_summary(ref_c),
+    }  # fmt: skip
+    if reward_model is not None:
+        judged = None
+        if s.winrate_temperature is not None:
+            t = s.winrate_temperature
+            log(f"win rate: one response per prompt from each model at T={t}")
+            seed = s.seed + 10_000  # not the KL samples' seeds
+            judged = [g.sample(texts, 1, s.max_new_tokens, t, seed) for g in (pol, ref)]
+            result["winrate_temperature"] = t
+            result["winrate_samples"] = [
+                {"prompt": p, "policy": a[0].text, "reference": b[0].text} for p, a, b in zip(texts, *judged)
+            ]
+        result["reward"] = _rewards(reward_model, prompts, pol_c, ref_c, s.batch_size, judged)
+    if pairs:
+        result["pairs"] = _pairs(pol, ref, pairs, s)
+    if safety:
+        log(f"safety: {len(safety)} prompts, greedy, for both models")
+        result["safety"] = {name: _safety(g, safety, s) for name, g in (("policy", pol), ("reference", ref))}
+    result["samples"] = [
+        {"prompt": p, "policy": [c.text for c in a], "reference": [c.text for c in b]}
+        for p, a, b in zip(texts, pol_c, ref_c)
+    ]
+    return result
+
+
+def _texts_summary(completions) -> dict:
+    flat = [c for group in completions for c in group]
+    out = text_summary([c.text for c in flat], [len(c.token_ids) for c in flat])
+    out["finished_by_eos"] = float(np.mean([c.finish_reason == "eos" for c in flat])) if flat else float("nan")
+    return out
+
+
+def _rewards(rm, prompts: list[dict], pol_c, ref_c, batch_size: int, judged=None) -> dict:
+    """Score distributions of the samples and the per-prompt win rate of the policy: the mean reward of its samples
+    vs the reference's, or of the ``judged`` pair ``(policy, reference)`` of completion groups when given."""
+    from alignkit.eval.samples import distribution
+    from alignkit.eval.winrate import win_rate
+
+    def score(completions) -> np.ndarray:
+        flat_p = [r["prompt"] for r, group in zip(prompts, completions) for _ in group]
+        flat_t = [c.text for group in completions for c in group]
+        return rm.reward(flat_p, flat_t, batch_size=batch_size)[0].numpy().reshape(len(prompts), len(completions[0]))
+
+    a, b = score(pol_c), score(ref_c)
+    wa, wb = (a, b) if judged is None else (score(judged[0]), score(judged[1]))
+    wc = (pol_c, ref_c) if judged is None else judged
+    outcomes = [1.0 if x > y else 0.0 if y > x else 0.5 for x, y in zip(wa.mean(1), wb.mean(1))]
+    length_diff = [np.mean([len(c.text) for c in x]) - np.mean([len(c.text) for c in y]) for x, y in zip(*wc)]
+    cats = [r.get("category") for r in prompts]
+    categories = [str(c) for c in cats] if all(c is not None for c in cats) else None
+    wr = win_rate(outcomes, length_diff, categories, seed=0)
+    return {"policy": distribution(a.ravel()), "reference": distribution(b.ravel()),
+            "win_rate": dataclasses.asdict(wr)}  # fmt: skip
+
+
+def _pairs(pol: Generator, ref: Generator, examples: list, s: Settings) -> dict:
+    from alignkit.data import tokenize_pairs
+    from alignkit.eval.pairwise import pairwise_report, score_pairs
+
+    tokenized, _ = tokenize_pairs(examples, pol.tok, s.max_length, None)
+    if not tokenized:
+        raise UserError(f"no held-out pair fits in {s.max_length} tokens. Fix: raise --max-length")
+    after = score_pairs(pol.model, tokenized, pol.tok.pad_id, s.batch_size)
+    before = score_pairs(ref.model, tokenized, ref.tok.pad_id, s.batch_size)
+    return {**pairwise_report(before, after), "length_bias": length_bias(after, before)}
+
+
+def _safety(g: Generator, records: list[dict], s: Settings) -> dict:
+    from alignkit.eval.safety import safety_report
+
+    completions = g.sample([r["prompt"] for r in records], 1, s.safety_tokens, 0.0, s.seed)
+    texts = [group[0].text.strip() for group in completions]
+    return {**safety_report(records, texts).to_dict(), "responses": texts}
+
+
+def describe_metrics(r: dict) -> list[str]:
+    """Human-readable lines of ``run_metrics``' result."""
+    kl = r["kl"]
+    lines = [
+        f"{r['policy']} vs reference {r['reference']}: {r['prompts']} prompts x {r['samples_per_prompt']} samples "
+        f"(T={r['temperature']}, max {r['max_new_tokens']} tokens)",
+        "KL(policy || reference) on the policy's samples, nats: "
+        + ", ".join(f"{k} {kl[k]['sequence']['mean']:.3f}/seq ({kl[k]['per_token']:.4f}/token)" for k in kl),
+        f"  per-sequence exact KL: p10 {kl['full']['sequence']['p10']:.3f}, median {kl['full']['sequence']['p50']:.3f}"
+        f", p90 {kl['full']['sequence']['p90']:.3f}, max {kl['full']['sequence']['max']:.3f}",
+    ]
+    for name in ("policy", "reference"):
+        t = r[f"{name}_text"]
+        lines.append(f"{name}: length {t['length_tokens']['mean']:.1f} tokens (median {t['length_tokens']['p50']:.0f}),"
+                     f" repeated 4-grams {t['repetition_4gram']:.3f}, loops {t['loop_rate']:.3f}, distinct-1 "
+                     f"{t['distinct_1']:.3f}, distinct-2 {t['distinct_2']:.3f}, ended by EOS "
+                     f"{t['finished_by_eos']:.2f}")  # fmt: skip
+    if "reward" in r:
+        w = r["reward"]["win_rate"]
+        lines.append(f"reward model: policy mean {r['reward']['policy']['mean']:+.3f} (sd "
+                     f"{r['reward']['policy']['std']:.3f}), reference {r['reward']['reference']['mean']:+.3f} (sd "
+                     f"{r['reward']['reference']['std']:.3f})")  # fmt: skip
+        lc = w["length_controlled"]
+        on = f"T={r['winrate_temperature']} responses" if "winrate_temperature" in r else "the samples"
+        lines.append(f"win rate of the policy over the reference ({on}): {w['wins']}/{w['ties']}/{w['losses']} "
+                     "(w/t/l), "
+                     f"ties as half {w['rate']:.3f} [{w['bootstrap'][0]:.3f}, {w['bootstrap'][1]:.3f}], decisive "
+                     f"{w['decisive_rate']:.3f} Wilson [{w['wilson'][0]:.3f}, {w['wilson'][1]:.3f}], "
+                     f"length-controlled {'n/a' if lc is None else f'{lc:.3f}'}")  # fmt: skip
+    if "pairs" in r:
+        p, b = r["pairs"], r["pairs"]["length_bias"]
+        lines.append(f"held-out pairs ({p['pairs']}): mean log-prob accuracy {p['mean_logp_accuracy_before']:.3f} -> "
+                     f"{p['mean_logp_accuracy_after']:.3f}, implicit reward accuracy "
+                     f"{p['implicit_reward_accuracy_after']:.3f}")  # fmt: skip
+        lines.append(f"length bias: the implicit reward favours the longer completion in "
+                     f"{b['implicit_reward_favours_longer']:.3f} of {b['pairs_differing_in_length']} pairs (chosen is "
+                     f"longer in {b['chosen_is_longer']:.3f}); summed log-prob favours it "
+                     f"{b['reference_favours_longer']:.3f}"
+                     f" (reference) -> {b['policy_favours_longer']:.3f} (policy)")  # fmt: skip
+    if "safety" in r:
+        for name, sr in r["safety"].items():
+            lines.append(f"safety, {name}: refuses {sr['refusal_rate_harmful']:.3f} of {sr['n_harmful']} harmful "
+                         f"prompts, over-refuses {sr['over_refusal_rate_benign']:.3f} of {sr['n_benign']} "
+                         "benign ones")  # fmt: skip
+    return lines

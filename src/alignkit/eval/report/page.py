@@ -1,0 +1,426 @@
+"""``alignkit report RUN_DIR [RUN_DIR ...]``: one self-contained HTML page and a Markdown file from runs.
+
+The page has no scripts and loads nothing: its CSS is inline and its plots are PNGs embedded as base64 ``data:``
+URLs. The Markdown has the same tables and links the same PNGs, written next to it. All text taken from the runs
+(names, prompts, generations, field names) is escaped. Several runs are shown side by side: their training curves
+overlaid on the same axes (labelled by run directory name) and their numbers in columns of one table.
+
+What a run directory holds (each part optional, but at least one of ``metrics.jsonl`` and ``eval/``):
+
+- ``metrics.jsonl`` (written by ``alignkit train``): the training curves of ``alignkit.eval.report.markdown.PLOTS`` and
+  ``RL_PLOTS`` that have data, and the final value of each plotted and ``eval/*`` metric;
+- ``config.yaml`` (written by ``alignkit train``): method, model, LoRA rank, learning rate and batch size;
+- ``eval/*.json``: one evaluation result per file, a JSON object with a ``"kind"`` field:
+
+  - ``"winrate"``: ``{"kind": "winrate", "a": NAME, "b": NAME, "judge": TEXT, "wins": INT, "ties": INT,
+    "losses": INT, "decisive_rate": X, "wilson": [LO, HI], "rate": X, "bootstrap": [LO, HI],
+    "length_controlled": X | null, "per_category": {CATEGORY: {the same count and rate fields}}}``, the fields of
+    ``alignkit.eval.winrate.WinRate`` (``winrate_json`` writes it). Required: a, b, wins, ties, losses, rate,
+    bootstrap; a rate or bound may be null (e.g. nothing decisive). Drawn as points with their intervals as error
+    bars around a 0.5 line (rate with the bootstrap interval, decisive rate with the Wilson interval,
+    length-controlled rate as a cross), one row per comparison and category, plus a table.
+  - ``"overopt"``: ``{"kind": "overopt", "points": [{"method": "bon" | "rl" | "dpo", "label": TEXT, "n": INT | null,
+    "kl": X, "d": X, "gold": X, "proxy": {NAME: X}}], "fits": {"TARGET_METHOD": {"alpha": X, "beta": X,
+    "d_peak": X, ...}}, "scoring": {FIELD: VALUE}}``. Each point needs a method and ``d`` or ``kl`` (d = sqrt(KL)
+    when d is missing); gold and proxy values may be null. A fit's key is the target (``gold`` or a proxy name) and
+    the method joined by ``_``, e.g. ``gold_bon``, ``rm-small_rl``; with alpha and beta it is drawn as the
+    functional form of Gao et al. (2023): ``bon``: ``R(d) = d (alpha - beta d)``, ``rl`` and ``dpo``:
+    ``R(d) = d (alpha - beta log d)``. Drawn as gold and proxy reward against d, one line per (target, method),
+    plus tables of the points, the fits and the scoring fields.
+  - any other kind (``"metrics"``, ``"safety"``, ``"math"``, ...): a table of its scalar fields, nested objects
+    flattened one level (``outer.inner``), lists of numbers shown as their mean and length; files of the same
+    name and kind in several runs share one table, a column per run.
+
+- ``eval/generations.jsonl``: example generations, one record a line with a ``prompt`` (text or chat messages)
+  and ``before`` / ``after`` or ``response`` texts (``alignkit generate --out`` records, with ``completions``,
+  work too); the first ``MAX_GENERATIONS`` of each run are shown.
+
+A missing run directory, or one with neither ``metrics.jsonl`` nor ``eval/``, is a ``UserError``. A file that
+cannot be read (bad JSON, no ``kind``, a field of the wrong type; a bad line of a JSONL file or config.yaml) is
+never fatal: it is listed under "Skipped" on the page and in the Markdown with the file and what is wrong, and the
+rest of the report is complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from alignkit.errors import UserError
+from alignkit.eval.report import figures as figs
+from alignkit.eval.report.overopt_figure import overopt_png
+from alignkit.eval.report.runs import EvalFile, Run, collect_run, run_labels
+
+MAX_GENERATIONS = 8
+MAX_TEXT = 2000  # characters of a prompt or generation shown
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2rem auto;
+       max-width: 1320px; padding: 0 1rem; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
+h3 { font-size: 1.05rem; }
+.scroll { overflow-x: auto; margin: .5rem 0 1rem; }
+table { border-collapse: collapse; font-size: .88rem; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .55rem; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+td.text { white-space: pre-wrap; max-width: 36rem; }
+.figs { display: flex; flex-wrap: wrap; gap: 1rem; }
+figure { margin: 0; max-width: 100%; } figcaption { font-size: .85rem; color: #57606a; }
+img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+.warn { background: #fff8c5; border: 1px solid #d4a72c; padding: .4rem .7rem; }
+.note { color: #57606a; }
+"""
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Text:
+    text: str
+    cls: str = ""  # "warn" or "note"
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    text_columns: tuple[int, ...] = ()  # long free text (prompts, generations): wrapped, whitespace kept
+
+
+@dataclass
+class Image:
+    name: str  # PNG file name next to report.md
+    title: str
+    png: bytes = field(repr=False)
+
+
+def build_report(
+    run_dirs: list[Path], out_dir: Path, title: str | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Path]:
+    """Write ``report.html``, ``report.md`` and its PNGs to ``out_dir``; returns {"html": path, "md": path}.
+    ``log`` gets one line per skipped file."""
+    if not run_dirs:
+        raise UserError("no run directories given. Fix: alignkit report RUN_DIR [RUN_DIR ...]")
+    runs = [collect_run(Path(p)) for p in run_dirs]
+    for run, label in zip(runs, run_labels([r.path for r in runs])):
+        run.label = label
+    title = title or "alignkit report: " + ", ".join(r.label for r in runs)
+    blocks = report_blocks(runs, title)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file. Fix: give a directory for report.html, report.md and plots")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for block in blocks:
+        if isinstance(block, Image):
+            (out_dir / block.name).write_bytes(block.png)
+    paths = {"html": out_dir / "report.html", "md": out_dir / "report.md"}
+    paths["html"].write_text(render_html(blocks, title), encoding="utf-8")
+    paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
+    for run in runs:
+        for file, why in run.skipped:
+            (log or (lambda _: None))(f"skipped {file}: {why}")
+    return paths
+
+
+def winrate_json(result, a: str, b: str, judge: str = "") -> dict:
+    """The ``eval/*.json`` record of a ``WinRate`` (NaN written as null)."""
+
+    def entry(r) -> dict:
+        return {
+            "wins": r.wins, "ties": r.ties, "losses": r.losses, "decisive_rate": _null(r.decisive_rate),
+            "wilson": [_null(x) for x in r.wilson], "rate": _null(r.rate), "bootstrap": [_null(x) for x in r.bootstrap],
+            "length_controlled": _null(r.length_controlled),
+        }  # fmt: skip
+
+    per_category = {cat: entry(r) for cat, r in result.per_category.items()}
+    return {"kind": "winrate", "a": a, "b": b, "judge": judge, **entry(result), "per_category": per_category}
+
+
+# ---- the report as blocks, rendered to HTML and Markdown ----
+
+
+def report_blocks(runs: list[Run], title: str) -> list:
+    blocks: list = [Heading(title, 1)]
+    blocks.append(Text(f"{len(runs)} run(s): " + "; ".join(f"{r.label} ({r.path})" for r in runs), "note"))
+    skipped = [[str(file), why] for r in runs for file, why in r.skipped]
+    if skipped:
+        blocks += [Heading("Skipped"), Text("These files or lines could not be read; the rest is shown.", "warn")]
+        blocks.append(Table(["file", "what is wrong"], skipped))
+    blocks += [Heading("Runs"), _runs_table(runs)]
+    curves = figs.curve_figures([(r.label, r.rows) for r in runs if r.rows])
+    if curves:
+        blocks.append(Heading("Training curves"))
+        blocks += [Image(name, title, png) for name, title, png in curves]
+    blocks += _winrate_blocks(runs)
+    blocks += _overopt_blocks(runs)
+    blocks += _other_eval_blocks(runs)
+    blocks += _generation_blocks(runs)
+    return blocks
+
+
+def render_html(blocks: list, title: str) -> str:
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_esc(title)}</title>",
+           '<link rel="icon" href="data:,">', f"<style>{CSS}</style>", "</head>", "<body>"]  # fmt: skip
+    in_figs = False
+    for block in blocks:
+        if in_figs and not isinstance(block, Image):
+            out.append("</div>")
+            in_figs = False
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{_esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Text):
+            cls = f' class="{block.cls}"' if block.cls else ""
+            out.append(f"<p{cls}>{_esc(block.text)}</p>")
+        elif isinstance(block, Image):
+            if not in_figs:
+                out.append('<div class="figs">')
+                in_figs = True
+            data = base64.b64encode(block.png).decode("ascii")
+            out.append(f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(block.title)}">'
+                       f"<figcaption>{_esc(block.title)}</figcaption></figure>")  # fmt: skip
+        elif isinstance(block, Table):
+            out.append('<div class="scroll"><table>')
+            out.append("<thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in block.headers) + "</tr></thead><tbody>")
+            for row in block.rows:
+                cells = [
+                    f'<td class="text">{_esc(c)}</td>' if i in block.text_columns else f"<td>{_esc(c)}</td>"
+                    for i, c in enumerate(row)
+                ]
+                out.append("<tr>" + "".join(cells) + "</tr>")
+            out.append("</tbody></table></div>")
+    if in_figs:
+        out.append("</div>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def render_markdown(blocks: list) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + _md(block.text), ""]
+        elif isinstance(block, Text):
+            lines += [("> " if block.cls == "warn" else "") + _md(block.text), ""]
+        elif isinstance(block, Image):
+            lines += [f"![{_md(block.title)}]({block.name})", ""]
+        elif isinstance(block, Table):
+            lines.append("| " + " | ".join(_md_cell(h) for h in block.headers) + " |")
+            lines.append("|" + "---|" * len(block.headers))
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _esc(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _md(text) -> str:
+    """Markdown text: HTML-escaped (no raw HTML gets through), whitespace collapsed."""
+    return " ".join(html.escape(str(text), quote=False).split())
+
+
+def _md_cell(text) -> str:
+    return _md(text).replace("|", "\\|") or " "
+
+
+# ---- sections ----
+
+
+def _runs_table(runs: list[Run]) -> Table:
+    """Side by side: one column per run."""
+    summaries = [_run_summary(r) for r in runs]
+    keys = list(dict.fromkeys(k for s in summaries for k in s if k != "evaluation files")) + ["evaluation files"]
+    return Table(["", *(r.label for r in runs)], [[k, *(s.get(k, "-") for s in summaries)] for k in keys])
+
+
+def _run_summary(run: Run) -> dict[str, str]:
+    cfg = run.config or {}
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    model, lora, train = section("model"), section("lora"), section("train")
+    s = {"directory": str(run.path), "method": _method(run.config), "model": str(model.get("name", "-"))}
+    s["fine-tuning"] = f"LoRA r={lora['r']}" if lora.get("r") else ("full" if run.config else "-")
+    s["learning rate"] = _fmt(train.get("learning_rate"))
+    if "batch_size" in train:
+        s["batch (per device x accumulation)"] = f"{train['batch_size']} x {train.get('grad_accum', 1)}"
+    steps = [row["step"] for row in run.rows if isinstance(row.get("step"), int)]
+    s["steps"] = str(max(steps)) if steps else "-"
+    keys = ["loss"] + [k for _, _, series in figs.curve_specs() for k, _ in series]
+    keys += sorted({k for row in run.rows for k in row if k.startswith("eval/")})
+    for key in dict.fromkeys(keys):
+        last = next((row[key] for row in reversed(run.rows) if figs._is_number(row.get(key))), None)
+        if last is not None:
+            s[f"final {key}"] = _fmt(last)
+    for ev in run.evals:
+        if ev.kind == "winrate":
+            d = ev.data
+            s[f"win rate {d['a']} vs {d['b']}"] = f"{_rate(d['rate'])} {_interval(d['bootstrap'])}"
+    s["evaluation files"] = ", ".join(ev.name for ev in run.evals) or "-"
+    return s
+
+
+def _method(cfg: dict | None) -> str:
+    """The training method, read back from a saved config.yaml (the method's own config section)."""
+    if not cfg:
+        return "-"
+    m = cfg.get("method")
+    if not m:
+        return "sft"
+    if not isinstance(m, dict):
+        return "?"
+    if "loss" in m:
+        return str(m["loss"])  # the DPO family
+    if "advantage" in m:
+        return str(m["advantage"] or "grpo")  # grpo, rloo, reinforce_pp
+    if "vf_coef" in m:
+        return "ppo"
+    if "desirable_weight" in m:
+        return "kto"
+    if "heads" in m:
+        return "rm"
+    return "?"
+
+
+def _winrate_blocks(runs: list[Run]) -> list:
+    rows, table = [], []
+    for run in runs:
+        for ev in (e for e in run.evals if e.kind == "winrate"):
+            d = ev.data
+            name = f"{d['a']} vs {d['b']}"
+            entries = [(name if len(runs) == 1 else f"{run.label}: {name}", "all", d)]
+            entries += [(f"category: {cat}", cat, e) for cat, e in d["per_category"].items()]
+            for label, cat, e in entries:
+                rows.append({**e, "label": label})
+                counts = [str(e["wins"] + e["ties"] + e["losses"]), str(e["wins"]), str(e["ties"]), str(e["losses"])]
+                table.append([run.label, ev.name, name, d["judge"] or "-", cat, *counts, _rate(e["rate"]),
+                              _interval(e["bootstrap"]), _rate(e["decisive_rate"]), _interval(e["wilson"]),
+                              _rate(e["length_controlled"])])  # fmt: skip
+    if not rows:
+        return []
+    headers = ["run", "file", "A vs B", "judge", "category", "n", "wins", "ties", "losses", "win rate (ties as half)",
+               "95% bootstrap", "decisive win rate", "95% Wilson", "length-controlled"]  # fmt: skip
+    return [
+        Heading("Win rates"),
+        Text("Win rate of A over B; 0.5 = no preference. Ties count as half; 'decisive' leaves ties out.", "note"),
+        Image("winrate.png", "Win rates with 95% intervals", figs.winrate_figure(rows)),
+        Table(headers, table),
+    ]
+
+
+def _overopt_blocks(runs: list[Run]) -> list:
+    blocks = []
+    for run in runs:
+        for ev in (e for e in run.evals if e.kind == "overopt"):
+            d, k = ev.data, sum(isinstance(b, Image) for b in blocks) + 1
+            title = ev.name if len(runs) == 1 else f"{run.label}: {ev.name}"
+            proxies = sorted({name for p in d["points"] for name in p["proxy"]})
+            points = [[p["method"], p["label"] or p["selector"] or "-", _fmt(p["n"]), _fmt(p["kl"]), _fmt(p["d"]),
+                       _fmt(p["gold"]),
+                       *(_fmt(p["proxy"].get(name)) for name in proxies)] for p in d["points"]]  # fmt: skip
+            blocks += [Heading(title, 3), Image(f"overopt-{k}.png", f"Gold and proxy reward vs d: {title}",
+                       overopt_png(d, title))]  # fmt: skip
+            blocks.append(Table(["method", "label", "n", "KL", "d", "gold", *(f"proxy {n}" for n in proxies)], points))
+            if d["fits"]:
+                extra = list(dict.fromkeys(f for fit in d["fits"].values() for f in fit if f not in FIT_FIELDS))
+                rows = []
+                for key, fit in d["fits"].items():
+                    target, _, method = key.partition("/")[0].rpartition("_")
+                    form = {"bon": "d (alpha - beta d)", "rl": "d (alpha - beta log d)"}.get(method)
+                    form = form or ("d (alpha - beta log d)" if method == "dpo" else "-")
+                    rows.append([key, target or "-", method, form, *(_fmt(fit.get(f)) for f in FIT_FIELDS + extra)])
+                blocks.append(Table(["fit", "target", "method", "form", *FIT_FIELDS, *extra], rows))
+            if d["scoring"]:
+                blocks.append(Table(["scoring", "value"], [list(r) for r in _flatten(d["scoring"])]))
+    return [Heading("Overoptimization"), *blocks] if blocks else []
+
+
+FIT_FIELDS = ["alpha", "beta", "d_peak"]
+
+
+def _other_eval_blocks(runs: list[Run]) -> list:
+    groups: dict[tuple[str, str], list[tuple[Run, EvalFile]]] = {}
+    for run in runs:
+        for ev in run.evals:
+            if ev.kind not in ("winrate", "overopt"):
+                groups.setdefault((ev.name, ev.kind), []).append((run, ev))
+    blocks = []
+    for (name, kind), members in groups.items():
+        columns = [dict(_flatten({k: v for k, v in ev.data.items() if k != "kind"})) for _, ev in members]
+        keys = list(dict.fromkeys(k for c in columns for k in c))
+        blocks += [Heading(f"{name} ({kind})", 3),
+                   Table(["field", *(r.label for r, _ in members)], [[k, *(c.get(k, "-") for c in columns)]
+                                                                     for k in keys])]  # fmt: skip
+    return [Heading("Other evaluations"), *blocks] if blocks else []
+
+
+def _generation_blocks(runs: list[Run]) -> list:
+    blocks = []
+    for run in (r for r in runs if r.generations):
+        gens = run.generations[:MAX_GENERATIONS]
+        columns = [c for c in ("before", "after", "response") if any(c in g["outputs"] for g in gens)]
+        rows = [[_clip(g["prompt"]), *(_clip(g["outputs"].get(c, "-")) for c in columns)] for g in gens]
+        if len(runs) > 1:
+            blocks.append(Heading(run.label, 3))
+        blocks.append(Table(["prompt", *columns], rows, text_columns=tuple(range(len(columns) + 1))))
+        if len(run.generations) > len(gens):
+            more = len(run.generations) - len(gens)
+            blocks.append(Text(f"{more} more in {run.path / 'eval' / 'generations.jsonl'}", "note"))
+    return [Heading("Example generations"), *blocks] if blocks else []
+
+
+# ---- values ----
+
+
+def _flatten(data: dict) -> list[tuple[str, str]]:
+    """(field, shown value) of scalar fields, nested objects one level deep; lists of numbers as mean and length."""
+    rows = []
+    for key, value in data.items():
+        items = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(str(key), value)]
+        for name, v in items:
+            shown = _scalar(v)
+            if shown is not None:
+                rows.append((name, shown))
+    return rows
+
+
+def _scalar(v) -> str | None:
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return _fmt(v)
+    if isinstance(v, list) and all(figs._is_number(x) for x in v):
+        return f"mean {_fmt(sum(v) / len(v))} (n={len(v)})" if v else "(empty list)"
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return ", ".join(v)
+    return None
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _rate(v) -> str:
+    return "-" if v is None else ("nan" if math.isnan(v) else f"{v:.3f}")
+
+
+def _interval(iv) -> str:
+    return "-" if iv is None else f"[{_rate(iv[0])}, {_rate(iv[1])}]"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"... ({len(text) - MAX_TEXT} more characters)"
+
+
+def _null(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v

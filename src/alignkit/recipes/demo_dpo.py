@@ -1,0 +1,154 @@
+"""The main job: DPO with LoRA on the embedded model and the project's preference pairs, with a report.
+
+Steps: load -> a judge reward model on hh-rlhf and the project's judge pairs (not the demo pairs; cached after the
+first run) -> score held-out pairs
+and generate (before) -> train -> score and generate (after) -> against the base on held-out prompts: win rate by
+the judge, KL on samples, length / repetition / refusals (``demo_eval``) -> report.md + plots in the output
+directory, with each goal stated met or not. Every number in the report is measured in this run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from alignkit.data.readers import builtin_path
+from alignkit.eval.pairwise import pairwise_report, score_pairs
+from alignkit.eval.report.markdown import plot_metrics, write_report
+from alignkit.generation import generate
+from alignkit.recipes.demo_eval import (
+    JUDGE_DATA,
+    JUDGE_EVAL,
+    JUDGE_RECIPE,
+    JUDGE_TRAIN,
+    check_goals,
+    demo_judge,
+    eval_prompts,
+    evaluate_vs_base,
+    given_judge,
+    goals_section,
+)
+from alignkit.train.loop import fit
+from alignkit.train.run import make_config, prepare
+
+DEMO_CONFIG = builtin_path("demo.yaml")
+
+
+def demo_prompts() -> list[str]:
+    return [line.strip() for line in builtin_path("demo_prompts.txt").read_text().splitlines() if line.strip()]
+
+
+def run_demo(
+    output_dir: str = "runs/demo",
+    overrides: list[str] = (),
+    max_new_tokens: int = 48,
+    log=print,
+    judge_data: str = JUDGE_DATA,
+    judge_recipe: list[str] = JUDGE_RECIPE,
+    judge_slices: tuple[str, str] = (JUDGE_TRAIN, JUDGE_EVAL),
+    helpful_limit: int = 32,
+    safety_limit: int = 48,
+    eval_tokens: int = 64,
+    time_goal: float = 600.0,
+    judge: str | None = None,
+) -> dict:
+    """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``). The judge
+    trains on ``judge_data`` with ``judge_recipe``; the evaluation uses the held-out pairs' prompts plus
+    ``helpful_limit`` helpfulness prompts, ``safety_limit`` safety prompts, ``eval_tokens`` new tokens each.
+    ``judge``: a reward model directory to judge with instead (e.g. ``alignkit train rm --config configs/rm_hh.yaml``'s
+    runs/rm_hh/model); its held-out accuracy is read from its saved eval metrics."""
+    t0 = time.time()
+
+    def stage(n: int, text: str) -> None:
+        log(f"[{n}/7 {time.time() - t0:4.0f}s] {text}")
+
+    cfg = make_config("dpo", str(DEMO_CONFIG), [f"train.output_dir={output_dir}", *overrides])
+    stage(1, f"loading the embedded model and the demo data ({DEMO_CONFIG.name})")
+    p = prepare("dpo", cfg, log)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = demo_prompts()
+
+    stage(2, "the judge: a reward model trained on other data than the demo pairs")
+    if judge is not None:
+        judge_info = given_judge(judge)
+        log(f"      judge: {judge} (given)")
+    else:
+        t_judge = time.time()
+        judge, judge_info = demo_judge(judge_data, judge_recipe, log, judge_slices)
+        if judge_info.get("trained_in_this_run"):
+            judge_info["stage_seconds"] = round(time.time() - t_judge, 1)
+    if judge is None:
+        log(f"      no judge: {judge_info['reason']}; the win rate is skipped")
+    else:
+        log(f"      judge held-out accuracy {judge_info['held_out_accuracy']:.3f} on {judge_info['held_out']}")
+
+    stage(3, f"before training: scoring {len(p.eval_items)} held-out pairs, generating for {len(prompts)} prompts")
+    with p.accelerator.autocast():
+        before = score_pairs(p.model, p.eval_items, p.tok.pad_id, cfg.train.eval_batch_size)
+        gens_before = generate(p.model, p.tokenizer, prompts, max_new_tokens=max_new_tokens)
+    log(f"      mean log-prob accuracy before: {before.mean_logp_accuracy:.3f}")
+
+    stage(4, "training (DPO, LoRA)")
+    result = fit(p.method, cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, log=log)
+
+    stage(5, "after training: scoring held-out pairs and generating")
+    with p.accelerator.autocast():
+        after = score_pairs(p.model, p.eval_items, p.tok.pad_id, cfg.train.eval_batch_size)
+        gens_after = generate(p.model, p.tokenizer, prompts, max_new_tokens=max_new_tokens)
+    pairwise = pairwise_report(before, after)
+
+    eval_set = eval_prompts(cfg.data.eval, helpful_limit)
+    stage(6, f"against the base on {len(eval_set)} held-out prompts: win rate, KL, length, repetition, refusals")
+    m = evaluate_vs_base(str(result.model_dir), cfg.model.name, judge, eval_set, safety_limit, eval_tokens, log)
+    (out / "eval_vs_base.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
+
+    stage(7, "writing the report")
+    plots = plot_metrics(out / "metrics.jsonl", out)
+    step_seconds = [h["seconds_per_step"] for h in result.history if "seconds_per_step" in h]
+    train_tokens = sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in p.train_items)
+    summary = {
+        "model": cfg.model.name,
+        "method": f"dpo (beta {cfg.method.resolved_beta:.2g}), LoRA r={cfg.lora.r}",
+        "mixed precision": p.accelerator.mixed_precision,
+        "train pairs": len(p.train_items),
+        "held-out pairs": len(p.eval_items),
+        "optimizer steps": result.steps,
+        "training seconds (incl. reference precompute, evals)": round(result.wall_seconds, 1),
+        "seconds per optimizer step": round(statistics.mean(step_seconds), 2),
+        "training tokens per epoch": train_tokens,
+        "peak memory (MB, RSS)": round(result.peak_memory_mb),
+        "final train loss": result.final_metrics.get("loss"),
+        "final eval loss": result.eval_metrics.get("eval/loss"),
+        "total wall seconds (incl. judge, scoring, generation, evaluation)": round(time.time() - t0, 1),
+    }
+    setup = judge_info.get("stage_seconds", 0.0)  # the one-time judge training, when this run did it
+    goals = check_goals(m, time.time() - t0, time_goal, setup)
+    gens = [{"prompt": q, "before": b, "after": a} for q, b, a in zip(prompts, gens_before, gens_after)]
+    report = write_report(
+        out,
+        "alignkit demo: DPO on the embedded SmolLM2-135M-Instruct",
+        summary,
+        pairwise,
+        gens,
+        plots,
+        notes=[
+            f"Config: {out / 'config.yaml'}; metrics: {out / 'metrics.jsonl'}; LoRA adapter: {result.model_dir}; "
+            f"evaluation against the base: {out / 'eval_vs_base.json'}"
+        ],
+        sections=goals_section(goals, m, judge_info),
+    )
+    summary |= {"judge": judge_info, "goals": goals}
+    (out / "summary.json").write_text(json.dumps({**summary, **pairwise}, indent=1))
+    log(
+        f"held-out mean log-prob accuracy {pairwise['mean_logp_accuracy_before']:.3f} -> "
+        f"{pairwise['mean_logp_accuracy_after']:.3f}; implicit reward accuracy "
+        f"{pairwise['implicit_reward_accuracy_after']:.3f}"
+    )
+    for g in goals:
+        v = f"{g['value']:.3f}" if isinstance(g["value"], float) else g["value"]
+        log(f"{'met' if g['met'] else 'NOT met'}: {g['goal']} = {v} (goal {g['target']}) {g['detail']}")
+    log(f"report: {report} (total {time.time() - t0:.0f}s)")
+    return {**summary, **pairwise}

@@ -1,0 +1,403 @@
+"""The rollout phase of the one training loop: prompts -> samples -> rewards -> advantages -> optimizer passes.
+
+``OnlineMethod`` is a ``Method`` of ``train.loop.fit`` whose ``updates`` first samples completions from the live
+policy (``generation.Sampler``), scores them (``RewardSources``: reward functions in worker processes and/or a
+reward model), lets the subclass turn rewards into advantages (GRPO/RLOO: per sequence; PPO: per token with a
+value model), attaches the log-probs the loss needs (pi_old, reference), and then yields the minibatches of
+``method.iterations`` passes. Everything else (optimizer, accumulation, clipping, checkpoints, resume, NaN stop,
+metrics, trackers, early stopping, processes) is the loop's.
+
+Exactness: prompt i of a step samples with a seed derived from (train.seed, step, i's index in the data), so the
+samples of a step do not depend on the process count or on a resume. Each process takes every world-th prompt
+of the step; minibatch m of a pass is the m-th contiguous block of every process's groups, which is the same set
+of prompts for any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from alignkit.data import Sample, collate_samples, pad_sequences, to_prompt, tokenize_prompts
+from alignkit.errors import ConfigError
+from alignkit.generation.sampler import Completion, Sampler, SamplingParams
+from alignkit.logprobs import (
+    CompletionScorer,
+    layouts_agree,
+    shared_inputs,
+    supports_prefix_sharing,
+    token_logprobs,
+    unwrap_causal_lm,
+)
+from alignkit.models.attention import use_segmented_attention
+from alignkit.models.load import disable_dropout
+from alignkit.stats import pass_at_k
+from alignkit.train.loop import Method
+from alignkit.train.metrics import MetricSums
+from alignkit.train.online.reward_sources import RewardSources
+from alignkit.train.online.seeds import EVAL, PASS_ORDER, REFILL, sample_seed
+
+
+class OnlineMethod(Method):
+    """Shared by GRPO/RLOO and PPO. Subclasses implement ``advantages(samples, groups)`` and ``loss``."""
+
+    online = True
+    groups_share_prompts = False  # the loss runs on the packed prefix-shared layout (GRPO: G completions per prompt)
+    shared = False
+
+    def __init__(self, cfg, pad_id: int):
+        self.cfg, self.mc, self.ro, self.pad_id = cfg, cfg.method, cfg.rollout, pad_id
+        self.params = SamplingParams(
+            n=self.ro.samples_per_prompt, max_new_tokens=self.ro.max_new_tokens, temperature=self.ro.temperature,
+            top_p=self.ro.top_p, top_k=self.ro.top_k, min_p=self.ro.min_p, stop=tuple(self.ro.stop),
+        )  # fmt: skip
+        self.sampler = self.rewards = self.reference = self.accelerator = self.gold = None
+        self.pass_index = (0, 0)  # (iteration, minibatch) of the update being trained
+
+    def needs_reference(self) -> bool:
+        """Whether the loss regularizes toward a reference (the initial policy, or method.ref_model)."""
+        return self.mc.beta > 0
+
+    # ---- data: prompt-only records -> TokenizedPrompt items
+    def convert(self, record, source):
+        return to_prompt(record, source, self.cfg.data.prompt_field, self.cfg.data.prompt_template)
+
+    def tokenize(self, examples, tok, max_length, max_prompt_length, keep, policy):
+        return tokenize_prompts(examples, tok, self.cfg.max_prompt_length, keep, policy, self.ro.chat)
+
+    def length(self, item) -> int:
+        return len(item.prompt_ids)
+
+    # ---- batch shape
+    def global_batch(self, tc, world: int) -> int:
+        p, m = self.ro.prompts_per_step, self.mc.minibatches
+        if p % (world * m):
+            raise ConfigError(
+                f"rollout.prompts_per_step={p} does not split into {world} process(es) x method.minibatches={m}. "
+                f"Fix: use a multiple of {world * m} prompts per step"
+            )
+        return p
+
+    def optimizer_steps_per_step(self) -> int:
+        return self.mc.iterations * self.mc.minibatches
+
+    # ---- setup
+    def wrap(self, model):
+        return CompletionScorer(model, self.cfg.train.logprob_chunk_size)
+
+    def setup(self, model, train_items, eval_items, accelerator):
+        from alignkit.data import Tokenizer
+        from alignkit.models import load_tokenizer
+
+        self.accelerator, self.train_items = accelerator, train_items
+        disable_dropout(model)  # the sampler's and the trainer's log-probs must be of the same policy
+        tc = self.cfg.train
+        self.shared = (
+            self.groups_share_prompts
+            and tc.prefix_sharing
+            and tc.packing
+            and grouped_layout_works(model, self.pad_id, self.log)
+        )
+        self.tok = Tokenizer(load_tokenizer(self.cfg.model.name, self.cfg.model.trust_remote_code))
+        self.sampler = make_sampler(model, self.tok, self.ro)
+        self.rewards = RewardSources(self.mc, accelerator.device, self.log)
+        if getattr(self.mc, "gold_reward_model", None):
+            from alignkit.reward_model import RewardModel
+
+            if self.mc.gold_reward_model == self.mc.reward_model:
+                self.log("warning: method.gold_reward_model is method.reward_model, the reward trained against; "
+                         "eval/gold/reward then measures the proxy, not a held-out gold reward")  # fmt: skip
+            self.gold = RewardModel.load(self.mc.gold_reward_model, device=str(accelerator.device))
+        if self.needs_reference():
+            from alignkit.train.reference import Reference
+
+            self.reference = Reference(model, "live", self.mc.ref_model, accelerator, self.cfg.model.trust_remote_code)
+        world = accelerator.num_processes
+        per_process = self.ro.prompts_per_step // world
+        completions = per_process * self.ro.samples_per_prompt // self.mc.minibatches
+        micro = math.ceil(completions / self.cfg.train.batch_size)
+        self.log(
+            f"rollout: {self.ro.prompts_per_step} prompts x {self.ro.samples_per_prompt} samples = "
+            f"{self.ro.prompts_per_step * self.ro.samples_per_prompt} completions/step; {self.mc.iterations} "
+            f"pass(es) x {self.mc.minibatches} minibatch(es); each optimizer step: {completions} completions per "
+            f"process = {micro} micro-batch(es) of <= {self.cfg.train.batch_size} (train.batch_size)"
+        )
+        return train_items, eval_items
+
+    # ---- the rollout
+    def updates(self, module, items, step, sums: MetricSums) -> Iterator[list]:
+        samples = self.rollout(module, items, step, sums)
+        groups = len(items) // self.mc.minibatches
+        g = self.ro.samples_per_prompt
+        blocks = [samples[m * groups * g : (m + 1) * groups * g] for m in range(self.mc.minibatches)]
+        t0 = time.perf_counter()
+        for it in range(self.mc.iterations):
+            order = list(range(len(blocks)))
+            if it > 0:  # later passes visit the minibatches in another (seeded, process-independent) order
+                rng = np.random.default_rng(sample_seed(self.cfg.train.seed, step, 0, it, PASS_ORDER))
+                order = rng.permutation(len(blocks)).tolist()
+            for m in order:
+                self.pass_index = (it, m)
+                yield blocks[m]
+        sums.add_scalar("time/train", time.perf_counter() - t0)
+
+    def rollout(self, module, items, step, sums: MetricSums) -> list[Sample]:
+        """This process's prompts of ``step`` -> scored samples with advantages, old and reference log-probs."""
+        policy = self.accelerator.unwrap_model(module).model
+        times = {"generate": 0.0, "reward": 0.0, "reference": 0.0}
+        items, samples, rewards, reward_metrics, per_function = self.generate_and_score(items, step, times, sums)
+        self.shape_rewards(samples, rewards)
+        t0 = time.perf_counter()
+        self.attach_logprobs(policy, samples)
+        times["reference"] = time.perf_counter() - t0
+        self.advantages(samples, len(items))
+        self.add_rollout_metrics(sums, items, samples, per_function, reward_metrics)
+        for name in ("generate", "reward", "reference"):
+            sums.add_scalar(f"time/{name}", times[name])
+        sums.add_scalar("generation/tokens_per_second", times["tokens"] / max(times["generate"], 1e-9))
+        return samples
+
+    def generate_and_score(self, items, step, times: dict, sums: MetricSums):
+        """Sample ``samples_per_prompt`` completions per prompt and score them. With ``method.dynamic_sampling``
+        (DAPO), groups whose rewards are all equal carry no signal: their prompts are replaced by others drawn from
+        the training set (seeded by step, round and process) and sampled, for up to ``max_resample_rounds``."""
+        g = self.ro.samples_per_prompt
+        items = list(items)
+        samples, rewards, metrics, per_function = self._sample_and_score(items, step, 0, times)
+        if getattr(self.mc, "dynamic_sampling", False):
+            used, replaced = {x.index for x in items}, 0
+            for round_ in range(1, self.mc.max_resample_rounds + 1):
+                flat = [p for p in range(len(items)) if _flat(rewards[p * g : (p + 1) * g])]
+                pool = [x for x in self.train_items if x.index not in used]
+                if not flat or not pool:
+                    break
+                rank = self.accelerator.process_index
+                rng = np.random.default_rng(sample_seed(self.cfg.train.seed, step, rank, round_, REFILL))
+                fresh = [pool[i] for i in rng.choice(len(pool), min(len(flat), len(pool)), replace=False)]
+                used |= {x.index for x in fresh}
+                new_samples, new_rewards, new_metrics, new_per_function = self._sample_and_score(fresh, step, round_,
+                                                                                                 times)  # fmt: skip
+                for key in metrics:  # infrastructure counts add up over rounds
+                    if key.endswith(("/none", "/timeouts", "/errors")):
+                        metrics[key] += new_metrics.get(key, 0.0)
+                for k, (p, x) in enumerate(zip(flat, fresh)):
+                    items[p] = x
+                    block, new = slice(p * g, (p + 1) * g), slice(k * g, (k + 1) * g)
+                    samples[block], rewards[block] = new_samples[new], new_rewards[new]
+                    for s in samples[block]:
+                        s.group = p
+                    for name in per_function:
+                        per_function[name][block] = new_per_function[name][new]
+                    replaced += 1
+            sums.add_scalar("groups/resampled", float(replaced))
+        return items, samples, rewards, metrics, per_function
+
+    def _sample_and_score(self, items, step, round_, times: dict):
+        t0 = time.perf_counter()
+        seeds = [sample_seed(self.cfg.train.seed, step, x.index, round_) for x in items]
+        with self.accelerator.autocast():
+            completions = self.sampler.sample([x.prompt_ids for x in items], self.params, seeds)
+        times["generate"] += time.perf_counter() - t0
+        times["tokens"] = times.get("tokens", 0) + self.sampler.stats.tokens
+        samples = self.to_samples(items, completions)
+        t0 = time.perf_counter()
+        rewards, metrics, per_function = self.score(items, samples)
+        times["reward"] += time.perf_counter() - t0
+        return samples, list(rewards), metrics, {k: list(v) for k, v in per_function.items()}
+
+    def to_samples(self, items, completions: list[list[Completion]]) -> list[Sample]:
+        return [
+            Sample(x.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, c.text, g)
+            for g, (x, group) in enumerate(zip(items, completions))
+            for c in group
+        ]
+
+    def score(self, items, samples: list[Sample]):
+        """Rewards of samples (``sample.group`` indexes ``items``) with every record field passed as a column."""
+        prompts = [items[s.group].prompt for s in samples]
+        names = sorted({k for x in items for k in x.columns})
+        columns = {k: [items[s.group].columns.get(k) for s in samples] for k in names}
+        return self.rewards(prompts, [s.text for s in samples], columns)
+
+    def shape_rewards(self, samples: list[Sample], rewards: list[float | None]) -> None:
+        """Attach rewards; a sample without one gets weight 0 (masked, counted in ``rewards/masked``)."""
+        for s, r in zip(samples, rewards):
+            s.reward = r
+            if r is None:
+                s.weight = 0.0
+
+    @torch.no_grad()
+    def attach_logprobs(self, policy, samples: list[Sample]) -> None:
+        """pi_old (when the experience is trained on more than once) and the reference's per-token log-probs."""
+        several = self.mc.iterations * self.mc.minibatches > 1
+        if several and self.mc.old_logprobs == "sampler":
+            for s in samples:
+                s.old_logps = list(s.sampler_logps)
+        elif several:
+            for s, lp in zip(samples, self.forward_logps(policy, samples, adapter=True)):
+                s.old_logps = lp
+        if self.reference is not None:
+            for s, lp in zip(samples, self.forward_logps(None, samples, adapter=False)):
+                s.ref_logps = lp
+
+    def forward_logps(self, policy, samples: list[Sample], adapter: bool) -> list[list[float]]:
+        """Per-token log-probs of every sample's completion under the policy (``adapter``) or the reference."""
+        out: list[list[float] | None] = [None] * len(samples)
+        order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
+        bs = self.cfg.train.eval_batch_size
+        for s in range(0, len(order), bs):
+            idx = order[s : s + bs]
+            chunk = [samples[i] for i in idx]
+            batch = {k: v.to(self.accelerator.device) for k, v in pad_sequences(
+                [x.prompt_ids for x in chunk], [x.completion_ids for x in chunk], self.pad_id).items()}  # fmt: skip
+            with self.accelerator.autocast():
+                if adapter:
+                    was = policy.training
+                    policy.eval()
+                    lp = token_logprobs(
+                        policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                        chunk_size=self.cfg.train.logprob_chunk_size, temperature=self.ro.temperature,
+                    )  # fmt: skip
+                    policy.train(was)
+                else:
+                    lp = self.reference.token_logps(batch, self.ro.temperature)
+            for j, i in enumerate(idx):
+                start = len(samples[i].prompt_ids)
+                out[i] = lp[j, start : start + len(samples[i].completion_ids)].tolist()
+        return out
+
+    def advantages(self, samples: list[Sample], n_prompts: int) -> None:
+        raise NotImplementedError
+
+    def add_rollout_metrics(self, sums, items, samples, per_function, reward_metrics) -> None:
+        """Reward functions' counts (none, timeouts, errors) as the runner saw them; means and the masked count
+        over the samples trained on."""
+        for name, value in reward_metrics.items():
+            if name.endswith(("/none", "/timeouts", "/errors")):
+                sums.add_scalar(name, value)
+        for name, values in per_function.items():
+            scored = [v for v in values if v is not None]
+            if scored:
+                mean = sum(scored) / len(scored)
+                sums.add_scalar(f"rewards/{name}/mean", mean)
+                sums.add_scalar(f"rewards/{name}/std", math.sqrt(sum((v - mean) ** 2 for v in scored) / len(scored)))
+        sums.add_scalar("rewards/masked", float(sum(s.reward is None for s in samples)))
+        add_reward_metrics(sums, samples, per_function, len(items), self.ro.samples_per_prompt)
+        sums.add({"completion/truncated": torch.tensor([s.truncated for s in samples], dtype=torch.float32)})
+        sums.add_scalar("completion/max_length", float(max(len(s.completion_ids) for s in samples)))
+        g = self.ro.samples_per_prompt
+        if g > 1:  # a group of one has no variance to speak of
+            zero_var = [_flat([s.reward for s in samples[p * g : (p + 1) * g]]) for p in range(len(items))]
+            sums.add({"groups/zero_variance": torch.tensor(zero_var, dtype=torch.float32)})
+
+    # ---- training-side plumbing shared by the subclasses
+    def collate(self, items: list[Sample]) -> dict:
+        return collate_samples(items, self.pad_id, self.shared)
+
+    def weight(self, item: Sample) -> float:
+        """``token_mean`` counts every completion token alike; otherwise every completion alike."""
+        if getattr(self.mc, "loss_aggregation", "token_mean") == "token_mean":
+            return item.weight * len(item.completion_ids)
+        return item.weight
+
+    def tokens(self, batch: dict) -> int:
+        """Tokens of the prompt + completion rows trained on (a shared prompt counted once per completion)."""
+        if "logical_tokens" in batch:
+            return int(batch["logical_tokens"])
+        return int(batch["attention_mask"].sum())
+
+    # ---- evaluation: sample the eval prompts, score them
+    @torch.no_grad()
+    def evaluate(self, module, items: list, batch_size: int, accelerator) -> dict[str, float]:
+        mine = items[accelerator.process_index :: accelerator.num_processes]
+        k = self.ro.eval_samples
+        params = SamplingParams(
+            n=k, max_new_tokens=self.ro.max_new_tokens, temperature=self.ro.eval_temperature, top_p=self.ro.top_p,
+            top_k=self.ro.top_k, min_p=self.ro.min_p, stop=tuple(self.ro.stop),
+        )  # fmt: skip
+        sums = MetricSums()
+        with accelerator.autocast():
+            completions = self.sampler.sample(
+                [x.prompt_ids for x in mine],
+                params,
+                [sample_seed(self.cfg.train.seed, 0, x.index, stream=EVAL) for x in mine],
+            )
+        samples = [
+            Sample(x.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, c.text, p)
+            for p, (x, group) in enumerate(zip(mine, completions))
+            for c in group
+        ]
+        rewards, _, per_function = self.score(mine, samples)
+        for s, r in zip(samples, rewards):
+            s.reward = r
+        add_reward_metrics(sums, samples, per_function, len(mine), k)
+        if self.gold is not None and samples:  # the held-out gold reward: scored here only, never trained against
+            prompts, texts = [mine[s.group].prompt for s in samples], [s.text for s in samples]
+            gold = self.gold.reward(prompts, texts, "mean", batch_size=self.cfg.train.eval_batch_size)[0]
+            sums.add_scalar("gold/reward", float(gold.sum()), float(gold.numel()))  # mean over all processes' samples
+        return sums.reduce(accelerator)
+
+    def finish(self, module, train_items, eval_items, eval_metrics) -> dict[str, str]:
+        if self.rewards is not None:
+            self.rewards.close()
+        return {}
+
+
+def _flat(rewards: list[float | None]) -> bool:
+    """A group without reward variance (all its scored samples equal): it carries no learning signal."""
+    return len({r for r in rewards if r is not None}) <= 1
+
+
+def add_reward_metrics(sums: MetricSums, samples: list[Sample], per_function: dict, n_prompts: int, k: int) -> None:
+    """Reward mean/std over scored samples, completion length, and pass@1 / pass@k of each verifier (a reward
+    function whose values are all 0 or 1); ``samples`` hold ``k`` completions per prompt, in prompt order."""
+    scored = [s.reward for s in samples if s.reward is not None]
+    if scored:
+        mean = sum(scored) / len(scored)
+        sums.add_scalar("reward/mean", sum(scored), len(scored))
+        sums.add_scalar("reward/std", math.sqrt(sum((r - mean) ** 2 for r in scored) / len(scored)))
+    sums.add({"completion/length": torch.tensor([float(len(s.completion_ids)) for s in samples])})
+    for name, values in per_function.items():
+        if all(v in (0.0, 1.0, None) for v in values) and any(v is not None for v in values):
+            correct = [[values[p * k + j] == 1.0 for j in range(k)] for p in range(n_prompts)]
+            sums.add_scalar(f"pass@1/{name}", pass_at_k(correct, 1) * n_prompts, n_prompts)
+            if k > 1:
+                sums.add_scalar(f"pass@{k}/{name}", pass_at_k(correct, k) * n_prompts, n_prompts)
+
+
+def make_sampler(model, tok, ro) -> Sampler:
+    """The rollout's sampler: alignkit's on the live model, or vLLM's engine (GPU; weights pushed each step)."""
+    if ro.backend == "vllm":
+        from alignkit.generation.vllm_backend import VLLMSampler
+
+        return VLLMSampler(model, tok, max_rows=ro.max_rows)
+    return Sampler(model, tok, max_rows=ro.max_rows)
+
+
+def grouped_layout_works(model, pad_id: int, log) -> bool:
+    """Prefix sharing needs the fused head and an attention that takes a 4D mask (SDPA); the probe on two synthetic
+    groups confirms the packed layout scores tokens as the padded one does (else the padded is used)."""
+    if not (supports_prefix_sharing(model) and use_segmented_attention(model)):
+        log("prefix sharing off: this model needs the padded layout (logit transform or attention without 4D masks)")
+        return False
+    vocab = unwrap_causal_lm(model).config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731
+    p1, p2 = ids(5), ids(3)
+    samples = [Sample(p, ids(n), [0.0] * n, "eos", "", 0, 0.0, [0.0]) for p, n in ((p1, 4), (p1, 6), (p2, 2), (p2, 5))]
+    device = next(model.parameters()).device
+    plain = {k: v.to(device) for k, v in collate_samples(samples, pad_id).items()}
+    shared = {k: v.to(device) for k, v in collate_samples(samples, pad_id, shared=True).items()}
+    scorer = CompletionScorer(model)
+    return layouts_agree(
+        model,
+        lambda: scorer(plain["input_ids"], plain["attention_mask"], plain["completion_mask"]),
+        lambda: scorer(shared["input_ids"], shared["attention_mask"], shared["completion_mask"],
+                       shared=shared_inputs(shared)),
+        "token log-probs",
+        log,
+    )  # fmt: skip
