@@ -45,7 +45,8 @@ else the 64 arithmetic word problems below, in order; the first P x steps are us
 use the chat template: TRL gets conversational prompts ``[{"role": "user", "content": q}]`` and applies the
 template; alignkit gets the text and makes it one user message (rollout.chat=true). The parent checks that both
 tokenize every prompt to the same ids, and each case reports the ids of the first prompt it actually fed. Reward:
-``alignkit.rewards.verifiers.math:math_reward`` for both (1 / 0 on the last number / marked answer vs the ``answer`` column).
+``alignkit.rewards.verifiers.math:math_reward`` for both (1 / 0 on the last number / marked answer vs the
+``answer`` column).
 TRL passes conversational completions as message lists (``[{"role": "assistant", "content": ...}]``) and dataset
 columns as keyword arguments: a small wrapper hands the text to the same function. alignkit runs it in the training
 process (method.reward_workers=0, like TRL; ``--reward-workers`` changes that).

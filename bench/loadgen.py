@@ -1,5 +1,6 @@
-"""Load generation against a running server (bench/serve_load.py and the load test): many concurrent clients on
-one asyncio loop posting feedback or chats, recording each request's latency and which posts were acknowledged."""
+"""Load generation against a running server (bench/serve_load.py and tests/test_serve_load.py): many concurrent
+clients on one asyncio loop posting feedback or chats, recording each request's latency and which posts were
+acknowledged."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from alignkit.serve.loadgen import chat_load, feedback_load  # noqa: E402
+from loadgen import chat_load, feedback_load  # noqa: E402 (bench/loadgen.py)
 from serve_helpers import serve_process  # noqa: E402
 
 from alignkit.models.load import cpu_has_native_bf16  # noqa: E402

@@ -63,7 +63,8 @@ def _prompt_records() -> list[dict]:
 ONLINE = {"rewards": ["reward_fns:yes_share"], "reward_workers": 0}
 CASES = {
     "sft": ("sft", _sft_records, "tiny_model_dir", {}),
-    "dpo": ("dpo", lambda: pair_records(16), "tiny_model_dir", {"method": {"beta": 0.1}, "data": {"eval_fraction": 0.25}}),
+    "dpo": ("dpo", lambda: pair_records(16), "tiny_model_dir",
+            {"method": {"beta": 0.1}, "data": {"eval_fraction": 0.25}}),
     "simpo": ("simpo", lambda: pair_records(16), "tiny_model_dir", {}),
     "kto": ("kto", _feedback_records, "tiny_model_dir", {"method": {"beta": 0.5}}),
     "rm": ("rm", lambda: pair_records(16), "tiny_model_dir", {"data": {"eval_fraction": 0.25}}),

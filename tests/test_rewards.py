@@ -45,7 +45,9 @@ def wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
 def test_builtin_names():
     assert load_reward_function("math") is math_reward
     assert load_reward_function("math_format") is math_format_reward
-    assert BUILTINS["code"] == "alignkit.rewards.verifiers.code:code_reward"  # mapped lazily: imported only when asked for
+    assert (
+        BUILTINS["code"] == "alignkit.rewards.verifiers.code:code_reward"
+    )  # mapped lazily: imported only when asked for
 
 
 def test_module_and_file_specs(tmp_path):

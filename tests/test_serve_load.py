@@ -3,13 +3,17 @@ real server process; the store then holds every acknowledged post exactly once (
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from pathlib import Path
 
 import openai
-from alignkit.serve.loadgen import feedback_load
 from serve_helpers import serve_process
 
 from alignkit.serve.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the load generator is bench code
+from loadgen import feedback_load  # noqa: E402
 
 
 def test_every_acknowledged_feedback_post_is_stored_once(tiny_model_dir, tmp_path):

@@ -57,7 +57,7 @@ class LabelConfig:
     limit: int | None = setting(None, "Use N prompts, taken round-robin over categories (all when None).")
     samples: int = setting(2, "Responses per prompt (K >= 2).")
     pairing: str = setting("best_worst", "best_worst: one pair per prompt by round-robin wins; all: every judged pair.",
-                      PAIRINGS)  # fmt: skip
+                           PAIRINGS)  # fmt: skip
     temperature: float = setting(1.0, "Sampling temperature of the policy (> 0, so the K responses differ).")
     max_new_tokens: int = setting(128, "Tokens per response.")
     judge: str = setting(DEFAULT_JUDGE, "reward_model:DIR, verifier:math or llm:MODEL (alignkit.judges.load_judge).")
@@ -138,16 +138,15 @@ def run_label(cfg: LabelConfig, log: Callable = print, judge=None) -> dict:
     """Sample, judge and write the preference pairs of ``cfg``; returns the summary. ``judge``: a built
     ``alignkit.judges.Judge`` to use instead of ``cfg.judge``."""
     from alignkit.data.jsonl import write_jsonl
-    from alignkit.eval.samples import Generator
+    from alignkit.generation import load_sampler
     from alignkit.judges import consistency, judge_pairs, load_judge
-    from alignkit.models import pick_device
 
     cfg.validate()
     check_outputs([cfg.prompts], [cfg.out, cfg.summary_file])
     constitution = load_constitution(cfg.constitution).select(cfg.principles)
     records = load_prompts(cfg.prompts, cfg.prompt_field, cfg.limit)
     judge = judge or load_judge(cfg.judge, "judge", cfg.device)
-    gen = Generator(cfg.policy, pick_device(cfg.device))
+    gen = load_sampler(cfg.policy, cfg.device)
     chat = uses_chat(gen)
     n = len(records)
     log(f"cai label: {n} prompts from {cfg.prompts}, {cfg.samples} responses each from {cfg.policy}, "

@@ -74,8 +74,12 @@ _LABEL = re.compile(  # "Revised reply:", "**Critique:**" at the start of a gene
 class ReviseConfig:
     """``alignkit cai revise``; every field can be set in YAML (``--config``), ``--set field=value`` or its option."""
 
-    model: str = setting(EMBEDDED_MODEL, "The model that answers, critiques and revises (dir, hub id or the embedded one).")
-    prompts: str = setting(RED_TEAM, "Prompt records (a prompt field: text or chat messages); default the red-team set.")
+    model: str = setting(
+        EMBEDDED_MODEL, "The model that answers, critiques and revises (dir, hub id or the embedded one)."
+    )
+    prompts: str = setting(
+        RED_TEAM, "Prompt records (a prompt field: text or chat messages); default the red-team set."
+    )
     prompt_field: str = setting("prompt", "The field holding the prompt.")
     limit: int | None = setting(None, "Use N prompts, taken round-robin over categories (all when None).")
     rounds: int = setting(1, "Critique-revision rounds per prompt, each with a freshly picked principle.")
@@ -83,7 +87,9 @@ class ReviseConfig:
     principles: list = setting([], "Use only these principles (names); [] = all.")
     max_new_tokens: int = setting(128, "Tokens per response and per revision.")
     critique_tokens: int = setting(96, "Tokens per critique.")
-    temperature: float = setting(0.0, "0 = greedy; > 0 samples every stage with a seed derived from (seed, stage, item).")
+    temperature: float = setting(
+        0.0, "0 = greedy; > 0 samples every stage with a seed derived from (seed, stage, item)."
+    )
     few_shot: bool = setting(True, "Show the two worked examples before each critique and revision request.")
     drop_truncated: bool = setting(False, "Also filter revisions cut off at max_new_tokens.")
     seed: int = setting(0, "Seed of principle choice and sampling.")
@@ -156,18 +162,14 @@ def load_prompts(spec: str, prompt_field: str = "prompt", limit: int | None = No
 
 
 def generate(gen, prompts: list[Content], seeds: list[int], n: int, max_new_tokens: int, temperature: float):
-    """``n`` completions per prompt through ``gen`` (an ``alignkit.eval.samples.Generator``); prompt i draws with
+    """``n`` completions per prompt through ``gen`` (an ``alignkit.generation.ReadySampler``); prompt i draws with
     ``seeds[i]``, so its samples do not depend on which prompts share the call."""
-    import torch
-
     from alignkit.generation.sampler import SamplingParams
 
     params = SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
     if not prompts:
         return []
-    ids = [gen.sampler.prompt_ids(p) for p in prompts]
-    with torch.autocast(gen.device.type, dtype=torch.bfloat16, enabled=gen.bf16):
-        return gen.sampler.sample(ids, params, seeds)
+    return gen.sample([gen.sampler.prompt_ids(p) for p in prompts], params, seeds)
 
 
 def as_example(prompt: Content, text: str, chat: bool) -> tuple:
@@ -270,14 +272,13 @@ def check_revision(revision: str, previous: str, few_shot: bool = True) -> str |
 def run_revise(cfg: ReviseConfig, log: Callable = print) -> dict:
     """Run the supervised CAI phase of ``cfg`` and write its three outputs; returns the summary."""
     from alignkit.data.jsonl import write_jsonl
-    from alignkit.eval.samples import Generator
-    from alignkit.models import pick_device
+    from alignkit.generation import load_sampler
 
     cfg.validate()
     check_outputs([cfg.prompts], [cfg.out, cfg.chains_file, cfg.summary_file])
     constitution = load_constitution(cfg.constitution).select(cfg.principles)
     records = load_prompts(cfg.prompts, cfg.prompt_field, cfg.limit)  # bad input fails before the model loads
-    gen = Generator(cfg.model, pick_device(cfg.device))
+    gen = load_sampler(cfg.model, cfg.device)
     chat = uses_chat(gen)
     n = len(records)
 

@@ -34,20 +34,17 @@ def eval_math(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
 ):
     """Sample completions for math problems and grade their final answers against the gold answers."""
-    import torch
-
     from alignkit.data.jsonl import write_jsonl
     from alignkit.eval.accuracy import check_sampling, evaluate_math, load_math_records
-    from alignkit.models import load_model, load_tokenizer, pick_device
+    from alignkit.generation import load_sampler
 
     temperature = temperature if temperature is not None else (0.0 if samples == 1 else 1.0)
     check_sampling(samples, temperature)
     records = read_input(data, *([out] if out else []))
     template = prompt_template.replace("\\n", "\n") if prompt_template else None
     examples = load_math_records(records, prompt_field, template, limit)  # bad records fail before loading
-    target = pick_device(device)
-    lm, tokenizer = load_model(model, torch.float32, target), load_tokenizer(model)
-    result = evaluate_math(lm, tokenizer, examples, samples, temperature, max_new_tokens, seed=seed)
+    ready = load_sampler(model, device)
+    result = evaluate_math(ready.model, ready.tok, examples, samples, temperature, max_new_tokens, seed=seed)
     typer.echo(f"{model} on {data}, max {max_new_tokens} new tokens")
     typer.echo("\n".join(result.lines()))
     if out:
@@ -253,7 +250,6 @@ def eval_metrics(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")
         typer.echo(f"wrote {out}")
-
 
 
 eval_app.command("safety")(eval_safety)

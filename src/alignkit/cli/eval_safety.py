@@ -92,10 +92,11 @@ def _read_responses(spec: str, records: list[dict]) -> list[str]:
 
 def _generate(model: str, prompts: list[str], max_new_tokens: int, seed: int, device: str) -> list[str]:
     """Greedy responses through the chat template with the batched sampler, bf16 autocast where native."""
-    from alignkit.eval.samples import Generator
+    from alignkit.generation import load_sampler
     from alignkit.generation.sampler import SamplingParams
-    from alignkit.models import pick_device
 
     SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0).validate("alignkit eval safety")
-    results = Generator(model, pick_device(device)).sample(prompts, 1, max_new_tokens, 0.0, seed)
+    results = load_sampler(model, device).generate(
+        prompts, n=1, max_new_tokens=max_new_tokens, temperature=0.0, seed=seed
+    )
     return [completions[0].text.strip() for completions in results]

@@ -38,9 +38,8 @@ def generate(
 
     import torch
 
-    from alignkit.data.tokenize import Tokenizer
-    from alignkit.generation.sampler import Sampler, SamplingParams
-    from alignkit.models import load_model, load_tokenizer, pick_device, pick_mixed_precision
+    from alignkit.generation import SamplingParams, load_sampler
+    from alignkit.models import pick_device
 
     params = SamplingParams(
         n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -61,12 +60,9 @@ def generate(
     device = pick_device("auto")
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--dtype bf16: this GPU does not support bf16. Fix: use --dtype auto or fp32")
-    bf16 = pick_mixed_precision(dtype, device) == "bf16"
-    lm = load_model(model, torch.float32, device)
-    sampler = Sampler(lm, Tokenizer(load_tokenizer(model)), max_rows=max_rows)
+    ready = load_sampler(model, str(device), dtype, max_rows)
     t0 = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        results = sampler.generate(prompts, params, seed=seed, chat=not raw)
+    results = ready.generate(prompts, params, seed=seed, chat=not raw)
     seconds = time.perf_counter() - t0
     if out is not None:
         from alignkit.data.jsonl import write_jsonl
@@ -83,8 +79,8 @@ def generate(
             texts = [c.text.strip() for c in completions]
             body = texts[0] if n == 1 else "\n".join(f"[{k + 1}] {t}" for k, t in enumerate(texts))
             typer.echo(f">>> {p}\n{body}\n")
-    tokens = sampler.stats.tokens
-    how = f"{device.type}, {'bf16 autocast' if bf16 else 'fp32'}"
+    tokens = ready.sampler.stats.tokens
+    how = f"{device.type}, {'bf16 autocast' if ready.bf16 else 'fp32'}"
     typer.echo(f"{tokens} tokens in {seconds:.2f}s: {tokens / max(seconds, 1e-9):.1f} tokens/s ({how})")
 
 

@@ -166,4 +166,3 @@ class RewardConfig(RunConfig):
             True,
             "a frozen trunk trains only the head; remove the lora section or set method.freeze_trunk=false",
         )
-

@@ -18,14 +18,15 @@ from alignkit.config.offline import LossDefaults
 from alignkit.config.sections import RunConfig
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
+from alignkit.rl.advantages import ADVANTAGES
 from alignkit.rl.kl import ESTIMATORS
-
-ADVANTAGES = ("grpo", "rloo", "reinforce_pp")
 
 
 @dataclass
 class RolloutConfig:
-    prompts_per_step: int = setting(8, "Prompts per step, over all processes (each gets samples_per_prompt completions).")
+    prompts_per_step: int = setting(
+        8, "Prompts per step, over all processes (each gets samples_per_prompt completions)."
+    )
     samples_per_prompt: int = setting(8, "Completions sampled per prompt (the group size G).")
     max_new_tokens: int = setting(128, "Tokens generated at most per completion.")
     temperature: float = setting(1.0, "Sampling temperature (the trainer scores the same tempered distribution).")
@@ -36,7 +37,7 @@ class RolloutConfig:
     chat: bool = setting(True, "Text prompts become one user message through the tokenizer's chat template.")
     max_rows: int = setting(64, "Rows the sampler decodes together (prompts x samples).")
     backend: str = setting("alignkit", "Sampler: alignkit (live model, any device) or vllm (GPU, when installed).",
-                      ("alignkit", "vllm"))  # fmt: skip
+                           ("alignkit", "vllm"))  # fmt: skip
     eval_samples: int = setting(1, "Completions per eval prompt (k of pass@k).")
     eval_temperature: float = setting(0.0, "Eval sampling temperature; 0 = greedy.")
 
@@ -44,13 +45,13 @@ class RolloutConfig:
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "max_rows", "eval_samples"):
             require(getattr(self, name) >= 1, where, f"rollout.{name}", getattr(self, name), "use a whole number >= 1")
         require(self.temperature > 0, where, "rollout.temperature", self.temperature,
-                 "use a positive temperature for training samples (eval_temperature may be 0)")  # fmt: skip
+                "use a positive temperature for training samples (eval_temperature may be 0)")  # fmt: skip
         require(self.eval_temperature >= 0, where, "rollout.eval_temperature", self.eval_temperature, "use >= 0")
         require(0 < self.top_p <= 1, where, "rollout.top_p", self.top_p, "use a value in (0, 1]")
         require(self.top_k >= 0, where, "rollout.top_k", self.top_k, "use 0 (off) or a positive number")
         require(0 <= self.min_p < 1, where, "rollout.min_p", self.min_p, "use a value in [0, 1)")
         require(all(isinstance(s, str) and s for s in self.stop), where, "rollout.stop", self.stop,
-                 "use a list of non-empty strings")  # fmt: skip
+                "use a list of non-empty strings")  # fmt: skip
 
 
 @dataclass
@@ -58,16 +59,19 @@ class RewardSourcesConfig:
     """Where the online methods' rewards come from: reward functions and/or a reward model (``RewardSources``)."""
 
     rewards: list = setting([], "Reward functions: built-in names (math, math_format, code) or module:function, or "
-                       "{function, weight, timeout, name} mappings; several are summed by weight.")  # fmt: skip
+                            "{function, weight, timeout, name} mappings; several are summed by weight.")  # fmt: skip
     reward_model: str | None = setting(None, "A reward model or ensemble dir (alignkit train rm) scoring completions.")
     reward_model_weight: float = setting(1.0, "Weight of the reward model's (normalized) score in the reward sum.")
     reward_model_aggregate: str = setting("mean", "How an ensemble's members combine.",
-                                     ("mean", "min", "percentile", "mean_minus_std"))  # fmt: skip
-    gold_reward_model: str | None = setting(None, "A reward model or ensemble dir scoring held-out samples at eval only; "
-                                       "never trained against. eval/gold/reward (mean normalized score, ensemble "
-                                       "members averaged) is then an early-stopping metric.")  # fmt: skip
+                                          ("mean", "min", "percentile", "mean_minus_std"))  # fmt: skip
+    gold_reward_model: str | None = setting(
+        None,
+        "A reward model or ensemble dir scoring held-out samples at eval only; "
+        "never trained against. eval/gold/reward (mean normalized score, ensemble "
+        "members averaged) is then an early-stopping metric.",
+    )
     reward_workers: int = setting(2, "Worker processes running reward functions (each call with its timeout); 0 = "
-                             "in the training process, no timeouts.")  # fmt: skip
+                                  "in the training process, no timeouts.")  # fmt: skip
 
 
 @dataclass
@@ -82,8 +86,8 @@ class PolicyGradientConfig(RewardSourcesConfig):
     iterations: int = setting(1, "Passes over each rollout's experience (GRPO's mu, PPO's epochs).")
     minibatches: int = setting(1, "Optimizer steps per pass; the experience is split into this many minibatches.")
     old_logprobs: str = setting("recompute", "pi_old for the importance ratio when iterations x minibatches > 1: "
-                           "recompute (a forward after sampling) or sampler (the sampler's own log-probs).",
-                           ("recompute", "sampler"))  # fmt: skip
+                                "recompute (a forward after sampling) or sampler (the sampler's own log-probs).",
+                                ("recompute", "sampler"))  # fmt: skip
 
     def validate(self, where: str) -> None:
         require(self.beta >= 0, where, "method.beta", self.beta, "use 0 (no KL term) or a positive coefficient")
@@ -101,21 +105,29 @@ class PolicyGradientConfig(RewardSourcesConfig):
 @dataclass
 class GRPOMethodConfig(PolicyGradientConfig):
     advantage: str | None = setting(None, "grpo (group-relative), rloo (leave-one-out) or reinforce_pp (group mean, "
-                               "then whitened over the batch); None = the command's (train grpo / train rloo).",
-                               (*ADVANTAGES, None))  # fmt: skip
+                                    "then whitened over the batch); None = the command's (train grpo / train rloo).",
+                                    (*ADVANTAGES, None))  # fmt: skip
     scale_rewards: str = setting("group", "GRPO: divide by the group's std, the batch's std, or none (Dr. GRPO).",
-                            ("group", "batch", "none"))  # fmt: skip
-    kl_in: str = setting("loss", "Where the KL term goes (beta > 0): added to the loss per token (GRPO), or "
-                    "subtracted from the reward per sequence (RLOO, REINFORCE++).", ("loss", "reward"))  # fmt: skip
-    loss_aggregation: str = setting("token_mean", "token_mean (all tokens of a step count alike; DAPO), "
-                               "sequence_mean (mean of per-completion means; GRPO paper), or constant (token sum "
-                               "/ max_new_tokens; Dr. GRPO).", ("token_mean", "sequence_mean", "constant"))  # fmt: skip
+                                 ("group", "batch", "none"))  # fmt: skip
+    kl_in: str = setting(
+        "loss",
+        "Where the KL term goes (beta > 0): added to the loss per token (GRPO), or "
+        "subtracted from the reward per sequence (RLOO, REINFORCE++).",
+        ("loss", "reward"),
+    )
+    loss_aggregation: str = setting(
+        "token_mean",
+        "token_mean (all tokens of a step count alike; DAPO), "
+        "sequence_mean (mean of per-completion means; GRPO paper), or constant (token sum "
+        "/ max_new_tokens; Dr. GRPO).",
+        ("token_mean", "sequence_mean", "constant"),
+    )
     dynamic_sampling: bool = setting(False, "DAPO: drop groups whose rewards are all equal (no signal) and sample "
-                                "other prompts in their place, up to max_resample_rounds.")  # fmt: skip
+                                     "other prompts in their place, up to max_resample_rounds.")  # fmt: skip
     max_resample_rounds: int = setting(3, "Dynamic sampling: refill rounds per step before training on what there is.")
     overlong: str = setting("none", "Completions cut at max_new_tokens: none, mask (no loss; DAPO), or penalty "
-                       "(DAPO's soft length penalty over the last overlong_buffer tokens).",
-                       ("none", "mask", "penalty"))  # fmt: skip
+                            "(DAPO's soft length penalty over the last overlong_buffer tokens).",
+                            ("none", "mask", "penalty"))  # fmt: skip
     overlong_buffer: int = setting(32, "Penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1.")
     overlong_penalty: float = setting(1.0, "Penalty: the reward subtracted at max_new_tokens.")
 
@@ -133,10 +145,10 @@ class GRPOMethodConfig(PolicyGradientConfig):
 class PPOMethodConfig(PolicyGradientConfig):
     beta: float = setting(0.05, "Initial KL coefficient of the per-token KL penalty in the reward (init_kl_coef).")
     kl_target: float | None = setting(6.0, "Adaptive KL controller (Ziegler et al. 2019): the KL per sequence to hold; "
-                                 "None = a fixed coefficient beta.")  # fmt: skip
+                                      "None = a fixed coefficient beta.")  # fmt: skip
     kl_horizon: float = setting(10000.0, "Adaptive controller horizon in samples: how fast beta moves.")
     value: str = setting("separate", "Value function: a separate model (initialized from value_model) or a linear head "
-                    "on the policy's trunk (shared).", ("separate", "shared"))  # fmt: skip
+                         "on the policy's trunk (shared).", ("separate", "shared"))  # fmt: skip
     value_model: str | None = setting(
         None,
         "Where the separate value model starts: a reward model dir (alignkit train rm) or a causal LM; "
@@ -153,11 +165,11 @@ class PPOMethodConfig(PolicyGradientConfig):
     def validate(self, where: str) -> None:
         super().validate(where)
         require(self.kl_target is None or self.kl_target > 0, where, "method.kl_target", self.kl_target,
-                 "use a positive KL per sequence, e.g. 6, or null for a fixed coefficient")  # fmt: skip
+                "use a positive KL per sequence, e.g. 6, or null for a fixed coefficient")  # fmt: skip
         require(self.kl_horizon > 0, where, "method.kl_horizon", self.kl_horizon, "use e.g. 10000")
         require(self.vf_coef >= 0, where, "method.vf_coef", self.vf_coef, "use e.g. 0.1")
         require(self.value_clip is None or self.value_clip > 0, where, "method.value_clip", self.value_clip,
-                 "use e.g. 0.2, or null")  # fmt: skip
+                "use e.g. 0.2, or null")  # fmt: skip
         require(0 < self.gamma <= 1, where, "method.gamma", self.gamma, "use a value in (0, 1]")
         require(0 <= self.lam <= 1, where, "method.lam", self.lam, "use a value in [0, 1]")
         if self.value == "shared" and self.value_model:
@@ -177,12 +189,12 @@ class OnlineConfig(RunConfig):
         self.method.validate(where)
         self.check_reward(where)
         require(self.train.grad_accum == 1, where, "train.grad_accum", self.train.grad_accum,
-                 "online methods derive accumulation from rollout.prompts_per_step x rollout.samples_per_prompt "
-                 "/ method.minibatches / (processes x train.batch_size); leave train.grad_accum at 1")  # fmt: skip
+                "online methods derive accumulation from rollout.prompts_per_step x rollout.samples_per_prompt "
+                "/ method.minibatches / (processes x train.batch_size); leave train.grad_accum at 1")  # fmt: skip
         limit = self.data.max_length - self.rollout.max_new_tokens
         require(limit >= 8, where, "data.max_length", self.data.max_length,
-                 f"leave room for prompts: data.max_length must exceed rollout.max_new_tokens "
-                 f"({self.rollout.max_new_tokens}) by at least 8")  # fmt: skip
+                f"leave room for prompts: data.max_length must exceed rollout.max_new_tokens "
+                f"({self.rollout.max_new_tokens}) by at least 8")  # fmt: skip
 
     def check_reward(self, where: str) -> None:
         """Something must score the samples: reward functions and/or a reward model."""
@@ -207,7 +219,9 @@ class PPOConfig(OnlineConfig):
     """PPO-RLHF: a reward model (or reward functions), a value function, GAE and an adaptive KL penalty."""
 
     rollout: RolloutConfig = setting(RolloutConfig(samples_per_prompt=1), "How prompts become sampled completions.")
-    method: PPOMethodConfig = setting(PPOMethodConfig(), "Rewards, value function, GAE, clipping, KL control, schedule.")
+    method: PPOMethodConfig = setting(
+        PPOMethodConfig(), "Rewards, value function, GAE, clipping, KL control, schedule."
+    )
 
 
 @dataclass
@@ -222,12 +236,12 @@ class JudgedOnlineConfig(RewardSourcesConfig):
     with one, the rewards only give eval metrics (pass@1)."""
 
     ref_model: str | None = setting(None, "A different reference model; None = the initial policy.")
-    judge: Any = setting(None, "A judge (alignkit.judges.load_judge spec: llm:MODEL, reward_model:DIR, verifier:math, or "
-                    "a mapping with kind); None = judge by method.rewards / method.reward_model.")  # fmt: skip
+    judge: Any = setting(None, "A judge (alignkit.judges.load_judge spec: llm:MODEL, reward_model:DIR, verifier:math, "
+                         "or a mapping with kind); None = judge by method.rewards / method.reward_model.")  # fmt: skip
     iteration_steps: int = setting(1, "Steps per iteration: the policy samples the data of this many steps at once; "
-                              "1 = fully online.")  # fmt: skip
+                                   "1 = fully online.")  # fmt: skip
     replay_ratio: float = setting(0.5, "Share of each step's examples drawn from earlier iterations (and replay_data); "
-                             "0 = only fresh ones. The spec's iterative DPO mixes old and new 50/50.")  # fmt: skip
+                                  "0 = only fresh ones. The spec's iterative DPO mixes old and new 50/50.")  # fmt: skip
     replay_size: int = setting(4096, "Examples kept for replay; the oldest leave first.")
     replay_data: str | None = setting(None, "Offline data seeding the replay pool (DPO: pairs; KTO: binary feedback).")
     iterations: int = setting(1, "Passes over each step's examples.")
@@ -253,12 +267,14 @@ class OnlinePreferenceMethodConfig(JudgedOnlineConfig, LossDefaults):
     """Online / iterative DPO and the rest of the DPO family: a pair per prompt from its samples."""
 
     loss: str = setting("dpo", "Preference loss of the DPO family.", tuple(LOSSES))
-    beta: float | None = setting(None, "Loss temperature; None = the loss's default (dpo/ipo/hinge/robust 0.1, simpo 2).")
+    beta: float | None = setting(
+        None, "Loss temperature; None = the loss's default (dpo/ipo/hinge/robust 0.1, simpo 2)."
+    )
     label_smoothing: float = setting(0.0, "Assumed label-noise rate for dpo (cDPO) and robust; in [0, 0.5).")
     gamma: float = setting(1.0, "SimPO target reward margin.")
     sft_weight: float | None = setting(None, "Weight of an NLL term on chosen; None = the loss's default (orpo 1).")
     both_orders: bool = setting(True, "Ask an order-sensitive judge (LLM) in both orders (position bias); orders that "
-                           "disagree make no pair (counted in judge/inconsistent).")  # fmt: skip
+                                "disagree make no pair (counted in judge/inconsistent).")  # fmt: skip
     margin: float = setting(0.0, "Rewards: best and worst must differ by more than this to make a pair.")
 
     compares_pairs: ClassVar[bool] = True
@@ -270,10 +286,10 @@ class OnlinePreferenceMethodConfig(JudgedOnlineConfig, LossDefaults):
         super().validate(where)
         require(self.beta is None or self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
         require(0 <= self.label_smoothing < 0.5, where, "method.label_smoothing", self.label_smoothing,
-                 "use a value in [0, 0.5)")  # fmt: skip
+                "use a value in [0, 0.5)")  # fmt: skip
         if self.loss == "robust":
             require(self.label_smoothing > 0, where, "method.label_smoothing", self.label_smoothing,
-                     "robust DPO needs the assumed noise rate, e.g. 0.1")  # fmt: skip
+                    "robust DPO needs the assumed noise rate, e.g. 0.1")  # fmt: skip
         require(self.sft_weight is None or self.sft_weight >= 0, where, "method.sft_weight", self.sft_weight, ">= 0")
         require(self.margin >= 0, where, "method.margin", self.margin, "use 0 or a positive reward difference")
         if not LOSSES[self.loss].needs_reference and self.ref_model:
@@ -288,11 +304,14 @@ class OnlineKTOMethodConfig(JudgedOnlineConfig):
     beta: float = setting(0.1, "KTO temperature beta.")
     desirable_weight: float = setting(1.0, "lambda_D, weight of desirable samples.")
     undesirable_weight: float = setting(1.0, "lambda_U, weight of undesirable samples.")
-    label_by: str = setting("threshold", "A sample is desirable when its score exceeds method.threshold, or exceeds the "
-                       "mean score of its prompt's samples (group_mean; ties with the mean are left out).",
-                       ("threshold", "group_mean"))  # fmt: skip
-    threshold: float = setting(0.5, "label_by threshold: the score above which a sample is desirable (a verifier's 1/0: "
-                          "0.5; a normalized reward model: 0).")  # fmt: skip
+    label_by: str = setting("threshold", "A sample is desirable when its score exceeds method.threshold, or exceeds "
+                            "the mean score of its prompt's samples (group_mean; ties with the mean are left out).",
+                            ("threshold", "group_mean"))  # fmt: skip
+    threshold: float = setting(
+        0.5,
+        "label_by threshold: the score above which a sample is desirable (a verifier's 1/0: "
+        "0.5; a normalized reward model: 0).",
+    )
 
     def samples_needed(self) -> int:
         return 2 if self.label_by == "group_mean" else 1  # a group mean needs two
@@ -302,8 +321,6 @@ class OnlineKTOMethodConfig(JudgedOnlineConfig):
         require(self.beta > 0, where, "method.beta", self.beta, "use a positive value, e.g. 0.1")
         for name in ("desirable_weight", "undesirable_weight"):
             require(getattr(self, name) > 0, where, f"method.{name}", getattr(self, name), "use a positive weight")
-
-
 
 
 @dataclass

@@ -16,7 +16,9 @@ class ModelConfig:
         "fp32, or bf16 (autocast, fp32 master weights); auto = bf16 where the GPU or CPU has native bf16, else fp32.",
         ("auto", "fp32", "bf16"),
     )
-    device: str = setting("auto", "cpu, cuda, mps; auto picks cuda, then mps, then cpu.", ("auto", "cpu", "cuda", "mps"))
+    device: str = setting(
+        "auto", "cpu, cuda, mps; auto picks cuda, then mps, then cpu.", ("auto", "cpu", "cuda", "mps")
+    )
     trust_remote_code: bool = setting(False, "Allow model code from the hub (only for models you trust).")
 
 
@@ -40,14 +42,20 @@ class LoRAConfig:
 
 @dataclass
 class DataConfig:
-    train: str = setting("", "Training data: .jsonl/.jsonl.gz/.json/.parquet/.csv, a saved HF dataset dir, or a hub id.")
+    train: str = setting(
+        "", "Training data: .jsonl/.jsonl.gz/.json/.parquet/.csv, a saved HF dataset dir, or a hub id."
+    )
     eval: str | None = setting(None, "Held-out data (same formats). None: use eval_fraction of train, or no eval.")
     split: str = setting("train", "Split to read when train/eval name an HF dataset.")
     eval_fraction: float = setting(0.0, "Fraction of train held out for eval when 'eval' is not given (seeded).")
     max_examples: int | None = setting(None, "Use only the first N training records (quick runs).")
     max_length: int = setting(1024, "Max tokens of prompt + completion.")
-    max_prompt_length: int | None = setting(None, "Max prompt tokens before completions are cut; None = max_length // 2.")
-    prompt_truncation: str = setting("keep_end", "Which end of an over-long prompt to keep.", ("keep_end", "keep_start"))
+    max_prompt_length: int | None = setting(
+        None, "Max prompt tokens before completions are cut; None = max_length // 2."
+    )
+    prompt_truncation: str = setting(
+        "keep_end", "Which end of an over-long prompt to keep.", ("keep_end", "keep_start")
+    )
     overlong: str = setting(
         "truncate",
         "Records over max_length: truncate (counted), skip (counted) or error.",
@@ -56,7 +64,9 @@ class DataConfig:
     on_invalid: str = setting(
         "error", "Invalid records: error (list them and stop) or skip (count and go on).", ("error", "skip")
     )
-    prompt_field: str = setting("prompt", "Prompt-only data (online methods): the field holding the prompt, e.g. question.")
+    prompt_field: str = setting(
+        "prompt", "Prompt-only data (online methods): the field holding the prompt, e.g. question."
+    )
     prompt_template: str | None = setting(
         None, "Prompt-only text prompts: a str.format pattern over the record's fields, e.g. '{question} Answer:'."
     )
@@ -85,7 +95,9 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = setting("runs/alignkit", "Where checkpoints, metrics.jsonl, the config and the final model go.")
-    overwrite: bool = setting(False, "Start afresh in an output_dir that already holds a run (its checkpoints are deleted).")
+    overwrite: bool = setting(
+        False, "Start afresh in an output_dir that already holds a run (its checkpoints are deleted)."
+    )
     seed: int = setting(42, "Seed for data order, initialization of LoRA and sampling.")
     shuffle: bool = setting(True, "Reshuffle the training examples each epoch; false keeps file order (benchmarks).")
     learning_rate: float = setting(5e-6, "Peak learning rate of AdamW.")
@@ -203,4 +215,3 @@ class RunConfig:
         self.train.validate(where)
         if self.lora is not None:
             self.lora.validate(where)
-

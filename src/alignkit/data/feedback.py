@@ -229,5 +229,3 @@ def split_by_prompt(records: Iterable, fractions=(0.8, 0.1, 0.1), seed: int = 0)
         split_of.update({i: split for i in by_prompt[p]})
         done += n
     return tuple([item for i, item in enumerate(items) if split_of[i] == s] for s in range(3))
-
-

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from alignkit.data import PromptExample, Tokenizer, read_records, to_prompt, tokenize_prompts, validate_records
+from alignkit.data import PromptExample, read_records, to_prompt, tokenize_prompts, validate_records
 from alignkit.data.formats import InvalidRecord
 from alignkit.errors import DataError, UserError
-from alignkit.generation.sampler import Sampler, SamplingParams
+from alignkit.generation.ready import ready_sampler
+from alignkit.generation.sampler import SamplingParams
 from alignkit.rewards.verifiers.math import extract_gold, grade
 from alignkit.stats import pass_at_k, wilson_interval
 
@@ -161,20 +160,14 @@ def evaluate_math(
     Prompt i samples with seed ``seed + i``. ``mixed_precision``: auto (bf16 autocast on GPUs / CPUs with native
     bf16), bf16, or fp32.
     """
-    from alignkit.models import pick_mixed_precision
-
     start = time.perf_counter()
     check_sampling(samples, temperature)
     examples = load_math_records(records_or_path, prompt_field, prompt_template, limit)
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
-    items, _ = tokenize_prompts(examples, tok, max_prompt_length=10**9, chat=chat)
+    ready = ready_sampler(model, tokenizer, mixed_precision, max_rows)
+    items, _ = tokenize_prompts(examples, ready.tok, max_prompt_length=10**9, chat=chat)
     _check_lengths(model, items, max_new_tokens)
-    device = next(model.parameters()).device
-    bf16 = pick_mixed_precision(mixed_precision, device) == "bf16"
     params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, temperature=temperature)
-    sampler = Sampler(model, tok, max_rows=max_rows)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        outputs = sampler.sample([it.prompt_ids for it in items], params, [seed + i for i in range(len(items))])
+    outputs = ready.sample([it.prompt_ids for it in items], params, [seed + i for i in range(len(items))])
     result = _score(examples, outputs, samples, temperature)
     result.seconds = time.perf_counter() - start
     return result

@@ -107,7 +107,7 @@ def responses_from_model(
     """Responses of model ``name`` (model dir, LoRA adapter dir, hub id or the embedded default) to ``prompts``:
     ``(source, record)`` pairs of records with ``prompt`` (and optionally ``category``), as a reader gives them ->
     ``(source, {"prompt", "response", other fields})`` in the same order, one completion per prompt (temperature 0 =
-    greedy; prompt i samples with seed ``seed + i``). ``cache``: ``{name: alignkit.eval.samples.Generator}``, looked
+    greedy; prompt i samples with seed ``seed + i``). ``cache``: ``{name: alignkit.generation.ReadySampler}``, looked
     up before loading ``name`` and filled after (a model against itself loads once)."""
     if max_new_tokens < 1:
         raise UserError(f"max_new_tokens is {max_new_tokens}. Fix: generate at least 1 token")
@@ -118,12 +118,11 @@ def responses_from_model(
     texts = [_prompt(record, source) for source, record in prompts]  # bad records fail before loading
     cache = {} if cache is None else cache
     if name not in cache:
-        from alignkit.eval.samples import Generator
-        from alignkit.models import pick_device
+        from alignkit.generation import load_sampler
 
-        cache[name] = Generator(name, pick_device(device))
+        cache[name] = load_sampler(name, device)
     generator = cache[name]
-    completions = generator.sample(texts, 1, max_new_tokens, temperature, seed)
+    completions = generator.generate(texts, n=1, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     out = []
     for (source, record), text, group in zip(prompts, texts, completions):
         row = {k: v for k, v in record.items() if k not in _TEXT_FIELDS or k == "category"}

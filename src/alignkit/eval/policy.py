@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from alignkit.errors import UserError
-from alignkit.eval.samples import Generator, kl_summary, length_bias, sample_kl, text_summary
+from alignkit.eval.samples import kl_summary, length_bias, sample_kl, text_summary
+from alignkit.generation import ReadySampler, load_sampler
 
 
 @dataclass
@@ -77,14 +78,15 @@ def run_metrics(
     log=print,
 ) -> dict:
     """Everything above as one JSON-ready dict (``kind`` "metrics"). ``prompts``: records with ``prompt`` (and
-    optionally ``category``); ``reward_model``: an ``alignkit.reward_model.RewardModel``; ``pairs``: ``PairwiseExample``s;
+    optionally ``category``); ``reward_model``: an ``alignkit.reward_model.RewardModel``; ``pairs``:
+    ``PairwiseExample``s;
     ``safety``: safety records (``alignkit.eval.safety.load_safety_prompts``)."""
     from alignkit.models import pick_device
 
     settings.validate()
     reference = reference or default_reference(policy)
-    target = pick_device(device)
-    pol, ref = Generator(policy, target), Generator(reference, target)
+    target = str(pick_device(device))
+    pol, ref = load_sampler(policy, target), load_sampler(reference, target)
     if len(pol.tok.hf) != len(ref.tok.hf):
         raise UserError(f"{policy} and {reference} have different vocabularies ({len(pol.tok.hf)} vs "
                         f"{len(ref.tok.hf)} tokens): KL needs one tokenizer. Fix: pass --reference, the model the "
@@ -92,8 +94,8 @@ def run_metrics(
     texts = [r["prompt"] for r in prompts]
     k, s = settings.samples, settings
     log(f"sampling {k} per prompt for {len(texts)} prompts from {policy} and from {reference} (T={s.temperature})")
-    pol_c = pol.sample(texts, k, s.max_new_tokens, s.temperature, s.seed)
-    ref_c = ref.sample(texts, k, s.max_new_tokens, s.temperature, s.seed)
+    pol_c = pol.generate(texts, n=k, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
+    ref_c = ref.generate(texts, n=k, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
     rows = [(pol.sampler.prompt_ids(p), c.token_ids) for p, group in zip(texts, pol_c) for c in group]
     terms = sample_kl(pol.model, ref.model, [r[0] for r in rows], [r[1] for r in rows], pol.tok.pad_id, s.batch_size)
     result = {
@@ -107,7 +109,9 @@ def run_metrics(
             t = s.winrate_temperature
             log(f"win rate: one response per prompt from each model at T={t}")
             seed = s.seed + 10_000  # not the KL samples' seeds
-            judged = [g.sample(texts, 1, s.max_new_tokens, t, seed) for g in (pol, ref)]
+            judged = [
+                g.generate(texts, n=1, max_new_tokens=s.max_new_tokens, temperature=t, seed=seed) for g in (pol, ref)
+            ]
             result["winrate_temperature"] = t
             result["winrate_samples"] = [
                 {"prompt": p, "policy": a[0].text, "reference": b[0].text} for p, a, b in zip(texts, *judged)
@@ -155,7 +159,7 @@ def _rewards(rm, prompts: list[dict], pol_c, ref_c, batch_size: int, judged=None
             "win_rate": dataclasses.asdict(wr)}  # fmt: skip
 
 
-def _pairs(pol: Generator, ref: Generator, examples: list, s: Settings) -> dict:
+def _pairs(pol: ReadySampler, ref: ReadySampler, examples: list, s: Settings) -> dict:
     from alignkit.data import tokenize_pairs
     from alignkit.eval.pairwise import pairwise_report, score_pairs
 
@@ -167,10 +171,12 @@ def _pairs(pol: Generator, ref: Generator, examples: list, s: Settings) -> dict:
     return {**pairwise_report(before, after), "length_bias": length_bias(after, before)}
 
 
-def _safety(g: Generator, records: list[dict], s: Settings) -> dict:
+def _safety(g: ReadySampler, records: list[dict], s: Settings) -> dict:
     from alignkit.eval.safety import safety_report
 
-    completions = g.sample([r["prompt"] for r in records], 1, s.safety_tokens, 0.0, s.seed)
+    completions = g.generate(
+        [r["prompt"] for r in records], n=1, max_new_tokens=s.safety_tokens, temperature=0.0, seed=s.seed
+    )
     texts = [group[0].text.strip() for group in completions]
     return {**safety_report(records, texts).to_dict(), "responses": texts}
 

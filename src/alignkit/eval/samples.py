@@ -180,26 +180,3 @@ def length_bias(policy, reference) -> dict[str, float]:
         ),
         "chosen_is_longer": longer_chosen[differ].float().mean().item() if differ.any() else float("nan"),
     }
-
-
-class Generator:
-    """A model with its sampler: ``sample(prompts, n, max_new_tokens, temperature, seed)`` -> completions per
-    prompt, under bf16 autocast where the CPU has it."""
-
-    def __init__(self, name: str, device: torch.device):
-        from alignkit.data.tokenize import Tokenizer
-        from alignkit.generation.sampler import Sampler
-        from alignkit.models import load_model, load_tokenizer, pick_mixed_precision
-
-        self.name, self.device = name, device
-        self.model = load_model(name, torch.float32, device)
-        self.tok = Tokenizer(load_tokenizer(name))
-        self.sampler = Sampler(self.model, self.tok)
-        self.bf16 = pick_mixed_precision("auto", device) == "bf16"
-
-    def sample(self, prompts: list, n: int, max_new_tokens: int, temperature: float, seed: int):
-        from alignkit.generation.sampler import SamplingParams
-
-        params = SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=temperature)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self.sampler.generate(prompts, params, seed=seed)

@@ -32,18 +32,15 @@ class LocalBackend:
     """A causal LM loaded with ``alignkit.models`` (local dir, hub id or the embedded default), fp32."""
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 8):
-        from alignkit.data.tokenize import Tokenizer
-        from alignkit.models import load_model, load_tokenizer, pick_device
+        from alignkit.generation import load_sampler
 
-        self.device = pick_device(device)
-        hf = load_tokenizer(model)
-        self.tok = Tokenizer(hf)
-        self.model = load_model(model, torch.float32, self.device)
+        ready = load_sampler(model, device, dtype="fp32", max_rows=batch_size)
+        self.device, self.tok, self.model, self._sampler = ready.device, ready.tok, ready.model, ready.sampler
+        hf = self.tok.hf
         self.batch_size = batch_size
         self.specials = tuple(str(t) for t in hf.all_special_tokens) + tuple(hf.get_added_vocab())
         self.max_length = getattr(self.model.config, "max_position_embeddings", None)
         self._label_ids: dict[tuple, list[int]] = {}
-        self._sampler = None
 
     def render(self, messages: list[dict], prefix: str | None = None) -> list[int]:
         """Token ids of ``messages`` through the chat template, ending with the assistant turn opened (and
@@ -117,10 +114,8 @@ class LocalBackend:
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int):
         """Per conversation ``(greedy answer text, info)``, with alignkit's sampler."""
-        from alignkit.generation.sampler import Sampler, SamplingParams
+        from alignkit.generation.sampler import SamplingParams
 
-        if self._sampler is None:
-            self._sampler = Sampler(self.model, self.tok, max_rows=self.batch_size)
         ids = [self.render(m) for m in conversations]
         out: list = [(None, p) if (p := self._too_long(row, max_new_tokens)) else None for row in ids]
         todo = [i for i, r in enumerate(out) if r is None]

@@ -55,7 +55,9 @@ class CompareConfig:
     judge: dict = setting({}, "Judge reward model sections.")
     samples: int = setting(1, "Samples per prompt per policy (temperature 1).")
     max_new_tokens: int = setting(96, "Tokens per sample.")
-    winrate_temperature: float = setting(0.0, "Win rate on one response per prompt each at this temperature (0 = greedy).")
+    winrate_temperature: float = setting(
+        0.0, "Win rate on one response per prompt each at this temperature (0 = greedy)."
+    )
     output_dir: str = setting("runs/compare", "Where every stage and the table go.")
     seed: int = setting(0, "Sampling seed.")
 
@@ -65,11 +67,11 @@ class CompareConfig:
         unknown = [m for m in self.methods if m not in POLICIES]
         require(not unknown, where, "methods", self.methods, f"use some of {', '.join(POLICIES)}")
         require(self.pairs != self.judge_pairs, where, "judge_pairs", self.judge_pairs,
-                 "train the judge on different pairs than the policies (held-out judge)")  # fmt: skip
+                "train the judge on different pairs than the policies (held-out judge)")  # fmt: skip
         for name in ("eval_prompt_limit", "samples", "max_new_tokens"):
             require(getattr(self, name) >= 1, where, name, getattr(self, name), "use at least 1")
         require(self.winrate_temperature >= 0, where, "winrate_temperature", self.winrate_temperature,
-                 "use 0 (greedy) or a positive temperature")  # fmt: skip
+                "use 0 (greedy) or a positive temperature")  # fmt: skip
         for name in ("helpful_limit", "safety_limit"):
             require(getattr(self, name) >= 0, where, name, getattr(self, name), "use 0 (none) or more")
 

@@ -57,7 +57,9 @@ class OveroptConfig:
     temperature: float = setting(1.0, "Sampling temperature of the pool (1 = the policy itself).")
     checkpoints: list = setting([], "RL/DPO checkpoints: [{label: ..., model: DIR}], each scored at its measured KL.")
     checkpoint_samples: int = setting(4, "Samples per prompt from each checkpoint.")
-    coefficient: float = setting(1.0, "lambda of mean - lambda*var and alpha of mean - alpha*std (conservative scoring).")
+    coefficient: float = setting(
+        1.0, "lambda of mean - lambda*var and alpha of mean - alpha*std (conservative scoring)."
+    )
     output_dir: str = setting("runs/overopt", "Where reward models, samples, overopt.json and the plot go.")
     batch_size: int = setting(16, "Reward-model scoring batch size.")
     seed: int = setting(0, "Seed of sampling and label noise.")
@@ -66,10 +68,10 @@ class OveroptConfig:
         require(bool(self.pairs) or bool(self.gold), where, "pairs", self.pairs, "name preference pairs or a gold")
         require(bool(self.prompts), where, "prompts", self.prompts, "name prompt records, e.g. a pairs file slice")
         require(bool(self.proxy_sizes) and all(isinstance(k, int) and k > 0 for k in self.proxy_sizes), where,
-                 "proxy_sizes", self.proxy_sizes, "use positive pair counts, e.g. [100, 300, 1000]")  # fmt: skip
+                "proxy_sizes", self.proxy_sizes, "use positive pair counts, e.g. [100, 300, 1000]")  # fmt: skip
         require(self.pool >= 1, where, "pool", self.pool, "sample at least 1 completion per prompt")
         require(bool(self.ns) and all(isinstance(n, int) and 1 <= n <= self.pool for n in self.ns), where, "ns",
-                 self.ns, f"use values between 1 and pool ({self.pool})")  # fmt: skip
+                self.ns, f"use values between 1 and pool ({self.pool})")  # fmt: skip
         require(0 <= self.label_noise < 0.5, where, "label_noise", self.label_noise, "use a share in [0, 0.5)")
         require(self.temperature > 0, where, "temperature", self.temperature, "sample with a temperature > 0")
         require(self.proxy_heads >= 1, where, "proxy_heads", self.proxy_heads, "use 1 or more heads")
@@ -152,11 +154,14 @@ def _prompts(cfg: OveroptConfig) -> list:
 
 def _sample(model_name: str, prompts: list, n: int, cfg: OveroptConfig, seed: int):
     """``n`` samples per prompt from a model -> (model, sampler, completions per prompt)."""
-    from alignkit.eval.samples import Generator
-    from alignkit.models import pick_device
+    from alignkit.generation import load_sampler
 
-    g = Generator(model_name, pick_device("auto"))
-    return g.model, g.sampler, g.sample(list(prompts), n, cfg.max_new_tokens, cfg.temperature, seed)
+    g = load_sampler(model_name, "auto")
+    return (
+        g.model,
+        g.sampler,
+        g.generate(list(prompts), n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed),
+    )
 
 
 def _score(rm, prompts: list, texts: list[list[str]], batch_size: int) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Reinforcement-learning pieces shared by the online methods: advantages, KL estimators and controllers, health."""
 
-from alignkit.rl.advantages import Moments, gae, group_advantages, moments, rloo_advantages, whiten
+from alignkit.rl.advantages import ADVANTAGES, Moments, gae, group_advantages, moments, rloo_advantages, whiten
 from alignkit.rl.health import HealthMonitor, HealthThresholds
 from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController, kl_estimate
 
 __all__ = [
+    "ADVANTAGES",
     "ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",

@@ -114,3 +114,35 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
         # padding (m = 0) passes nothing back: the next real token sees V = 0 and A = 0 beyond the row's end
         next_value = values[:, t] * m
     return advantages, (advantages + values) * mask
+
+
+# --------------------------------------------------------------------------------------------- the registry
+
+
+def grpo_estimator(rewards: Tensor, valid: Tensor, scale: str = "group", all_reduce: Callable | None = None) -> Tensor:
+    """GRPO: ``group_advantages`` with the group's std, the batch's (moments over every process) or none."""
+    batch = moments(rewards, valid, all_reduce) if scale == "batch" else None
+    return group_advantages(rewards, valid, scale, batch=batch)
+
+
+def rloo_estimator(rewards: Tensor, valid: Tensor, scale: str = "group", all_reduce: Callable | None = None) -> Tensor:
+    """RLOO: ``rloo_advantages`` (no scaling: ``scale`` does not apply)."""
+    return rloo_advantages(rewards, valid)
+
+
+def reinforce_pp_estimator(
+    rewards: Tensor, valid: Tensor, scale: str = "group", all_reduce: Callable | None = None
+) -> Tensor:
+    """REINFORCE++-baseline (Hu 2025): r - group mean, then whitened over the whole batch (every process)."""
+    centered = group_advantages(rewards, valid, "none")
+    return whiten(centered, valid, stats=moments(centered, valid, all_reduce))
+
+
+# Sequence-level advantage estimators by name, beside ``alignkit.losses.LOSSES``: each maps rewards and a valid mask
+# ``(P, G)`` (P prompts x G samples), GRPO's ``scale`` and an optional in-place ``all_reduce`` (sum over processes)
+# to advantages ``(P, G)``. ``alignkit train grpo|rloo`` picks one by name (``method.advantage``).
+ADVANTAGES: dict[str, Callable[..., Tensor]] = {
+    "grpo": grpo_estimator,
+    "rloo": rloo_estimator,
+    "reinforce_pp": reinforce_pp_estimator,
+}

@@ -81,21 +81,12 @@ class LocalVariant:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def load(self) -> None:
-        import torch
-
         from alignkit.config import EMBEDDED_MODEL
-        from alignkit.data.tokenize import Tokenizer
-        from alignkit.generation.sampler import Sampler
-        from alignkit.models import load_model, load_tokenizer, pick_device, pick_mixed_precision
+        from alignkit.generation import load_sampler
 
-        self._device = pick_device(self.device)
-        model = load_model(self.source, torch.float32, self._device)
-        if hasattr(model, "merge_and_unload"):  # a LoRA adapter: merged for serving
-            model = model.merge_and_unload()
-        self.tok = Tokenizer(load_tokenizer(self.source))
-        self.sampler = Sampler(model, self.tok)
-        self.bf16 = pick_mixed_precision(self.dtype, self._device) == "bf16"
-        self.context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self._ready = load_sampler(self.source, self.device, self.dtype, merge_lora=True)  # LoRA merged for serving
+        self.tok, self.sampler = self._ready.tok, self._ready.sampler
+        self.context = int(getattr(self._ready.model.config, "max_position_embeddings", 2048) or 2048)
         self.model_id = self.model_id or (self.source or EMBEDDED_MODEL)
         self.ready = True
 
@@ -115,7 +106,6 @@ class LocalVariant:
 
     def _run(self, messages: list[dict], params: ChatParams, on_token=None) -> ChatOut:
         """Blocking generation (one at a time per variant: the model is shared)."""
-        import torch
 
         from alignkit.generation.sampler import SamplingParams
 
@@ -135,7 +125,7 @@ class LocalVariant:
             if on_token is not None:
                 on_token(k, token)
 
-        with self._lock, torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with self._lock, self._ready.autocast():
             (group,) = self.sampler.sample([ids], sampling, [seed], on_token=hook)
         choices = [ChoiceOut(c.text, FINISH[c.finish_reason], len(c.token_ids)) for c in group]
         return ChatOut(choices, len(ids), self.model_id, first[0] if first else None, time.perf_counter() - t0)

@@ -26,7 +26,7 @@ from alignkit.train.methods.kto import KTOMethod
 from alignkit.train.methods.preference import PreferenceMethod
 from alignkit.train.methods.reward_model import RewardMethod
 from alignkit.train.methods.sft import SFTMethod
-from alignkit.train.online.dpo import OnlinePreferenceMethod
+from alignkit.train.online.dpo import OnlineDPOMethod
 from alignkit.train.online.grpo import GRPOMethod
 from alignkit.train.online.kto import OnlineKTOMethod
 from alignkit.train.online.ppo import PPOMethod
@@ -45,7 +45,7 @@ METHODS: dict[str, MethodEntry] = {
     "kto": MethodEntry(KTOConfig, KTOMethod),
     "rm": MethodEntry(RewardConfig, RewardMethod),
     "ppo": MethodEntry(PPOConfig, PPOMethod),
-    "online-dpo": MethodEntry(OnlinePreferenceConfig, OnlinePreferenceMethod),
+    "online-dpo": MethodEntry(OnlinePreferenceConfig, OnlineDPOMethod),
     "online-kto": MethodEntry(OnlineKTOConfig, OnlineKTOMethod),
 }
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})

@@ -5,7 +5,8 @@ plain data (no files read here).
   overlaid on the same axes (one color per run, one line style per series);
 - ``winrate_figure``: win rates as points with their 95% intervals as error bars, 0.5 marked.
 
-The overoptimization figure is ``alignkit.eval.report.overopt_figure.overopt_png``, shared with ``alignkit eval overopt``.
+The overoptimization figure is ``alignkit.eval.report.overopt_figure.overopt_png``, shared with
+``alignkit eval overopt``.
 """
 
 from __future__ import annotations

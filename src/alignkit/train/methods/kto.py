@@ -15,7 +15,7 @@ from alignkit.data import KTOItem, collate_kto, to_binary, tokenize_kto
 from alignkit.logprobs import CompletionScorer, sequence_logprobs
 from alignkit.losses import kto_loss, kto_reference_point
 from alignkit.train.distributed import all_reduce_sum
-from alignkit.train.loop import Method
+from alignkit.train.method import Method
 from alignkit.train.reference import prepare_reference
 
 

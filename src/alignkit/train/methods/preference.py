@@ -25,7 +25,7 @@ from alignkit.logprobs import (
 )
 from alignkit.losses import LOSSES, sft_loss
 from alignkit.models.attention import use_segmented_attention
-from alignkit.train.loop import Method
+from alignkit.train.method import Method
 from alignkit.train.reference import prepare_reference
 
 

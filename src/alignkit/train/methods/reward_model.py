@@ -26,7 +26,7 @@ from alignkit.losses import bradley_terry_loss
 from alignkit.models.attention import takes_4d_mask, use_segmented_attention
 from alignkit.reward_model.model import REWARD_INFO, RewardScorer, build_reward_model, classifier_of
 from alignkit.stats import calibration_terms, ece_from_terms
-from alignkit.train.loop import Method
+from alignkit.train.method import Method
 from alignkit.train.methods.preference import layout_name
 
 CALIBRATION = "calibration/bin"

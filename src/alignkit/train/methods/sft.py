@@ -6,7 +6,7 @@ from alignkit.config import SFTConfig
 from alignkit.data import collate_completions, to_sft, tokenize_completions
 from alignkit.logprobs import CompletionScorer, sequence_logprobs
 from alignkit.losses import sft_loss
-from alignkit.train.loop import Method
+from alignkit.train.method import Method
 
 
 class SFTMethod(Method):

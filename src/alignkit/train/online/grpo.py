@@ -17,7 +17,7 @@ import torch
 from alignkit.data import Sample
 from alignkit.logprobs import shared_inputs
 from alignkit.losses import clipped_policy_loss
-from alignkit.rl import group_advantages, kl_estimate, moments, rloo_advantages, whiten
+from alignkit.rl import ADVANTAGES, kl_estimate
 from alignkit.train.distributed import all_reduce_sum
 from alignkit.train.online.rollout import OnlineMethod
 
@@ -52,15 +52,7 @@ class GRPOMethod(OnlineMethod):
             kl = torch.tensor([float(kl_estimate(torch.tensor(s.sampler_logps), torch.tensor(s.ref_logps),
                                                  mc.kl_estimator).sum()) for s in samples])  # fmt: skip
             r = r - mc.beta * kl.view(n_prompts, g)
-        reduce = all_reduce_sum()
-        if self.name == "rloo":
-            adv = rloo_advantages(r, valid)
-        elif self.name == "reinforce_pp":
-            centered = group_advantages(r, valid, "none")
-            adv = whiten(centered, valid, stats=moments(centered, valid, reduce))
-        else:
-            batch = moments(r, valid, reduce) if mc.scale_rewards == "batch" else None
-            adv = group_advantages(r, valid, mc.scale_rewards, batch=batch)
+        adv = ADVANTAGES[self.name](r, valid, mc.scale_rewards, all_reduce_sum())
         for s, a in zip(samples, adv.reshape(-1).tolist()):
             s.advantages = [a]
 

@@ -1,9 +1,9 @@
-"""Online KTO: the loop of ``train.online_pref`` with pointwise verdicts. Every sample of an iteration's prompts is
-labelled desirable or undesirable by its score (method.rewards / reward_model, or method.judge's pointwise score:
-an LLM judge's P(yes)): above ``method.threshold``, or above its prompt's mean score (``label_by: group_mean``).
-Samples without a score are left out and counted. The KL reference point of each sample is the completion of the
-next prompt's sample at the same position, scored after this sample's prompt (as ``train.kto`` does offline);
-the loss is ``train.kto.kto_batch_loss``.
+"""Online KTO: the judged loop (``train.online.judged``) with pointwise verdicts. Every sample of an iteration's
+prompts is labelled desirable or undesirable by its score (method.rewards / reward_model, or method.judge's pointwise
+score: an LLM judge's P(yes)): above ``method.threshold``, or above its prompt's mean score (``label_by:
+group_mean``). Samples without a score are left out and counted. The KL reference point of each sample is the
+completion of the next prompt's sample at the same position, scored after this sample's prompt (as offline KTO
+does); the loss is ``train.methods.kto.kto_batch_loss``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from alignkit.data import KTOItem, Sample, collate_kto
 from alignkit.train.methods.kto import kto_batch_loss
 from alignkit.train.metrics import MetricSums
-from alignkit.train.online.dpo import OnlinePreferenceMethod
+from alignkit.train.online.judged import JudgedOnlineMethod
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class OnlineKTOItem(KTOItem):
     fresh: bool = True
 
 
-class OnlineKTOMethod(OnlinePreferenceMethod):
+class OnlineKTOMethod(JudgedOnlineMethod):
     name = "online_kto"
+    objective = "kto"
     item_type = OnlineKTOItem
 
     def needs_reference(self) -> bool:

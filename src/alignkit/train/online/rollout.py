@@ -36,7 +36,7 @@ from alignkit.logprobs import (
 from alignkit.models.attention import use_segmented_attention
 from alignkit.models.load import disable_dropout
 from alignkit.stats import pass_at_k
-from alignkit.train.loop import Method
+from alignkit.train.method import Method
 from alignkit.train.metrics import MetricSums
 from alignkit.train.online.reward_sources import RewardSources
 from alignkit.train.online.seeds import EVAL, PASS_ORDER, REFILL, sample_seed
