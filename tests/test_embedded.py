@@ -121,7 +121,10 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     assert summary["pairs"] == 72 and summary["optimizer steps"] == 2
     assert 0.0 <= summary["mean_logp_accuracy_before"] <= 1.0 and summary["seconds per optimizer step"] > 0
     report = (out / "report.md").read_text()
-    assert f"{summary['mean_logp_accuracy_before']:.3f}" in report and report.count("*before:*") == 8
+    assert f"{summary['mean_logp_accuracy_before']:.3f}" in report and "| prompt | before | after |" in report
+    generations = report.split("## Generations before and after (greedy)")[1].strip().splitlines()
+    assert len(generations) == 2 + 8  # header, rule, one row per demo prompt
+    assert (out / "report.html").is_file()
     # the goals: each measured, each stated met or not in the report and the log
     goals = {g["goal"]: g for g in summary["goals"]}
     assert len(goals) == 6 and all(isinstance(g["met"], bool) for g in goals.values())

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from alignkit.data.readers import builtin_path
 from alignkit.eval.pairwise import pairwise_report, score_pairs
-from alignkit.eval.report.markdown import plot_metrics, write_report
+from alignkit.eval.report.figures import PLOTS
+from alignkit.eval.report.run_summary import write_run_report
 from alignkit.generation import generate
 from alignkit.recipes.demo_eval import (
     JUDGE_DATA,
@@ -106,7 +107,6 @@ def run_demo(
     (out / "eval_vs_base.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
 
     stage(7, "writing the report")
-    plots = plot_metrics(out / "metrics.jsonl", out)
     step_seconds = [h["seconds_per_step"] for h in result.history if "seconds_per_step" in h]
     train_tokens = sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in p.train_items)
     summary = {
@@ -127,13 +127,13 @@ def run_demo(
     setup = judge_info.get("stage_seconds", 0.0)  # the one-time judge training, when this run did it
     goals = check_goals(m, time.time() - t0, time_goal, setup)
     gens = [{"prompt": q, "before": b, "after": a} for q, b, a in zip(prompts, gens_before, gens_after)]
-    report = write_report(
+    report = write_run_report(
         out,
         "alignkit demo: DPO on the embedded SmolLM2-135M-Instruct",
         summary,
         pairwise,
         gens,
-        plots,
+        PLOTS,
         notes=[
             f"Config: {out / 'config.yaml'}; metrics: {out / 'metrics.jsonl'}; LoRA adapter: {result.model_dir}; "
             f"evaluation against the base: {out / 'eval_vs_base.json'}"

@@ -198,45 +198,48 @@ def _f(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def goals_section(goals: list[dict], m: dict, judge_info: dict) -> list[str]:
-    """Markdown: the goals table, what judged, and the text statistics of both models."""
+def goals_section(goals: list[dict], m: dict, judge_info: dict) -> list:
+    """Report blocks: the goals table, what judged, and the text statistics of both models."""
+    from alignkit.eval.report.blocks import Heading, Table, Text
+
     met = sum(g["met"] for g in goals)
-    lines = ["## Did the model get better? (measured against the base on held-out prompts)", ""]
+    blocks: list = [Heading("Did the model get better? (measured against the base on held-out prompts)")]
     if "held_out_accuracy" not in judge_info and "reason" not in judge_info:
-        lines += [f"Judge: the reward model {judge_info['data']}.", ""]
+        blocks.append(Text(f"Judge: the reward model {judge_info['data']}."))
     elif "held_out_accuracy" in judge_info:
-        lines += [
+        blocks.append(Text(
             f"Judge: a reward model trained on {judge_info['data']} (not the demo pairs), held-out "
             f"accuracy {judge_info['held_out_accuracy']:.3f} on {judge_info['held_out']}. "
-            f"{m['prompts']} prompts: the held-out demo prompts and the project's helpfulness prompts.",
-            "",
-        ]
+            f"{m['prompts']} prompts: the held-out demo prompts and the project's helpfulness prompts."
+        ))  # fmt: skip
     else:
-        lines += [f"No judge: {judge_info.get('reason')}. The win rate is not measured.", ""]
+        blocks.append(Text(f"No judge: {judge_info.get('reason')}. The win rate is not measured."))
     if "judge_sanity" in m:
         js = m["judge_sanity"]
         per = ", ".join(f"{k} {v:.2f}" for k, v in js["per_category"].items())
         verdict = ("" if js["accuracy"] >= SANITY_BAR else f" Below {SANITY_BAR:.0%}: this judge does not share the "
                    "preferences the demo trains toward, so its win rate is weak evidence either way.")  # fmt: skip
-        lines += [f"Sanity check of the judge: it scores the chosen answer higher on {js['accuracy']:.3f} of the "
-                  f"{js['pairs']} held-out demo pairs ({per}).{verdict}", ""]  # fmt: skip
-    lines += [f"**{met} of {len(goals)} goals met.**", "", "| goal | target | measured | met | detail |",
-              "|---|---|---|---|---|"]  # fmt: skip
+        blocks.append(Text(f"Sanity check of the judge: it scores the chosen answer higher on {js['accuracy']:.3f} of "
+                           f"the {js['pairs']} held-out demo pairs ({per}).{verdict}"))  # fmt: skip
+    blocks.append(Text(f"{met} of {len(goals)} goals met."))
+    rows = []
     for g in goals:
         v = g["value"]
-        lines.append(f"| {g['goal']} | {g['target']} | {v:.3f} | {'yes' if g['met'] else '**no**'} | {g['detail']} |"
-                     if isinstance(v, float) else f"| {g['goal']} | {g['target']} | {v} | {g['met']} | |")  # fmt: skip
+        rows.append([g["goal"], g["target"], f"{v:.3f}", "yes" if g["met"] else "NO", g["detail"]]
+                    if isinstance(v, float) else [g["goal"], g["target"], str(v), str(g["met"]), ""])  # fmt: skip
+    blocks.append(Table(["goal", "target", "measured", "met", "detail"], rows))
     pt, rt = m["policy_text"], m["reference_text"]
-    lines += ["", "| samples (T=1) | base | trained |", "|---|---|---|",
-              f"| length, tokens (mean) | {rt['length_tokens']['mean']:.1f} | {pt['length_tokens']['mean']:.1f} |",
-              f"| repeated 4-grams | {rt['repetition_4gram']:.3f} | {pt['repetition_4gram']:.3f} |",
-              f"| loops | {rt['loop_rate']:.3f} | {pt['loop_rate']:.3f} |",
-              f"| distinct-2 | {rt['distinct_2']:.3f} | {pt['distinct_2']:.3f} |",
-              f"| ended by EOS | {rt['finished_by_eos']:.2f} | {pt['finished_by_eos']:.2f} |", ""]  # fmt: skip
+    blocks.append(Table(["samples (T=1)", "base", "trained"], [
+        ["length, tokens (mean)", f"{rt['length_tokens']['mean']:.1f}", f"{pt['length_tokens']['mean']:.1f}"],
+        ["repeated 4-grams", f"{rt['repetition_4gram']:.3f}", f"{pt['repetition_4gram']:.3f}"],
+        ["loops", f"{rt['loop_rate']:.3f}", f"{pt['loop_rate']:.3f}"],
+        ["distinct-2", f"{rt['distinct_2']:.3f}", f"{pt['distinct_2']:.3f}"],
+        ["ended by EOS", f"{rt['finished_by_eos']:.2f}", f"{pt['finished_by_eos']:.2f}"],
+    ]))  # fmt: skip
     if "reward" in m:
         per = m["reward"]["win_rate"].get("per_category") or {}
         if per:
-            lines += ["| category | win rate over base | prompts |", "|---|---|---|"]
-            lines += [f"| {c} | {v['rate']:.3f} | {v['wins'] + v['ties'] + v['losses']} |" for c, v in per.items()]
-            lines += [""]
-    return lines
+            blocks.append(Table(["category", "win rate over base", "prompts"],
+                                [[c, f"{v['rate']:.3f}", str(v["wins"] + v["ties"] + v["losses"])]
+                                 for c, v in per.items()]))  # fmt: skip
+    return blocks

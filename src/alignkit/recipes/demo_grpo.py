@@ -15,7 +15,9 @@ from pathlib import Path
 
 from alignkit.data.readers import builtin_path
 from alignkit.eval.accuracy import MathEvalResult, evaluate_math
-from alignkit.eval.report.markdown import RL_PLOTS, plot_metrics, write_report
+from alignkit.eval.report.blocks import Heading, Table, Text
+from alignkit.eval.report.figures import RL_PLOTS
+from alignkit.eval.report.run_summary import write_run_report
 from alignkit.train.loop import fit
 from alignkit.train.run import make_config, prepare
 
@@ -54,7 +56,6 @@ def run_grpo_demo(
         f"{change['p_value']:.3g})")  # fmt: skip
 
     stage(5, "writing the report")
-    plots = plot_metrics(out / "metrics.jsonl", out, RL_PLOTS)
     steps = [h for h in result.history if "seconds_per_step" in h]
     mean = lambda key: statistics.mean(h[key] for h in steps) if steps else float("nan")  # noqa: E731
     summary = {
@@ -77,13 +78,13 @@ def run_grpo_demo(
     gens = [{"prompt": b["prompt"] if isinstance(b["prompt"], str) else b["prompt"][-1]["content"],
              "before": _answer(b), "after": _answer(a)}
             for b, a in list(zip(before.records, after.records))[:8]]  # fmt: skip
-    report = write_report(
+    report = write_run_report(
         out,
         "alignkit demo: GRPO with a verifiable reward on the embedded SmolLM2-135M-Instruct",
         summary,
         None,
         gens,
-        plots,
+        RL_PLOTS,
         notes=[f"Config: {out / 'config.yaml'}; metrics: {out / 'metrics.jsonl'}; model: {result.model_dir}"],
         sections=accuracy_section(before, after, change),
     )
@@ -106,28 +107,26 @@ def paired_change(before: MathEvalResult, after: MathEvalResult) -> dict:
             "p_value": float(test.pvalue)}  # fmt: skip
 
 
-def accuracy_section(before: MathEvalResult, after: MathEvalResult, change: dict) -> list[str]:
-    lines = [
-        f"## Held-out accuracy (greedy, {before.n} problems the training never saw)",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        f"| accuracy | {before.accuracy:.3f} [{before.interval[0]:.3f}, {before.interval[1]:.3f}] | "
-        f"{after.accuracy:.3f} [{after.interval[0]:.3f}, {after.interval[1]:.3f}] |",
-    ]
+def accuracy_section(before: MathEvalResult, after: MathEvalResult, change: dict) -> list:
+    """Report blocks: held-out accuracy before and after, per category, and the change with McNemar's test."""
+    rows = [["accuracy", f"{before.accuracy:.3f} [{before.interval[0]:.3f}, {before.interval[1]:.3f}]",
+             f"{after.accuracy:.3f} [{after.interval[0]:.3f}, {after.interval[1]:.3f}]"]]  # fmt: skip
     for cat in before.per_category:
-        lines.append(f"| {cat} | {before.per_category[cat]['accuracy']:.3f} | "
-                     f"{after.per_category.get(cat, {}).get('accuracy', float('nan')):.3f} |")  # fmt: skip
-    lines += [
-        f"| no answer found | {before.no_answer:.3f} | {after.no_answer:.3f} |",
-        f"| mean completion length (tokens) | {before.mean_length:.1f} | {after.mean_length:.1f} |",
-        f"| cut at the token limit | {before.truncated:.3f} | {after.truncated:.3f} |",
-        "",
-        f"Change: {100 * change['change']:+.1f} points ({change['fixed']} problems fixed, {change['broken']} broken; "
-        f"McNemar exact p = {change['p_value']:.3g}). Intervals are 95% Wilson intervals.",
-        "",
+        rows.append([cat, f"{before.per_category[cat]['accuracy']:.3f}",
+                     f"{after.per_category.get(cat, {}).get('accuracy', float('nan')):.3f}"])  # fmt: skip
+    rows += [
+        ["no answer found", f"{before.no_answer:.3f}", f"{after.no_answer:.3f}"],
+        ["mean completion length (tokens)", f"{before.mean_length:.1f}", f"{after.mean_length:.1f}"],
+        ["cut at the token limit", f"{before.truncated:.3f}", f"{after.truncated:.3f}"],
     ]
-    return lines
+    return [
+        Heading(f"Held-out accuracy (greedy, {before.n} problems the training never saw)"),
+        Table(["", "before", "after"], rows),
+        Text(
+            f"Change: {100 * change['change']:+.1f} points ({change['fixed']} problems fixed, {change['broken']} "
+            f"broken; McNemar exact p = {change['p_value']:.3g}). Intervals are 95% Wilson intervals."
+        ),  # fmt: skip
+    ]
 
 
 def _answer(record: dict) -> str:

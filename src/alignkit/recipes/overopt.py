@@ -256,7 +256,7 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
         "scoring": scoring, "coefficient": cfg.coefficient,
     }  # fmt: skip
     (out / "overopt.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
-    from alignkit.eval.report.overopt_figure import plot_overopt
+    from alignkit.eval.report.figures import plot_overopt
 
     plot_overopt(result, out / "overopt.png")
     return result
