@@ -125,7 +125,7 @@ def short_name(function: FunctionSpec) -> str:
     return str(function).strip().rpartition(":")[2] or str(function).strip()
 
 
-def _portable(function: FunctionSpec) -> FunctionSpec:
+def portable(function: FunctionSpec) -> FunctionSpec:
     """A spec a worker process loads the same way: file paths made absolute (workers may start elsewhere)."""
     if isinstance(function, str) and function.strip() not in BUILTINS:
         path, colon, attr = function.strip().rpartition(":")
@@ -221,11 +221,11 @@ def parse_reward_specs(value: Any, field: str = "rewards") -> list[RewardSpec]:
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError(f"{field}: {value!r} names no reward function. Fix: e.g. {field}: [math]")
     specs = [RewardSpec.from_config(v, f"{field}[{i}]") for i, v in enumerate(value)]
-    _check_unique(specs, field)
+    check_unique_names(specs, field)
     return specs
 
 
-def _check_unique(specs: list[RewardSpec], field: str) -> None:
+def check_unique_names(specs: list[RewardSpec], field: str) -> None:
     seen = set()
     for i, spec in enumerate(specs):
         if spec.name in seen:

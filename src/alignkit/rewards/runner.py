@@ -1,37 +1,24 @@
 """Running reward functions on a batch: worker processes with per-call timeouts, retries that isolate a bad item,
 and the weighted combination into a ``RewardResult``. The contract the functions follow is in
-``alignkit.rewards.functions``.
+``alignkit.rewards.functions``; the worker processes are ``alignkit.rewards.workers``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
-import multiprocessing
-import multiprocessing.util
-import os
 import pickle
-import signal
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
 
 from alignkit.errors import ConfigError, UserError
-from alignkit.rewards.functions import (
-    ContractViolation,
-    FunctionSpec,
-    RewardSpec,
-    _check_unique,
-    _portable,
-    check_rewards,
-    load_reward_function,
-)
+from alignkit.rewards.functions import RewardSpec, check_rewards, check_unique_names, load_reward_function, portable
+from alignkit.rewards.workers import DIED, START_TIMEOUT, Worker, describe_error, stop_workers
 
 # --------------------------------------------------------------------------------------------- results
 
@@ -95,9 +82,6 @@ class RewardResult:
 
 # --------------------------------------------------------------------------------------------- runner
 
-START_TIMEOUT = 120.0  # seconds a new worker may take to start and import the functions (not part of any call)
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
 
 @dataclass
 class _Task:
@@ -151,7 +135,7 @@ class RewardRunner:
         ]
         if not self.specs:
             raise ConfigError("rewards: no reward function. Fix: give at least one, e.g. rewards: [math]")
-        _check_unique(self.specs, "rewards")
+        check_unique_names(self.specs, "rewards")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ConfigError(f"reward workers: {workers!r}. Fix: a number of processes >= 0 (0: in this process)")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -160,7 +144,7 @@ class RewardRunner:
         self._functions = [
             load_reward_function(s.function) if isinstance(s.function, str) else s.function for s in self.specs
         ]  # loaded here too: a bad spec fails now, in this process
-        self._sent = [_portable(s.function) for s in self.specs]
+        self._sent = [portable(s.function) for s in self.specs]
         if workers:
             for spec, fn in zip(self.specs, self._sent):
                 if callable(fn):
@@ -171,10 +155,10 @@ class RewardRunner:
                             f"reward function '{spec.name}' cannot be sent to worker processes ({e}). "
                             "Fix: define it at module level and name it module:function, or use workers=0"
                         ) from None
-        self._pool: list[_Worker] = []
+        self._pool: list[Worker] = []
         self._lock = threading.Lock()
         self._next_id = 0
-        weakref.finalize(self, _stop_workers, self._pool)
+        weakref.finalize(self, stop_workers, self._pool)
 
     # ------------------------------------------------------------------ public
 
@@ -214,12 +198,12 @@ class RewardRunner:
         """Start the workers now (in the background) instead of on the first call."""
         with self._lock:
             while len(self._pool) < self.workers:
-                self._pool.append(_Worker(self._sent))
+                self._pool.append(Worker(self._sent))
 
     def close(self) -> None:
         """Stop the workers; a later call starts new ones."""
         with self._lock:
-            _stop_workers(self._pool)
+            stop_workers(self._pool)
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._pool]
@@ -256,7 +240,7 @@ class RewardRunner:
                 values = self._functions[task.fn](prompts, completions, **columns)
                 retries = self._settle(batch, task, check_rewards(values, len(task.items), self.specs[task.fn].name))
             except Exception as e:
-                retries = self._settle(batch, task, None, "error", _describe(e))
+                retries = self._settle(batch, task, None, "error", describe_error(e))
             queue.extendleft(reversed(retries))
 
     def _run_pool(self, batch: _Batch, tasks: list[_Task]) -> None:
@@ -282,7 +266,7 @@ class RewardRunner:
                     queue.appendleft(task)
         starting = sum(not w.ready for w in self._pool)
         while len(self._pool) < self.workers and len(queue) > starting:
-            self._pool.append(_Worker(self._sent))
+            self._pool.append(Worker(self._sent))
             starting += 1
 
     def _collect(self, batch: _Batch, queue: deque) -> None:
@@ -302,7 +286,7 @@ class RewardRunner:
             if message is None:  # deadline passed
                 self._drop(w)
                 retries = self._settle(batch, task, None, "timeout")
-            elif message is _DIED:
+            elif message is DIED:
                 code = w.process.exitcode
                 self._drop(w)
                 retries = self._settle(batch, task, None, "error", f"the worker process died (exit code {code})")
@@ -314,7 +298,7 @@ class RewardRunner:
                 retries = self._settle(batch, task, values, "error", error or "")
             queue.extendleft(reversed(retries))
 
-    def _started(self, w: _Worker, message: Any) -> None:
+    def _started(self, w: Worker, message: Any) -> None:
         if isinstance(message, tuple) and message[0] == "ready":
             w.ready, w.deadline = True, math.inf
             return
@@ -325,10 +309,10 @@ class RewardRunner:
                 f"a reward worker process could not load the reward functions: {message[1]}. Fix: make the "
                 "module importable from a fresh Python process (not defined in a notebook), or use workers=0"
             )
-        what = f"exited with code {code}" if message is _DIED else f"did not start within {START_TIMEOUT:.0f} s"
+        what = f"exited with code {code}" if message is DIED else f"did not start within {START_TIMEOUT:.0f} s"
         raise RuntimeError(f"a reward worker process {what} while starting")
 
-    def _drop(self, w: _Worker) -> None:
+    def _drop(self, w: Worker) -> None:
         w.kill()
         if w in self._pool:
             self._pool.remove(w)
@@ -351,150 +335,3 @@ class RewardRunner:
             {name: batch.status[f] for f, name in enumerate(names)},
             stats,
         )
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, ContractViolation):
-        return f"contract violation: {e}"
-    return f"{type(e).__name__}: {e}"
-
-
-# --------------------------------------------------------------------------------------------- workers
-
-_DIED = object()  # what a worker "says" when it is gone
-_LIVE: set[_Worker] = set()  # every started, not yet killed worker of this process
-_ENV_LOCK = threading.Lock()
-
-
-@contextmanager
-def _one_thread_env():
-    """``OMP_NUM_THREADS=1`` (and MKL/OpenBLAS) in the environment a spawned child copies at start.
-
-    Set here rather than in the child: the child's start-up (re-importing the main module) may already load a
-    threaded library, which reads these once.
-    """
-    with _ENV_LOCK:
-        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-        os.environ.update({k: "1" for k in _THREAD_VARS})
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-
-class _Worker:
-    """One worker process and this side of its pipe. ``task``: the call it runs; ``deadline``: when it is late."""
-
-    def __init__(self, functions: list[FunctionSpec]):
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        main = threading.current_thread() is threading.main_thread()  # the parent-death signal follows this thread
-        self.process = ctx.Process(
-            target=_worker_main, args=(child, functions, os.getpid(), main), name="alignkit-reward-worker"
-        )
-        with _one_thread_env():
-            self.process.start()
-        child.close()
-        _LIVE.add(self)
-        self.ready, self.task = False, None
-        self.deadline = time.monotonic() + START_TIMEOUT
-
-    def send(self, task: _Task, message: tuple, timeout: float) -> bool:
-        try:
-            self.conn.send(message)
-        except (OSError, EOFError, ValueError):
-            return False
-        self.task, self.deadline = task, time.monotonic() + timeout
-        return True
-
-    def receive(self) -> Any:
-        """The worker's next message; ``_DIED`` if it is gone; None if nothing came."""
-        try:
-            if self.conn.poll():
-                return self.conn.recv()
-        except (EOFError, OSError):
-            return _DIED
-        return _DIED if self.process.exitcode is not None else None
-
-    def kill(self) -> None:
-        """SIGKILL the worker's process group (the worker and what it started), then reap it."""
-        for kill in (lambda: os.killpg(self.process.pid, signal.SIGKILL), self.process.kill):
-            try:
-                kill()
-            except (OSError, ValueError, AttributeError):
-                pass
-        self.process.join(5)
-        self.conn.close()
-        _LIVE.discard(self)
-
-
-def _stop_workers(pool: list[_Worker]) -> None:
-    """Ask idle workers to exit, give them a second, then kill what is left (always their process groups)."""
-    for w in pool:
-        if w.task is None:  # a starting worker reads it once it has loaded the functions
-            try:
-                w.conn.send(None)
-            except (OSError, ValueError):
-                pass
-    deadline = time.monotonic() + 1.0
-    for w in pool:
-        w.process.join(max(0.0, deadline - time.monotonic()))
-    for w in pool:
-        w.kill()
-    pool.clear()
-
-
-def _stop_live_workers() -> None:
-    _stop_workers(list(_LIVE))
-
-
-# At interpreter exit: a multiprocessing finalizer runs inside multiprocessing's exit hook before it waits for
-# (non-daemon) children, whatever the order of atexit hooks.
-multiprocessing.util.Finalize(None, _stop_live_workers, exitpriority=100)
-
-
-def _worker_main(conn, functions: list[FunctionSpec], parent: int, die_with_parent: bool) -> None:
-    """A worker: load the functions, then answer ``(id, fn, name, prompts, completions, columns)`` calls with
-    ``(id, values, None)`` or ``(id, None, error message)`` until told to stop (None) or the pipe closes."""
-    os.setpgrp()  # its own process group: killing the group also kills what a function started
-    if die_with_parent:
-        _set_parent_death_signal()
-    if os.getppid() != parent:
-        os._exit(0)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    try:
-        loaded = [load_reward_function(f) if isinstance(f, str) else f for f in functions]
-    except BaseException as e:
-        conn.send(("load_error", _describe(e)))
-        return
-    conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        task_id, fn, name, prompts, completions, columns = message
-        try:
-            conn.send((task_id, check_rewards(loaded[fn](prompts, completions, **columns), len(prompts), name), None))
-        except BaseException as e:  # SystemExit too: the call failed, the worker goes on
-            conn.send((task_id, None, _describe(e)))
-
-
-def _set_parent_death_signal() -> None:
-    """Linux: the kernel SIGKILLs this process when its parent dies (even while a function holds the GIL)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os.killpg(os.getpgrp(), signal.SIGKILL)
