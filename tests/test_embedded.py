@@ -185,6 +185,7 @@ def test_judge_cache_key_follows_its_inputs(tmp_path):
 def test_demo_without_the_judge_data_says_so(tmp_path):
     """Neither hh-rlhf nor the project's pairs: no judge, no win-rate goal, and the report says the win rate was not
     measured; the one-time judge training is left out of the time goal."""
+    from alignkit.eval.report.blocks import render_markdown
     from alignkit.recipes.demo_eval import check_goals, demo_judge, goals_section
 
     judge, info = demo_judge(str(tmp_path / "missing.jsonl.gz"), own=None)
@@ -196,7 +197,7 @@ def test_demo_without_the_judge_data_says_so(tmp_path):
     goals = check_goals(m, 100.0, 600.0)
     assert [g["met"] for g in goals] == [False, True, True]  # KL 6 > 5; no loops; 100 s < 600 s
     assert not any(g["goal"].startswith("win rate") for g in goals)
-    assert "The win rate is not measured" in "\n".join(goals_section(goals, m, info))
+    assert "The win rate is not measured" in render_markdown(goals_section(goals, m, info))
     late = check_goals(m, 700.0, 600.0, setup_seconds=250.0)[-1]
     assert late["met"] and late["value"] == 450.0 and "250 s, 700 s in all" in late["detail"]
     assert not check_goals(m, 700.0, 600.0, setup_seconds=50.0)[-1]["met"]

@@ -74,14 +74,14 @@ def _read_responses(spec: str, records: list[dict]) -> list[str]:
     """The response to each record's prompt from ``spec`` (records with prompt + response), matched by prompt text."""
     from alignkit.data.readers import read_records
     from alignkit.errors import UserError
-    from alignkit.eval.judged import _prompt, _response
+    from alignkit.eval.judged import record_prompt, record_response
 
     by_prompt: dict[str, tuple[str, str]] = {}
     for source, rec in read_records(spec):
-        prompt = _prompt(rec, source)
+        prompt = record_prompt(rec, source)
         if prompt in by_prompt:
             raise UserError(f"{source}: prompt repeats {by_prompt[prompt][0]}. Fix: one response per prompt")
-        by_prompt[prompt] = (source, _response(rec, source))
+        by_prompt[prompt] = (source, record_response(rec, source))
     missing = [r for r in records if r["prompt"] not in by_prompt]
     if missing:
         raise UserError(f"{spec}: no response to {len(missing)} of {len(records)} prompts, e.g. "

@@ -7,7 +7,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from alignkit.errors import DataError
 
@@ -19,8 +19,9 @@ def open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """``(source, record)`` per non-blank line, source ``path:line``; a bad line or file -> ``DataError`` naming it."""
+def iter_jsonl(path: str | Path, on_bad_line: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, Any]]:
+    """``(source, record)`` per non-blank line, source ``path:line``. A bad line raises ``DataError`` naming it, or,
+    with ``on_bad_line``, is passed to it as ``(source, what is wrong)`` and skipped; an unreadable file raises."""
     path = Path(path)
     try:
         with open_text(path) as f:
@@ -28,12 +29,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield f"{path}:{i}", json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}). "
-                        "Fix: each line must be one JSON object"
-                    ) from None
+                    if on_bad_line is None:
+                        raise DataError(
+                            f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}). "
+                            "Fix: each line must be one JSON object"
+                        ) from None
+                    on_bad_line(f"{path}:{i}", f"not valid JSON ({e.msg})")
+                    continue
+                yield f"{path}:{i}", record
     except (OSError, UnicodeDecodeError, EOFError) as e:
         raise DataError(f"{path}: cannot be read ({e}). Fix: check the file is UTF-8 text (gzip for .gz)") from None
 

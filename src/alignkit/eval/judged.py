@@ -36,7 +36,8 @@ class Matched:
     columns: dict[str, list] | None = None  # the records' other fields (answer, tests, ...), aligned with prompts
 
 
-def _response(record: dict, source: str) -> str:
+def record_response(record: dict, source: str) -> str:
+    """The response text of a record (``response``, ``completion``, or a one-element ``completions``)."""
     for name in ("response", "completion"):
         if isinstance(record.get(name), str):
             return record[name]
@@ -50,7 +51,8 @@ def _response(record: dict, source: str) -> str:
     raise UserError(f"{source}: field 'response' is missing. Fix: give each record a prompt and a response text")
 
 
-def _prompt(record: dict, source: str) -> str:
+def record_prompt(record: dict, source: str) -> str:
+    """The prompt text of a record; a ``UserError`` naming ``source`` when it has none."""
     prompt = record.get("prompt") if isinstance(record, dict) else None
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError(f"{source}: field 'prompt' is missing or empty. Fix: give each record a prompt text")
@@ -72,13 +74,13 @@ def match_responses(a_records: list, b_records: list) -> Matched:
         raise UserError("A has no records. Fix: give a file with prompt/response records")
     b_by_prompt: dict[str, tuple[str, str, dict]] = {}
     for source, record in b_records:
-        prompt = _prompt(record, source)
+        prompt = record_prompt(record, source)
         if prompt in b_by_prompt:
             raise UserError(f"{source}: prompt repeats {b_by_prompt[prompt][0]}. Fix: one response per prompt")
-        b_by_prompt[prompt] = (source, _response(record, source), record)
+        b_by_prompt[prompt] = (source, record_response(record, source), record)
     prompts, a, b, cats, sources, seen, fields = [], [], [], [], [], {}, []
     for source, record in a_records:
-        prompt = _prompt(record, source)
+        prompt = record_prompt(record, source)
         if prompt in seen:
             raise UserError(f"{source}: prompt repeats {seen[prompt]}. Fix: one response per prompt")
         seen[prompt] = source
@@ -86,7 +88,7 @@ def match_responses(a_records: list, b_records: list) -> Matched:
             raise UserError(f"{source}: prompt {json.dumps(prompt[:60])} has no response in B. Fix: answer the same "
                             "prompts in both files")  # fmt: skip
         prompts.append(prompt)
-        a.append(_response(record, source))
+        a.append(record_response(record, source))
         b.append(b_by_prompt[prompt][1])
         cats.append(record.get("category"))
         sources.append(source)
@@ -115,7 +117,7 @@ def responses_from_model(
         raise UserError(f"temperature is {temperature}. Fix: use 0 (greedy) or a positive temperature")
     if not prompts:
         raise UserError("no prompts to answer. Fix: give a file with prompt records")
-    texts = [_prompt(record, source) for source, record in prompts]  # bad records fail before loading
+    texts = [record_prompt(record, source) for source, record in prompts]  # bad records fail before loading
     cache = {} if cache is None else cache
     if name not in cache:
         from alignkit.generation import load_sampler

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from alignkit.errors import UserError
-from alignkit.eval.judged import _prompt, _response
+from alignkit.eval.judged import record_prompt, record_response
 from alignkit.eval.winrate import bradley_terry
 
 
@@ -70,10 +70,10 @@ def parse_specs(specs: list[str]) -> list[tuple[str, str]]:
 def _by_prompt(records: list, file: str) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for source, record in records:
-        prompt = _prompt(record, source)
+        prompt = record_prompt(record, source)
         if prompt in out:
             raise UserError(f"{source}: prompt repeats {out[prompt][0]}. Fix: one response per prompt")
-        out[prompt] = (source, _response(record, source))
+        out[prompt] = (source, record_response(record, source))
     if not out:
         raise UserError(f"{file} has no records. Fix: give a file with prompt/response records")
     return out

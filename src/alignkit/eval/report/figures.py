@@ -75,7 +75,7 @@ def curve_figures(runs: list[tuple[str, list[dict]]], plots: dict | None = None)
         drawn = False
         for r, (run_label, rows) in enumerate(runs):
             for s, (key, label) in enumerate(series):
-                points = [(row["step"], row[key]) for row in rows if _is_number(row.get(key)) and "step" in row]
+                points = [(row["step"], row[key]) for row in rows if is_number(row.get(key)) and "step" in row]
                 if not points:
                     continue
                 xs, ys = zip(*points)
@@ -139,12 +139,12 @@ def _png(fig, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _is_finite(v) -> bool:
-    return _is_number(v) and math.isfinite(v)
+    return is_number(v) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------------------------------- overoptimization

@@ -136,7 +136,7 @@ def _run_summary(run: Run) -> dict[str, str]:
     keys = ["loss"] + [k for _, _, series in figs.curve_specs() for k, _ in series]
     keys += sorted({k for row in run.rows for k in row if k.startswith("eval/")})
     for key in dict.fromkeys(keys):
-        last = next((row[key] for row in reversed(run.rows) if figs._is_number(row.get(key))), None)
+        last = next((row[key] for row in reversed(run.rows) if figs.is_number(row.get(key))), None)
         if last is not None:
             s[f"final {key}"] = _fmt(last)
     for ev in run.evals:
@@ -274,7 +274,7 @@ def _flatten(data: dict) -> list[tuple[str, str]]:
 def _scalar(v) -> str | None:
     if v is None or isinstance(v, (str, bool, int, float)):
         return _fmt(v)
-    if isinstance(v, list) and all(figs._is_number(x) for x in v):
+    if isinstance(v, list) and all(figs.is_number(x) for x in v):
         return f"mean {_fmt(sum(v) / len(v))} (n={len(v)})" if v else "(empty list)"
     if isinstance(v, list) and all(isinstance(x, str) for x in v):
         return ", ".join(v)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from alignkit.errors import UserError
+from alignkit.data.jsonl import iter_jsonl
+from alignkit.errors import DataError, UserError
 
 
 @dataclass
@@ -204,25 +205,16 @@ def _pair(d: dict, key: str, prefix: str, required: bool = False) -> tuple[float
 
 
 def _jsonl(path: Path, skipped: list) -> list[tuple[int, dict]]:
-    """(line number, record) of each JSON object line; bad lines go to ``skipped``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        skipped.append((str(path), f"cannot be read: {e}"))
-        return []
+    """(line number, record) of each JSON object line; bad lines (and an unreadable file) go to ``skipped``."""
     records = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            skipped.append((f"{path}:{i}", f"not valid JSON ({e.msg})"))
-            continue
-        if not isinstance(rec, dict):
-            skipped.append((f"{path}:{i}", f"a JSON {_type(rec)}, not an object"))
-            continue
-        records.append((i, rec))
+    try:
+        for source, rec in iter_jsonl(path, on_bad_line=lambda where, why: skipped.append((where, why))):
+            if not isinstance(rec, dict):
+                skipped.append((source, f"a JSON {_type(rec)}, not an object"))
+                continue
+            records.append((int(source.rpartition(":")[2]), rec))
+    except DataError as e:
+        skipped.append((str(path), str(e)))
     return records
 
 
