@@ -83,7 +83,10 @@ def test_greedy_generation_is_deterministic(model):
 
 
 JUDGE_SMALL = ["lora.r=4", "data.max_length=128", "data.on_invalid=skip", "train.max_steps=2", "train.batch_size=4",
-               "train.eval_batch_size=16"]  # fmt: skip
+               "train.eval_batch_size=16", "method.norm_pairs=16"]  # fmt: skip
+# 3 held-out demo pairs of each of the 4 categories (the file holds 18 of each, in order): the demo's held-out set
+# and the judge's sanity check on reduced settings
+HELD_OUT_12 = " + ".join(f"builtin:demo_prefs_heldout.jsonl[{s}:{s + 3}]" for s in (0, 18, 36, 54))
 
 
 def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
@@ -98,11 +101,11 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_eval, "judge_dir_for", lambda *a: tmp_path / "judge")
     out = tmp_path / "demo"
     small = dict(judge_data=str(hh), judge_recipe=JUDGE_SMALL, judge_slices=("[:16]", "[1200:1232]"), helpful_limit=4,
-                 safety_limit=4, eval_tokens=8, max_new_tokens=4)  # fmt: skip
+                 safety_limit=4, eval_tokens=8, max_new_tokens=4, sanity_pairs=HELD_OUT_12)  # fmt: skip
     lines = []
     summary = run_demo(
         str(out),
-        ["train.max_steps=2", "train.eval_steps=2", "data.max_examples=8"],
+        ["train.max_steps=2", "train.eval_steps=2", "data.max_examples=8", f"data.eval={HELD_OUT_12}"],
         log=lines.append,
         **small,
     )
@@ -118,7 +121,7 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     ):
         assert (out / name).is_file(), name
     assert (out / "model" / "adapter_config.json").is_file()
-    assert summary["pairs"] == 72 and summary["optimizer steps"] == 2
+    assert summary["pairs"] == 12 and summary["optimizer steps"] == 2
     assert 0.0 <= summary["mean_logp_accuracy_before"] <= 1.0 and summary["seconds per optimizer step"] > 0
     report = (out / "report.md").read_text()
     assert f"{summary['mean_logp_accuracy_before']:.3f}" in report and "| prompt | before | after |" in report
@@ -131,13 +134,13 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     win = next(g for name, g in goals.items() if name.startswith("win rate"))
     assert 0.0 <= win["value"] <= 1.0 and win["target"].startswith(">= 0.60")
     m = json.loads((out / "eval_vs_base.json").read_text())
-    assert m["prompts"] == 72 + 4 and m["reward"]["win_rate"]["wins"] + m["reward"]["win_rate"]["ties"] + m[
-        "reward"]["win_rate"]["losses"] == 76  # fmt: skip
+    assert m["prompts"] == 12 + 4 and m["reward"]["win_rate"]["wins"] + m["reward"]["win_rate"]["ties"] + m[
+        "reward"]["win_rate"]["losses"] == 16  # fmt: skip
     assert "goals met" in report and f"{summary['judge']['held_out_accuracy']:.3f}" in report
     # the judge is checked on the clear-cut held-out demo pairs, and the report says how it did
-    assert m["judge_sanity"]["pairs"] == 72 and set(m["judge_sanity"]["per_category"]) == {
+    assert m["judge_sanity"]["pairs"] == 12 and set(m["judge_sanity"]["per_category"]) == {
         "helpfulness", "harmlessness", "honesty", "concision"}  # fmt: skip
-    assert f"higher on {m['judge_sanity']['accuracy']:.3f} of the 72 held-out demo pairs" in report
+    assert f"higher on {m['judge_sanity']['accuracy']:.3f} of the 12 held-out demo pairs" in report
     assert summary["judge"]["train_pairs"] == 16 + 200  # hh[:16] + the project's judge pairs
     wall = goals["demo wall time, seconds (the judge trained and cached)"]
     assert wall["value"] < summary["total wall seconds (incl. judge, scoring, generation, evaluation)"]

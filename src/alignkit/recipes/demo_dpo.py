@@ -24,6 +24,7 @@ from alignkit.recipes.demo_eval import (
     JUDGE_EVAL,
     JUDGE_RECIPE,
     JUDGE_TRAIN,
+    SANITY_PAIRS,
     check_goals,
     demo_judge,
     eval_prompts,
@@ -54,12 +55,14 @@ def run_demo(
     eval_tokens: int = 64,
     time_goal: float = 600.0,
     judge: str | None = None,
+    sanity_pairs: str = SANITY_PAIRS,
 ) -> dict:
     """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``). The judge
     trains on ``judge_data`` with ``judge_recipe``; the evaluation uses the held-out pairs' prompts plus
     ``helpful_limit`` helpfulness prompts, ``safety_limit`` safety prompts, ``eval_tokens`` new tokens each.
     ``judge``: a reward model directory to judge with instead (e.g. ``alignkit train rm --config configs/rm_hh.yaml``'s
-    runs/rm_hh/model); its held-out accuracy is read from its saved eval metrics."""
+    runs/rm_hh/model); its held-out accuracy is read from its saved eval metrics. ``sanity_pairs``: the clear-cut
+    pairs the judge must agree with to be believed."""
     t0 = time.time()
 
     def stage(n: int, text: str) -> None:
@@ -103,7 +106,9 @@ def run_demo(
 
     eval_set = eval_prompts(cfg.data.eval, helpful_limit)
     stage(6, f"against the base on {len(eval_set)} held-out prompts: win rate, KL, length, repetition, refusals")
-    m = evaluate_vs_base(str(result.model_dir), cfg.model.name, judge, eval_set, safety_limit, eval_tokens, log)
+    m = evaluate_vs_base(
+        str(result.model_dir), cfg.model.name, judge, eval_set, safety_limit, eval_tokens, log, sanity_pairs
+    )
     (out / "eval_vs_base.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
 
     stage(7, "writing the report")

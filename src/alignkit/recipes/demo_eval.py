@@ -128,10 +128,17 @@ def eval_prompts(held_out: str, helpful_limit: int) -> list[dict]:
 
 
 def evaluate_vs_base(
-    policy: str, base: str, judge: str | None, prompts: list[dict], safety_limit: int, max_new_tokens: int, log=print
+    policy: str,
+    base: str,
+    judge: str | None,
+    prompts: list[dict],
+    safety_limit: int,
+    max_new_tokens: int,
+    log=print,
+    sanity_pairs: str = SANITY_PAIRS,
 ) -> dict:
     """``run_metrics`` of the trained adapter against the base, plus refusal rates on the judged (greedy) answers
-    to the helpfulness prompts, for both."""
+    to the helpfulness prompts, for both, and the judge's agreement with ``sanity_pairs``."""
     from alignkit.eval.policy import Settings, run_metrics
     from alignkit.eval.safety import is_refusal, load_safety_prompts, subset
     from alignkit.reward_model import RewardModel
@@ -143,7 +150,7 @@ def evaluate_vs_base(
     safety = subset(load_safety_prompts(), safety_limit) if safety_limit else None
     m = run_metrics(policy, base, prompts, settings, rm, None, safety, log=lambda s: log(f"      {s}"))
     if rm is not None:
-        m["judge_sanity"] = pair_agreement(rm, SANITY_PAIRS)
+        m["judge_sanity"] = pair_agreement(rm, sanity_pairs)
         agree = m["judge_sanity"]["accuracy"]
         log(f"      the judge prefers the chosen answer of {agree:.3f} of the held-out demo pairs")
     if "winrate_samples" in m:
