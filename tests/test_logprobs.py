@@ -407,3 +407,20 @@ def test_collate_groups_shared_layout():
     assert b["logp_target"].tolist() == [0 * width + 3, 0 * width + 4, 1 * width + 3, 2 * width + 2, 2 * width + 3,
                                          2 * width + 4]  # fmt: skip
     assert int(b["logical_tokens"]) == 5 + 4 + 5
+
+
+def test_the_prefix_sharing_probe_falls_back_when_layouts_differ():
+    """``layouts_agree``: True when the shared layout scores as the padded one; False (and a log line naming what
+    differs) otherwise; the model's train/eval mode is restored either way."""
+    from alignkit.logprobs import layouts_agree
+
+    model = torch.nn.Linear(2, 2).train()
+    seen = []
+    same = torch.tensor([1.0, 2.0])
+    assert layouts_agree(model, lambda: same, lambda: same + 1e-6, "log-probs", seen.append)
+    assert not seen and model.training
+    modes = []
+    shared = lambda: (modes.append(model.training), same + 0.5)[1]  # noqa: E731
+    assert not layouts_agree(model, lambda: same, shared, "rewards", seen.append)
+    assert modes == [False] and model.training  # scored in eval mode, train mode back
+    assert len(seen) == 1 and "prefix sharing off" in seen[0] and "rewards" in seen[0] and "0.5" in seen[0]

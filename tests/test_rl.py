@@ -3,6 +3,7 @@ gradient signs, KL estimators against the exact KL of a small categorical, the K
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from alignkit.losses import clipped_policy_loss, clipped_value_loss
 from alignkit.rl import (
+    ADVANTAGES,
     AdaptiveKLController,
     FixedKLController,
     HealthMonitor,
@@ -83,6 +85,25 @@ def test_rloo_leave_one_out_baseline():
     torch.testing.assert_close(a, 4 / 3 * (r - r.mean()))  # = G/(G-1) (r - mean)
     masked = rloo_advantages(r, torch.tensor([[True, True, False, False]]))
     torch.testing.assert_close(masked, torch.tensor([[1.0, -1.0, 0.0, 0.0]]))
+
+
+def test_the_advantage_registry_names_each_estimator_once():
+    """Each registered estimator is its documented formula, and the configs accept exactly the registered names."""
+    from alignkit.config import GRPOMethodConfig
+
+    r = torch.tensor([[1.0, 0.0, 0.0, 3.0], [2.0, 2.0, 1.0, 0.0]])
+    valid = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    torch.testing.assert_close(ADVANTAGES["grpo"](r, valid, "group"), group_advantages(r, valid, "group"))
+    torch.testing.assert_close(ADVANTAGES["grpo"](r, valid, "none"), group_advantages(r, valid, "none"))
+    batch = moments(r, valid)
+    torch.testing.assert_close(ADVANTAGES["grpo"](r, valid, "batch"), group_advantages(r, valid, "batch", batch=batch))
+    torch.testing.assert_close(ADVANTAGES["rloo"](r, valid, "group"), rloo_advantages(r, valid))
+    centered = group_advantages(r, valid, "none")
+    torch.testing.assert_close(ADVANTAGES["reinforce_pp"](r, valid), whiten(centered, valid))
+    doubled = lambda t: t.mul_(2)  # noqa: E731 (two processes holding the same values: the same moments)
+    torch.testing.assert_close(ADVANTAGES["reinforce_pp"](r, valid, all_reduce=doubled), whiten(centered, valid))
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(GRPOMethodConfig)}
+    assert set(choices["advantage"]) - {None} == set(ADVANTAGES)
 
 
 def test_whiten_and_global_moments():

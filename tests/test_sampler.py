@@ -247,3 +247,22 @@ def test_sample_categorical_is_the_inverse_cdf():
         0,
         2,
     ]
+
+
+def test_load_sampler_turns_a_model_spec_into_a_ready_sampler(tiny_model_dir):
+    """``load_sampler``: model + tokenizer + sampler + precision from a directory; keywords or ``SamplingParams``
+    give the same samples; ``ready_sampler`` wraps a live model the same way."""
+    from alignkit.generation import SamplingParams, load_sampler, ready_sampler
+
+    ready = load_sampler(tiny_model_dir, "cpu", dtype="fp32", max_rows=4)
+    assert not ready.bf16 and ready.device.type == "cpu" and ready.sampler.max_rows == 4
+    by_keywords = ready.generate(["hello there"], n=2, max_new_tokens=3, temperature=1.0, seed=5)
+    by_params = ready.generate(["hello there"], SamplingParams(n=2, max_new_tokens=3, temperature=1.0), seed=5)
+    assert [c.token_ids for c in by_keywords[0]] == [c.token_ids for c in by_params[0]] and len(by_keywords[0]) == 2
+    live = ready_sampler(ready.model, ready.tok.hf, "fp32")
+    assert live.model is ready.model and not live.bf16 and ready_sampler(ready.model, ready.tok, "bf16").bf16
+    ids = ready.sampler.prompt_ids("hello there")
+    greedy = SamplingParams(max_new_tokens=2)
+    assert [c.token_ids for c in live.sample([ids], greedy, [0])[0]] == [
+        c.token_ids for c in ready.sample([ids], greedy, [0])[0]
+    ]
