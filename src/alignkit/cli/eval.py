@@ -122,7 +122,7 @@ def eval_winrate(
     else:
         default = "builtin:arithmetic_heldout.jsonl" if verifier == "math" else "builtin:helpful_prompts.jsonl"
         asked = read_input(prompts or default, *outputs)[:limit]
-    loaded: dict = {}  # one Generator per model name: a model against itself loads once
+    loaded: dict = {}  # one ready sampler per model name: a model against itself loads once
     for side, model, seed_at in (("a", a_model, seed), ("b", b_model, seed + len(asked))):
         if model is None:
             continue

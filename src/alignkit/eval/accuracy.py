@@ -1,7 +1,7 @@
 """Math word-problem evaluation: sample completions, grade them with the math verifier, report accuracy.
 
     records (prompt + gold ``answer``) -> prompts through the chat template (as training sees them) -> ``samples``
-    completions each (greedy by default) -> ``rewards.math.grade`` -> accuracy (pass@1) with a 95% Wilson
+    completions each (greedy by default) -> ``rewards.verifiers.math.grade`` -> accuracy (pass@1) with a 95% Wilson
     interval, pass@k, per-category accuracy, no-answer rate, mean completion length.
 
 The Wilson interval counts prompts, not completions: with k > 1 samples the ``k`` samples of a prompt are

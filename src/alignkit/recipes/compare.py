@@ -5,7 +5,7 @@
           -> DPO and KTO (each pair = one desirable + one undesirable example) from SFT
           -> PPO from SFT against the proxy reward model
     judge_pairs (data no policy or proxy saw) -> a held-out judge reward model
-    every policy -> ``eval.metrics_run.run_metrics`` against SFT: samples on held-out hh prompts and the project's
+    every policy -> ``eval.policy.run_metrics`` against SFT: samples on held-out hh prompts and the project's
           helpfulness prompts (categories "hh" and "helpful"), the judge's mean reward, the win rate over SFT with
           intervals, KL to SFT, refusal rates on the safety set -> ``comparison.json`` and ``comparison.md``
 

@@ -2,7 +2,7 @@
 
 hh-rlhf pairs (../shared/data) + the project's judge pairs (not the demo pairs) -> a judge reward model (trained once,
     cached), checked on the held-out demo pairs (clear-cut cases)
-trained adapter + base -> ``eval.metrics_run.run_metrics`` on the held-out demo prompts and the project's
+trained adapter + base -> ``eval.policy.run_metrics`` on the held-out demo prompts and the project's
     helpfulness prompts: win rate over the base (greedy answers, judged), KL(policy || base) on T=1 samples,
     length / repetition / loops of both, refusal rates on the project's safety prompts for both
 -> ``GOALS`` checked one by one (issue 13's demo criteria), each stated met or not with its number.

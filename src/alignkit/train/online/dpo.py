@@ -5,7 +5,7 @@
       per prompt from a judge: the best and worst sample by reward, or an order-sensitive (LLM) judge's verdict on
       the first two samples asked in both orders -> reference log-probs of both
     each step: its prompts' pairs + pairs replayed from earlier iterations (and method.replay_data) at
-      method.replay_ratio -> the DPO-family loss (``train.preference.pair_loss``) -> the loop's optimizer step
+      method.replay_ratio -> the DPO-family loss (``train.methods.preference.pair_loss``) -> the loop's optimizer step
 
 ``iteration_steps: 1`` is fully online DPO with an AI or verifier judge (Guo et al. 2024, "Direct Language Model
 Alignment from Online AI Feedback"); more is iterative DPO (Xu et al. 2023; Yuan et al. 2024), whose pairs are all
