@@ -27,7 +27,7 @@ def write_run_report(
     out_dir = Path(out_dir)
     rows = read_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").is_file() else []
     blocks: list = [Heading(title, 1), *(Text(n, "note") for n in notes)]
-    blocks += [Heading("Run"), Table(["", ""], [[k, _fmt(v)] for k, v in summary.items()])]
+    blocks += [Heading("Run"), Table(["", "value"], [[k, _fmt(v)] for k, v in summary.items()])]
     blocks += list(sections)
     if pairwise:
         blocks += pairwise_blocks(pairwise)
