@@ -46,8 +46,12 @@ async def _feedback(
         async def worker(c: int) -> None:
             for i in todo:
                 fid = f"load-{uuid.uuid4().hex}"
-                body = {"response_id": response_ids[i % len(response_ids)], "value": "up" if i % 3 else "down",
-                        "feedback_id": fid, "user": f"load-user-{c}"}  # fmt: skip
+                body = {
+                    "response_id": response_ids[i % len(response_ids)],
+                    "value": "up" if i % 3 else "down",
+                    "feedback_id": fid,
+                    "user": f"rater-{fid}",
+                }  # fmt: skip (a rater rates a response once)
                 t0 = time.perf_counter()
                 if rate:  # open loop: post i is due at start + i / rate; latency counts from then (no
                     due = start + i / rate  # coordinated omission: a late client's wait is in its latency)
@@ -95,17 +99,20 @@ async def _chat(url: str, prompts: list[str], clients: int, max_tokens: int, mod
 
     async def worker(c: int) -> None:
         for i in todo:
-            t0, first = time.perf_counter(), None
+            t0, first, chunks, usage = time.perf_counter(), None, 0, None
             try:
                 stream = await client.chat.completions.create(
                     model=model, messages=[{"role": "user", "content": prompts[i]}], max_tokens=max_tokens,
                     temperature=0.7, seed=i, stream=True, stream_options={"include_usage": True}, user=f"chat-{c}",
                 )  # fmt: skip
                 async for chunk in stream:
-                    if first is None and chunk.choices and chunk.choices[0].delta.content:
-                        first = time.perf_counter() - t0
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        first = time.perf_counter() - t0 if first is None else first
+                        chunks += 1
                     if chunk.usage is not None:
-                        result.tokens += chunk.usage.completion_tokens
+                        usage = chunk.usage.completion_tokens
+                # a server that sends no usage (llama-cpp-python's): its content chunks, one token each
+                result.tokens += usage if usage is not None else chunks
             except openai.APIError as e:
                 result.errors[type(e).__name__] = result.errors.get(type(e).__name__, 0) + 1
                 continue

@@ -116,14 +116,14 @@ def test_models_health_and_metrics(client, server):
 
 def test_feedback_is_idempotent_and_404_for_unknown(client, server):
     r = ask(client, user="bob")
-    body = {"response_id": r.id, "value": "up", "feedback_id": "fb-retry-1", "comment": "nice"}
+    body = {"response_id": r.id, "value": "up", "feedback_id": "fb-retry-1", "comment": "nice", "user": "bob"}
     first = httpx.post(f"{server['url']}/v1/feedback", json=body)
     retry = httpx.post(f"{server['url']}/v1/feedback", json=body)
     assert first.status_code == 201 and first.json()["stored"] is True
     assert retry.status_code == 200 and retry.json()["stored"] is False and retry.json()["id"] == "fb-retry-1"
     missing = httpx.post(f"{server['url']}/v1/feedback", json={"response_id": "chatcmpl-nope", "value": "up"})
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
-    bad = httpx.post(f"{server['url']}/v1/feedback", json={"response_id": r.id, "value": "meh"})
+    bad = httpx.post(f"{server['url']}/v1/feedback", json={"response_id": r.id, "value": "meh", "user": "bob"})
     assert bad.status_code == 422 and "value" in bad.json()["error"]["message"]
     s = Store(server["db"])
     try:

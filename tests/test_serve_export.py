@@ -57,7 +57,7 @@ def store(tmp_path_factory):
     ratings = [("r1", "up", "u1"), ("r2", "down", "u1"), ("r3", "up", "u2"), ("r4", "up", "u2"), ("r5", "down", "u3"),
                ("r5", "up", "u3"), ("r6", "down", "u2"), ("bad", "up", "u1")]  # fmt: skip
     for rid, value, rater in ratings:
-        s.add_feedback(rid, value, user_hash=rater)  # u3 changes r5 from down to up
+        s.add_feedback(rid, value, user_hash=rater)  # u3 changes r5 from down to up: the store keeps the latest
     for i in range(5):
         s.add_feedback(f"y{i}", "up", user_hash="yes-man")  # approves everything: removed as biased
     s.add_comparison(comparison("c-a", "ca", "cb", "Tell me a joke."))
@@ -92,14 +92,13 @@ def test_kto_records_are_cleaned_and_load_in_the_trainers(store, tmp_path):
     assert raw[0] == {"prompt": user("What is 2+2?"), "completion": answer,
                       "label": True, "user_id": "u1", "response_id": "r1", "variant": "base"}  # fmt: skip
     assert raw[1]["variant"] == "cand" and raw[2]["user_id"] == "u3"
-    assert report.written == 4 and report.read == {"ratings": 13}
-    assert report.dropped == {"replaced": 1, "invalid": 1}
+    assert report.written == 4 and report.read == {"ratings": 12}
+    assert report.dropped == {"invalid": 1}
     removed = {rule: len(v) for rule, v in report.clean.removed.items()}
     assert removed == {"rater_bias": 5, "duplicate": 1, "too_short": 1}
     assert [r.user_id for r in report.clean.raters] == ["yes-man"]
     text = "\n".join(report.lines())
     assert "thumbs cleaning: read 11 records, kept 4" in text and "wrote 4 kto records to" in text
-    assert "dropped 1: ratings replaced by the same rater's later rating" in text
 
 
 def test_cleaning_options_are_passed_on(store, tmp_path):
@@ -125,10 +124,10 @@ def test_pairs_from_thumbs_and_votes_without_identity_reveals(store, tmp_path):
     ]  # fmt: skip
     assert pairs[2].prompt == tuple(user("Tell me a joke."))
     # c-a and c-b are the same preference (b of c-b is ca): the second is a duplicate pair
-    assert report.dropped == {"replaced": 1, "invalid": 1, "tie": 1, "both_bad": 1, "identity_revealed": 2,
+    assert report.dropped == {"invalid": 1, "tie": 1, "both_bad": 1, "identity_revealed": 2,
                               "duplicate_pair": 1}  # fmt: skip
     assert report.sources == {"thumbs": 2, "comparison": 1}
-    assert report.read == {"ratings": 13, "comparison votes": 6}
+    assert report.read == {"ratings": 12, "comparison votes": 6}
     assert set(report.revealed) == {"I am SmolLM", "cand"}
     assert "identity revealed by e.g." in "\n".join(report.lines())
 
@@ -205,7 +204,7 @@ def test_export_command_writes_and_reports(store, tmp_path):
     out = tmp_path / "pairs.jsonl"
     result = run_cli("--db", store.path, "--format", "pairs", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert "read 13 ratings, 6 comparison votes" in result.output
+    assert "read 12 ratings, 6 comparison votes" in result.output
     assert "dropped 2: comparison votes where a response revealed its model" in result.output
     assert f"wrote 3 pairs records to {out}" in result.output
     assert len(load(out, to_pairwise)) == 3

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,16 +54,13 @@ class Served:
         return self.log_path.read_text(errors="replace")[-tail:] if self.log_path.exists() else ""
 
 
-@pytest.fixture(scope="module")
-def served(tiny_model_dir, tmp_path_factory):
-    """`python -m alignkit serve` on a free loopback port with variants base and new (50/50) and one admin key."""
-    tmp = tmp_path_factory.mktemp("serve-page")
+@contextmanager
+def _serve(tmp: Path, source: str, max_tokens: int, keys: list[str]):
+    """`python -m alignkit serve` on a free loopback port with variants base and new (50/50) and ``keys`` options."""
     port, db, log = _free_port(), tmp / "s.sqlite", tmp / "server.log"
-    source = os.environ.get("ALIGNKIT_SERVE_PAGE_MODEL") or tiny_model_dir
-    max_tokens = int(os.environ.get("ALIGNKIT_SERVE_PAGE_MAX_TOKENS") or 16)
     cmd = [sys.executable, "-m", "alignkit", "serve", "--variant", f"base={source}", "--variant", f"new={source}",
            "--weights", "base=0.5,new=0.5", "--port", str(port), "--db", str(db), "--max-tokens", str(max_tokens),
-           "--admin-key", KEY, "--device", "cpu"]  # fmt: skip
+           *keys, "--device", "cpu"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not (k.startswith("ALIGNKIT_") and k.endswith("_KEYS"))}
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
@@ -89,6 +87,23 @@ def served(tiny_model_dir, tmp_path_factory):
             proc.kill()
             proc.wait(timeout=15)
         print(f"--- server log (exit {proc.returncode}) ---\n{served.log()}")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    """The page's server with one admin key."""
+    source = os.environ.get("ALIGNKIT_SERVE_PAGE_MODEL") or tiny_model_dir
+    max_tokens = int(os.environ.get("ALIGNKIT_SERVE_PAGE_MAX_TOKENS") or 16)
+    with _serve(tmp_path_factory.mktemp("serve-page"), source, max_tokens, ["--admin-key", KEY]) as served:
+        yield served
+
+
+def _until(wait, served: Served, what: str, condition):
+    """``condition()``'s first truthy value within the wait, or an AssertionError with the server log."""
+    try:
+        return wait.until(lambda d: condition())
+    except Exception as e:
+        raise AssertionError(f"timed out waiting for {what}\nserver log:\n{served.log()}") from e
 
 
 def _browser(tmp_path: Path):
@@ -128,10 +143,7 @@ def test_chat_feedback_compare_vote_in_chromium(served, tmp_path):
         return driver.execute_script("return arguments[0].textContent", element)
 
     def until(what: str, condition):
-        try:
-            return wait.until(lambda d: condition())
-        except Exception as e:
-            raise AssertionError(f"timed out waiting for {what}\nserver log:\n{served.log()}") from e
+        return _until(wait, served, what, condition)
 
     try:
         driver.get(served.url + f"/?max_tokens={served.max_tokens}")
@@ -247,3 +259,53 @@ def test_chat_feedback_compare_vote_in_chromium(served, tmp_path):
     finally:
         store.close()
     print(f"browser check: {time.perf_counter() - t0:.1f}s; store {json.dumps(counts)}")
+
+
+def test_split_chat_and_feedback_keys_in_chromium(tiny_model_dir, tmp_path):
+    """A chat key and a separate feedback key: the page asks for each when the server wants it (401 for the chat,
+    403 insufficient_scope for the thumb), keeps both, and the thumb is stored."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from alignkit.serve.store import Store
+
+    keys = ["--chat-key", "chat-only-key", "--feedback-key", "feedback-only-key"]
+    with _serve(tmp_path, tiny_model_dir, 8, keys) as served:
+        driver = _browser(tmp_path)
+        wait = WebDriverWait(driver, WAIT_S)
+
+        def one(testid: str, root=None):
+            return (root or driver).find_element("css selector", f'[data-testid="{testid}"]')
+
+        def until(what: str, condition):
+            return _until(wait, served, what, condition)
+
+        try:
+            driver.get(served.url + "/?max_tokens=8")
+            one("chat-input").send_keys("Hello there", Keys.ENTER)
+            until("the key panel", lambda: one("key-panel").is_displayed())
+            one("key-input").send_keys("chat-only-key", Keys.ENTER)
+            answer = until("the answer", lambda: one("assistant-message").get_attribute("data-state") == "done"
+                           and one("assistant-message"))  # fmt: skip
+            rid = answer.get_attribute("data-response-id")
+            one("thumb-up", answer).click()  # the chat key lacks the feedback scope: 403 -> asked for a key
+            until("the feedback key panel", lambda: one("key-panel").is_displayed())
+            assert "'feedback' scope" in one("key-reason").text
+            one("key-input").clear()
+            one("key-input").send_keys("feedback-only-key", Keys.ENTER)
+            until("the stored thumb", lambda: one("feedback-status", answer).get_attribute("data-state") == "stored")
+            stored = driver.execute_script(
+                "return ['chat', 'feedback'].map((s) => localStorage.getItem('alignkit.apiKey.' + s))"
+            )
+            assert stored == ["chat-only-key", "feedback-only-key"]
+            one("chat-input").send_keys("And again", Keys.ENTER)  # the chat key is still the one used for chat
+            until("the second answer", lambda: len(driver.find_elements("css selector", '[data-state="done"]')) >= 2)
+            assert not one("key-panel").is_displayed()
+        finally:
+            driver.quit()
+        store = Store(str(served.db))
+        try:
+            (fb,) = [f for f in store.feedback() if f["response_id"] == rid]
+        finally:
+            store.close()
+        assert fb["value"] == "up"

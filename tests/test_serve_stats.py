@@ -300,7 +300,7 @@ def store_path(tmp_path_factory):
         for variant, ups in (("a", 60), ("b", 90)):
             for i in range(100):
                 store.add_feedback(f"{variant}-{i}", "up" if i < ups else "down", user_hash=f"u{i}")
-        store.add_feedback("a-0", "down", user_hash="u0")  # u0 changes their mind: replaces the earlier up
+        store.add_feedback("a-0", "down", user_hash="u0")  # u0 changes their mind: the store replaces the up
         store.add_comparison({"id": "cmp-1", "messages": [{"role": "user", "content": "q"}], "response_a": "a-1",
                               "response_b": "b-1", "variant_a": "a", "variant_b": "b", "a_shown": "right",
                               "created": float(T0)})  # fmt: skip
@@ -318,7 +318,7 @@ def test_stats_command_tables_decision_and_detectors(store_path):
     result = run_cli("stats", "--db", str(store_path), "--baseline", "a", "--min-n", "50")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "200 responses, 201 ratings (1 replaced by the rater's later rating), 1 comparisons (1 voted)" in out
+    assert "200 responses, 200 ratings, 1 comparisons (1 voted)" in out  # u0's change replaced its row
     assert "per variant" in out and "95% Wilson CI" in out and "comparisons (A vs B)" in out
     assert "baseline a (given; set it with --baseline)" in out
     assert "decision: promote b over baseline a: thumbs-up 0.900 (n=100) vs 0.590 (n=100)" in out

@@ -65,7 +65,8 @@ def api_keys(admin: list[str], chat: list[str], feedback: list[str]) -> dict[str
     """Keys by scope from the options and ALIGNKIT_{ADMIN,CHAT,FEEDBACK}_KEYS (comma-separated)."""
     keys = {"admin": set(admin), "chat": set(chat), "feedback": set(feedback)}
     for scope in keys:
-        keys[scope] |= {k for k in os.environ.get(f"ALIGNKIT_{scope.upper()}_KEYS", "").split(",") if k}
+        keys[scope] |= set(os.environ.get(f"ALIGNKIT_{scope.upper()}_KEYS", "").split(","))
+        keys[scope] = {k.strip() for k in keys[scope] if k.strip()}  # an empty key is no key
     return keys
 
 
@@ -81,7 +82,14 @@ def serve(
     admin_key: list[str] = typer.Option([], help="API key with every scope (also ALIGNKIT_ADMIN_KEYS)"),
     chat_key: list[str] = typer.Option([], help="API key for chat only (also ALIGNKIT_CHAT_KEYS)"),
     feedback_key: list[str] = typer.Option([], help="API key for chat feedback only (also ALIGNKIT_FEEDBACK_KEYS)"),
-    max_concurrency: int = typer.Option(4, min=1, help="Chat requests generating at once; more get 429"),
+    max_concurrency: int = typer.Option(
+        64, min=1, help="Chat requests in flight at once (decoding or queued); more get 429 with Retry-After"
+    ),
+    max_batch_size: int = typer.Option(
+        16, min=1, help="Rows each local variant decodes together (continuous batching); 1 = one request at a time"
+    ),
+    max_waiting: int = typer.Option(64, min=0, help="Requests queued per local variant; more get 429 + Retry-After"),
+    prefill_chunk: int = typer.Option(256, min=16, help="Prompt tokens prefilled per decode step (long prompts)"),
     max_tokens: int = typer.Option(1024, min=1, help="Largest max_tokens a request may ask for"),
     max_body_kb: int = typer.Option(1024, min=1, help="Largest request body (KiB); more gets 413"),
     flagger: Optional[str] = typer.Option(None, help="Safety flagger: keywords (default) or reward_model:DIR"),
@@ -103,10 +111,13 @@ def serve(
             f"--host {host} is reachable from other machines and no admin key is set. Fix: give --admin-key KEY "
             "(and --chat-key/--feedback-key for clients), or bind 127.0.0.1"
         )
-    variants = {name: make_variant(name, source, device, dtype) for name, source in parse_variants(model, variant)}
+    batching = {"max_rows": max_batch_size, "max_waiting": max_waiting, "prefill_chunk": prefill_chunk}
+    variants = {
+        name: make_variant(name, source, device, dtype, **batching) for name, source in parse_variants(model, variant)
+    }
     settings = ServeSettings(
         api_keys=keys, max_concurrency=max_concurrency, max_tokens_cap=max_tokens, max_body_bytes=max_body_kb * 1024,
-        flagger=flagger, device=device, dtype=dtype,
+        flagger=flagger, device=device, dtype=dtype, batching=batching,
     )  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = Store(db or DEFAULT_DB)

@@ -68,6 +68,12 @@ class GrowingLayer(DynamicLayer):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.batch_select_indices(beam_idx)
 
+    def crop_left(self, columns: int) -> None:
+        """Drop the first ``columns`` positions of every row (left padding no row attends to any more)."""
+        if self.is_initialized and columns > 0:
+            self.keys, self.values = self.keys[:, :, columns:], self.values[:, :, columns:]
+            self.length -= columns
+
 
 class GrowingCache(Cache):
     """A ``Cache`` of ``GrowingLayer``s, created lazily, one per attention layer. ``capacity``: the room left past the
@@ -77,3 +83,29 @@ class GrowingCache(Cache):
 
     def __init__(self, capacity: int = 256, dtype: torch.dtype | None = None):
         super().__init__(layers=None, layer_class_to_replicate=lambda: GrowingLayer(capacity, dtype))
+        self.capacity = capacity
+
+    def crop_left(self, columns: int) -> None:
+        for layer in self.layers:
+            layer.crop_left(columns)
+
+
+def concat_left_padded(caches: list[GrowingCache], width: int, capacity: int = 64) -> GrowingCache:
+    """The rows of ``caches`` in one cache of ``width`` positions: each cache's rows right-aligned (left padding of
+    zeros, which the attention mask hides), with room for ``capacity`` more tokens. Copies every layer once."""
+    out = GrowingCache(capacity)
+    for parts in zip(*(c.layers for c in caches)):
+        first = parts[0]
+        rows = sum(p.keys.shape[0] for p in parts)
+        layer = GrowingLayer(capacity, first.dtype)
+        layer.keys = first.keys.new_zeros(rows, first.keys.shape[1], width + capacity, first.keys.shape[-1])
+        layer.values = first.values.new_zeros(rows, first.values.shape[1], width + capacity, first.values.shape[-1])
+        row = 0
+        for p in parts:
+            b = p.keys.shape[0]
+            layer.keys[row : row + b, :, width - p.length : width] = p.keys[:, :, : p.length]
+            layer.values[row : row + b, :, width - p.length : width] = p.values[:, :, : p.length]
+            row += b
+        layer.length, layer.dtype, layer.device, layer.is_initialized = width, first.dtype, first.device, True
+        out.layers.append(layer)
+    return out

@@ -167,4 +167,4 @@ class VLLMSampler(Sampler):
             raise RuntimeError(f"vLLM ended a request with finish_reason {c.finish_reason!r}")
         if reason == "eos" and (not ids or ids[-1] not in self.eos_ids):
             raise RuntimeError("vLLM stopped at EOS but left the EOS token out of token_ids")
-        return Completion(ids, logps, reason, self._text(ids, stop))
+        return Completion(ids, logps, reason, self._text(ids, stop, reason))

@@ -21,6 +21,16 @@ def user_hash(user_id: str) -> str:
     return hashlib.sha256(f"alignkit-user:{user_id}".encode()).hexdigest()
 
 
+def owner_hash(user_id: str | None, api_key: str | None) -> str | None:
+    """Who a response or comparison belongs to: the hash of the user id the request named, else of the API key it
+    used, else None (an anonymous request on a keyless server: anyone may rate it)."""
+    if user_id:
+        return user_hash(user_id)
+    if api_key:
+        return "key-" + hashlib.sha256(f"alignkit-key:{api_key}".encode()).hexdigest()[:48]
+    return None
+
+
 def unit_point(user_id: str) -> float:
     """A user's fixed point in [0, 1): the first 8 bytes of a sha256 of the id, as a fraction of 2**64."""
     digest = hashlib.sha256(f"alignkit-ab:{user_id}".encode()).digest()
@@ -38,9 +48,13 @@ def check_weights(weights: dict[str, float], known: list[str] | None = None, whe
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
             raise UserError(f"{where}.{name} is {w!r}. Fix: use a finite number >= 0")
         out[name] = float(w)
-    total = sum(out.values())
-    if total <= 0:
+    scale = max(out.values())
+    if scale <= 0:
         raise UserError(f"{where}: all weights are 0. Fix: give at least one variant a positive weight")
+    total = sum(out.values())
+    if not math.isfinite(total):  # huge weights (1e308 + 1e308): scaled into [0, 1] first
+        out = {name: w / scale for name, w in out.items()}
+        total = sum(out.values())
     return {name: w / total for name, w in out.items()}
 
 
@@ -64,16 +78,16 @@ class Router:
     def set_weights(self, weights: dict[str, float]) -> dict[str, float]:
         normalized = check_weights(weights, self.order)
         full = {name: normalized.get(name, 0.0) for name in self.order}
+        # cumulative upper bounds in declared order; the last positive one is 1.0 exactly (no rounding gap). All
+        # computed before anything is assigned: a refused change changes nothing
+        bounds, acc = [], 0.0
+        for name in self.order:
+            acc += full[name]
+            bounds.append((acc, name))
+        last = max(i for i, (_, name) in enumerate(bounds) if full[name] > 0)
+        bounds[last] = (1.0, bounds[last][1])
         with self._lock:
-            self._weights = full
-            # cumulative upper bounds in declared order; the last positive one is 1.0 exactly (no rounding gap)
-            bounds, acc = [], 0.0
-            for name in self.order:
-                acc += full[name]
-                bounds.append((acc, name))
-            last = max(i for i, (_, name) in enumerate(bounds) if full[name] > 0)
-            bounds[last] = (1.0, bounds[last][1])
-            self._bounds = bounds[: last + 1]
+            self._weights, self._bounds = full, bounds[: last + 1]
         return full
 
     def add(self, name: str, weight: float = 0.0) -> dict[str, float]:

@@ -30,8 +30,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignkit.errors import UserError
-from alignkit.serve.ab import user_hash
-from alignkit.serve.engine import BadRequest, ChatOut, ChatParams, Delta, UpstreamError
+from alignkit.generation.scheduler import QueueFull
+from alignkit.serve.ab import owner_hash
+from alignkit.serve.engine import BadRequest, ChatOut, ChatParams, Delta, OpenStream, UpstreamError
 from alignkit.serve.guard import ApiError, Guard
 from alignkit.serve.schemas import (
     ChatRequest,
@@ -108,7 +109,7 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
-        return JSONResponse(error_body(e.status, e.message, e.param, e.code), status_code=e.status)
+        return JSONResponse(error_body(e.status, e.message, e.param, e.code), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
@@ -137,6 +138,10 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
     @app.get("/metrics")
     async def metrics():
         server.check_alarms(force=True)
+        for v in server.variants.values():
+            if getattr(v, "scheduler", None) is not None:
+                server.metrics.decode_rows.labels(v.name).set(v.scheduler.running)
+                server.metrics.queue_waiting.labels(v.name).set(v.scheduler.waiting)
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
@@ -146,8 +151,9 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest, request: Request, _=scope("chat")):
+    async def chat(req: ChatRequest, request: Request, key=scope("chat")):
         user = req.user or request.headers.get("x-user-id")
+        owner = owner_hash(user, key if server.can_rate(key) else None)
         variant = server.variant_for(req.model, user)
         top_p = 1.0 if req.top_p is None else req.top_p
         max_tokens = req.max_completion_tokens or req.max_tokens
@@ -164,32 +170,44 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
         server.slot()
         if req.stream:
             usage = req.stream_options is not None and req.stream_options.include_usage
-            gen = _stream(server, variant, messages, params, rid, created, user, usage)
+            try:
+                items = await _open(variant, messages, params, server.metrics)
+            except BaseException:
+                server.release()
+                raise
+            gen = _stream(server, variant, items, messages, params, rid, created, owner, usage)
             return StreamingResponse(gen, media_type="text/event-stream", headers=headers)
         try:
-            out = await _generate(variant, messages, params)
-            await server.commit(server.rows(rid, variant, messages, out, params, user))
+            out = await _generate(variant, messages, params, server.metrics)
+            await server.commit(server.rows(rid, variant, messages, out, params, owner))
         finally:
             server.release()
         return JSONResponse(_completion_body(rid, created, variant.name, out, variant.name), headers=headers)
 
     @app.post("/v1/feedback")
-    async def feedback(req: FeedbackRequest, request: Request, _=scope("feedback")):
+    async def feedback(req: FeedbackRequest, request: Request, key=scope("feedback")):
         user = req.user or request.headers.get("x-user-id")
+        owner = owner_hash(user, key)
+        response = await server.write(server.store.get_response, req.response_id)
+        if response is None:
+            raise ApiError(404, f"no response '{req.response_id}'", param="response_id", code="not_found")
+        _check_owner(response.get("user_hash"), owner, "response")
         row, created = await server.write(server.store.add_feedback, req.response_id, req.value, req.comment,
-                                          req.feedback_id, user_hash(user) if user else None)  # fmt: skip
+                                          req.feedback_id, owner)  # fmt: skip
         variant = (row.get("snapshot") or {}).get("variant", "unknown")
         if created:
             server.metrics.feedback.labels("thumbs", req.value, variant).inc()
-            server.monitor.observe_feedback(req.value, variant)
+            if "replaced" not in row:  # a changed rating is not a new observation for the detectors
+                server.monitor.observe_feedback(req.value, variant)
             server.check_alarms()
         body = {"id": row["id"], "object": "feedback", "response_id": req.response_id, "value": row["value"],
-                "stored": created}  # fmt: skip
+                "stored": created, "replaced": row.get("replaced")}  # fmt: skip
         return JSONResponse(body, status_code=201 if created else 200)
 
     @app.post("/v1/compare")
-    async def compare(req: CompareRequest, request: Request, _=scope("chat")):
+    async def compare(req: CompareRequest, request: Request, key=scope("chat")):
         user = req.user or request.headers.get("x-user-id")
+        owner = owner_hash(user, key if server.can_rate(key) else None)
         a = server.variant_for(None, user)
         b_name = server.router.other(a.name)
         if b_name is None:
@@ -201,14 +219,14 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
         server.slot()
         try:
             out_a, out_b = await asyncio.gather(_generate(a, messages, params), _generate(b, messages, params))
-            ra = server.rows(f"chatcmpl-{uuid.uuid4().hex[:24]}", a, messages, out_a, params, user, cid)
-            rb = server.rows(f"chatcmpl-{uuid.uuid4().hex[:24]}", b, messages, out_b, params, user, cid)
+            ra = server.rows(f"chatcmpl-{uuid.uuid4().hex[:24]}", a, messages, out_a, params, owner, cid)
+            rb = server.rows(f"chatcmpl-{uuid.uuid4().hex[:24]}", b, messages, out_b, params, owner, cid)
             await server.commit(ra + rb)
         finally:
             server.release()
         a_shown = secrets.choice(("left", "right"))
         await server.write(server.store.add_comparison, {
-            "id": cid, "created": time.time(), "user_hash": user_hash(user) if user else None, "messages": messages,
+            "id": cid, "created": time.time(), "user_hash": owner, "messages": messages,
             "response_a": ra[0]["id"], "response_b": rb[0]["id"], "variant_a": a.name, "variant_b": b.name,
             "a_shown": a_shown,
         })  # fmt: skip
@@ -216,17 +234,18 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
         return {"id": cid, "object": "comparison", **{s: {"content": o.choices[0].text} for s, o in sides.items()}}
 
     @app.post("/v1/compare/{cid}/vote")
-    async def vote(cid: str, req: VoteRequest, request: Request, _=scope("feedback")):
+    async def vote(cid: str, req: VoteRequest, request: Request, key=scope("feedback")):
         user = req.user or request.headers.get("x-user-id")
+        owner = owner_hash(user, key)
         c = await server.write(server.store.get_comparison, cid)
         if c is None:
             raise ApiError(404, f"no comparison '{cid}'", param="id", code="not_found")
+        _check_owner(c.get("user_hash"), owner, "comparison")
         shown_a = c["a_shown"]
         stored = {"left": "a" if shown_a == "left" else "b", "right": "b" if shown_a == "left" else "a"}.get(
             req.vote, req.vote
         )
-        row, created = await server.write(server.store.add_vote, cid, stored, req.vote_id,
-                                          user_hash(user) if user else None)  # fmt: skip
+        row, created = await server.write(server.store.add_vote, cid, stored, req.vote_id, owner)
         if created:
             winner = {"a": c["variant_a"], "b": c["variant_b"]}.get(row["vote"], "none")
             server.metrics.feedback.labels("comparison", row["vote"], winner).inc()
@@ -250,18 +269,25 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
         log.info("A/B weights changed: %s", weights)
         return {"weights": weights}
 
+    adding: set[str] = set()  # variant names being loaded right now (a second add of one name is refused)
+
     @app.post("/admin/variants")
     async def add_variant(req: VariantRequest, _=scope("admin")):
         from alignkit.serve.engine import make_variant
 
-        if req.name in server.variants:
+        if req.name in server.variants or req.name in adding:
             raise ApiError(400, f"variant '{req.name}' is already served. Fix: pick another name", param="name")
-        variant = make_variant(req.name, req.source, server.settings.device, server.settings.dtype)
+        settings = server.settings
+        variant = make_variant(req.name, req.source, settings.device, settings.dtype, **settings.batching)
+        adding.add(req.name)
         try:
             await asyncio.to_thread(variant.load)
-        except Exception as e:  # noqa: BLE001 - a bad source is the caller's error, told plainly
-            log.warning("could not add variant %s from %s: %s", req.name, req.source, e)
-            raise ApiError(400, f"could not load '{req.source}': {str(e).splitlines()[0][:300]}", "source") from None
+        except Exception as e:  # noqa: BLE001 - a bad source is the caller's error; details only in the log
+            log.warning("could not add variant %s from %s: %s: %s", req.name, req.source, type(e).__name__, e)
+            what = "reach the upstream server" if variant.kind == "upstream" else "load a model"
+            raise ApiError(400, f"could not {what} from '{req.source}'; the server log says why", "source") from None
+        finally:
+            adding.discard(req.name)
         server.variants[req.name] = variant
         weights = server.router.add(req.name, req.weight)
         await server.write(server.store.set_weights, weights, f"admin: added {req.name}")
@@ -282,21 +308,50 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
     return Guard(app, server)
 
 
+def _check_owner(stored: str | None, asking: str | None, what: str) -> None:
+    """A response or comparison made for one user (or key) is rated only by that user (or key): 403 otherwise."""
+    if stored is not None and stored != asking:
+        raise ApiError(403, f"this {what} was answered for another user; only that user may rate it. Fix: send the "
+                            "same 'user' (or API key) as the request that got it", code="not_owner")  # fmt: skip
+
+
 def _state(variant) -> str:
     return "ready" if variant.ready else ("failed" if getattr(variant, "error", None) else "loading")
 
 
-async def _generate(variant, messages: list[dict], params: ChatParams) -> ChatOut:
+async def _generate(variant, messages: list[dict], params: ChatParams, metrics=None) -> ChatOut:
+    items = await _open(variant, messages, params, metrics)
+    out = None
     try:
-        return await variant.chat(messages, params)
+        async for item in items:
+            out = item
     except BadRequest as e:
         raise ApiError(400, str(e), code="context_length_exceeded") from None
     except UpstreamError as e:
         log.error("%s", e)
         raise ApiError(502, f"variant '{variant.name}' upstream failed; see the server log") from None
+    finally:
+        items.cancel()  # the client left before the answer was complete: stop generating it
+    return out
 
 
-async def _stream(server: Server, variant, messages, params, rid, created, user, usage: bool):
+async def _open(variant, messages: list[dict], params: ChatParams, metrics=None) -> OpenStream:
+    """The variant's stream, queued: BadRequest -> 400, a full queue -> 429 with Retry-After, upstream -> 502."""
+    try:
+        return await variant.open_stream(messages, params)
+    except BadRequest as e:
+        raise ApiError(400, str(e), code="context_length_exceeded") from None
+    except QueueFull as e:
+        if metrics is not None:
+            metrics.rejected.labels("queue").inc()
+        raise ApiError(429, f"variant '{variant.name}': {e}", code="queue_full",
+                       headers={"Retry-After": str(e.retry_after)}) from None  # fmt: skip
+    except UpstreamError as e:
+        log.error("%s", e)
+        raise ApiError(502, f"variant '{variant.name}' upstream failed; see the server log") from None
+
+
+async def _stream(server: Server, variant, items: OpenStream, messages, params, rid, created, owner, usage: bool):
     """SSE: a role chunk, content deltas, a finish chunk per choice, the usage chunk if asked, then [DONE]. The
     rows are committed before [DONE]; an error mid-stream ends the stream with an error event."""
     model = variant.name
@@ -304,13 +359,13 @@ async def _stream(server: Server, variant, messages, params, rid, created, user,
         yield _chunk(rid, created, model, [{"index": k, "delta": {"role": "assistant", "content": ""},
                                             "finish_reason": None} for k in range(params.n)])  # fmt: skip
         out = None
-        async for item in variant.stream(messages, params):
+        async for item in items:
             if isinstance(item, Delta):
                 yield _chunk(rid, created, model, [{"index": item.index, "delta": {"content": item.text},
                                                     "finish_reason": None}])  # fmt: skip
             else:
                 out = item
-        await server.commit(server.rows(rid, variant, messages, out, params, user))
+        await server.commit(server.rows(rid, variant, messages, out, params, owner))
         for k, c in enumerate(out.choices):
             yield _chunk(rid, created, model, [{"index": k, "delta": {}, "finish_reason": c.finish_reason,
                                                 "response_id": rid if k == 0 else f"{rid}-{k}"}])  # fmt: skip
@@ -333,4 +388,5 @@ async def _stream(server: Server, variant, messages, params, rid, created, user,
         log.exception("unhandled error %s in a chat stream", ref)
         yield f"data: {json.dumps(error_body(500, f'internal error (reference {ref}); see the server log'))}\n\n"
     finally:
+        items.cancel()  # a stream left early (client gone) stops generating; a finished one is unaffected
         server.release()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from alignkit.errors import UserError
 
@@ -55,6 +54,17 @@ class Delta:
     text: str
 
 
+class OpenStream:
+    """A started stream: iterate it for ``Delta``s and the final ``ChatOut``; ``cancel()`` stops its generation
+    (also when it was never iterated)."""
+
+    def __init__(self, items: AsyncIterator, cancel=lambda: None):
+        self.items, self.cancel = items, cancel
+
+    def __aiter__(self) -> AsyncIterator:
+        return self.items
+
+
 class BadRequest(UserError):
     """A request this variant cannot serve (too long for the context, ...): the client hears 400."""
 
@@ -63,31 +73,34 @@ class UpstreamError(RuntimeError):
     """The upstream server failed or is unreachable: the client hears 502."""
 
 
-class _Cancelled(Exception):
-    pass
-
-
 @dataclass
 class LocalVariant:
-    """A model directory, LoRA adapter directory or the embedded default (``source`` None), on CPU or GPU."""
+    """A model directory, LoRA adapter directory or the embedded default (``source`` None), on CPU or GPU, served by
+    a continuous-batching ``Scheduler``: ``max_rows`` rows decoded together (1 = one request at a time),
+    ``max_waiting`` requests queued behind them (more hear 429 with Retry-After), prompts prefilled
+    ``prefill_chunk`` tokens per decode step."""
 
     name: str
     source: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    max_rows: int = 16
+    max_waiting: int = 64
+    prefill_chunk: int = 256
     kind: str = "local"
     ready: bool = False
     model_id: str = ""
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def load(self) -> None:
         from alignkit.config import EMBEDDED_MODEL
         from alignkit.generation import load_sampler
+        from alignkit.generation.scheduler import Scheduler
 
         self._ready = load_sampler(self.source, self.device, self.dtype, merge_lora=True)  # LoRA merged for serving
         self.tok, self.sampler = self._ready.tok, self._ready.sampler
         self.context = int(getattr(self._ready.model.config, "max_position_embeddings", 2048) or 2048)
         self.model_id = self.model_id or (self.source or EMBEDDED_MODEL)
+        self.scheduler = Scheduler(self._ready, self.max_rows, self.max_waiting, self.prefill_chunk)
         self.ready = True
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -104,54 +117,46 @@ class LocalVariant:
                 f"context of {self.context}. Fix: shorten the conversation or lower max_tokens"
             )
 
-    def _run(self, messages: list[dict], params: ChatParams, on_token=None) -> ChatOut:
-        """Blocking generation (one at a time per variant: the model is shared)."""
+    async def chat(self, messages: list[dict], params: ChatParams) -> ChatOut:
+        out = None
+        async for item in self.stream(messages, params):
+            out = item
+        return out
 
-        from alignkit.generation.sampler import SamplingParams
+    async def stream(self, messages: list[dict], params: ChatParams) -> AsyncIterator[Delta | ChatOut]:
+        async for item in await self.open_stream(messages, params):
+            yield item
+
+    async def open_stream(self, messages: list[dict], params: ChatParams) -> OpenStream:
+        """Queue the request now (BadRequest, or QueueFull when the queue is full, raise here, before a response
+        starts) -> its stream: text deltas as tokens are drawn, then the ChatOut. Text that may be the start of a
+        stop string (or half a UTF-8 character) is held back until it is known. Leaving the stream early (the
+        client disconnected) or ``cancel()`` cancels the request: its rows leave the batch at the next step."""
+        from alignkit.generation.decode import Request
+        from alignkit.generation.params import SamplingParams
 
         t0 = time.perf_counter()
-        ids = self.prompt_ids(messages)
+        ids = await asyncio.to_thread(self.prompt_ids, messages)
         self._check(ids, params)
         sampling = SamplingParams(
             n=params.n, max_new_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
             stop=params.stop,
         )  # fmt: skip
         seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-        first: list[float] = []
-
-        def hook(p: int, k: int, token: int) -> None:
-            if not first:
-                first.append(time.perf_counter() - t0)
-            if on_token is not None:
-                on_token(k, token)
-
-        with self._lock, self._ready.autocast():
-            (group,) = self.sampler.sample([ids], sampling, [seed], on_token=hook)
-        choices = [ChoiceOut(c.text, FINISH[c.finish_reason], len(c.token_ids)) for c in group]
-        return ChatOut(choices, len(ids), self.model_id, first[0] if first else None, time.perf_counter() - t0)
-
-    async def chat(self, messages: list[dict], params: ChatParams) -> ChatOut:
-        return await asyncio.to_thread(self._run, messages, params)
-
-    async def stream(self, messages: list[dict], params: ChatParams) -> AsyncIterator[Delta | ChatOut]:
-        """Text deltas as tokens are drawn; text that may be the start of a stop string (or half a UTF-8
-        character) is held back until it is known; the last item is the ChatOut."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancelled = threading.Event()
 
-        def on_token(k: int, token: int) -> None:
-            if cancelled.is_set():
-                raise _Cancelled
-            loop.call_soon_threadsafe(queue.put_nowait, (k, token))
-
-        async def run() -> ChatOut:
+        def put(item) -> None:
             try:
-                return await asyncio.to_thread(self._run, messages, params, on_token)
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                pass
 
-        task = asyncio.ensure_future(run())
+        request = Request(ids, sampling, seed, on_token=lambda k, token: put((k, token)))
+        self.scheduler.submit(request, on_done=lambda r: put(None))
+        return OpenStream(self._deltas(request, queue, len(ids), params, t0), request.cancel)
+
+    async def _deltas(self, request, queue: asyncio.Queue, prompt_tokens: int, params: ChatParams, t0: float):
         tokens: dict[int, list[int]] = {}
         sent: dict[int, int] = {}
         hold = max((len(s) for s in params.stop), default=1) - 1
@@ -169,18 +174,23 @@ class LocalVariant:
                 if safe > sent.get(k, 0):
                     yield Delta(k, text[sent.get(k, 0) : safe])
                     sent[k] = safe
-            out = await task
         except BaseException:
-            cancelled.set()  # the client left: the sampler stops at its next token
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no "never retrieved" log
+            request.cancel()  # the client left: its rows leave the batch at the next step
             raise
-        for k, choice in enumerate(out.choices):  # the rest, cut before a stop string as the sampler cut it
+        if request.error is not None:
+            raise RuntimeError(f"variant {self.name}: generation failed: {request.error}")
+        group = request.completions(self.tok)
+        choices = [ChoiceOut(c.text, FINISH.get(c.finish_reason, "stop"), len(c.token_ids)) for c in group]
+        for k, choice in enumerate(choices):  # the rest, cut before a stop string as the sampler cut it
             if len(choice.text) > sent.get(k, 0):
                 yield Delta(k, choice.text[sent.get(k, 0) :])
-        yield out
+        ttft = request.first_token_at - t0 if request.first_token_at is not None else None
+        yield ChatOut(choices, prompt_tokens, self.model_id, ttft, time.perf_counter() - t0)
 
     async def aclose(self) -> None:
-        return None
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.close)
 
 
 @dataclass
@@ -253,6 +263,9 @@ class UpstreamVariant:
         seconds = time.perf_counter() - t0
         return ChatOut(choices, usage.prompt_tokens if usage else 0, r.model or self.model_id, None, seconds)
 
+    async def open_stream(self, messages: list[dict], params: ChatParams) -> OpenStream:
+        return OpenStream(self.stream(messages, params))
+
     async def stream(self, messages: list[dict], params: ChatParams) -> AsyncIterator[Delta | ChatOut]:
         import openai
 
@@ -290,12 +303,12 @@ def _index(choice) -> int:
     return choice.index
 
 
-def make_variant(name: str, source: str | None, device: str = "auto", dtype: str = "auto"):
+def make_variant(name: str, source: str | None, device: str = "auto", dtype: str = "auto", **batching):
     """``source``: None (the embedded default), a model or adapter directory, or an http(s) base URL of an
     OpenAI-compatible server, optionally ``URL#MODEL`` to pick one of its models (its key, if it needs one, from
-    ALIGNKIT_UPSTREAM_API_KEY)."""
+    ALIGNKIT_UPSTREAM_API_KEY). ``batching``: ``LocalVariant``'s max_rows / max_waiting / prefill_chunk."""
     if source and source.startswith(("http://", "https://")):
         url, _, model = source.partition("#")
         key = os.environ.get("ALIGNKIT_UPSTREAM_API_KEY") or None
         return UpstreamVariant(name, url.rstrip("/"), model or None, key)
-    return LocalVariant(name, source, device, dtype)
+    return LocalVariant(name, source, device, dtype, **batching)

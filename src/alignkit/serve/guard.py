@@ -14,9 +14,12 @@ from alignkit.serve.schemas import error_body
 class ApiError(Exception):
     """An error the client hears, in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
 
 async def _send_error(send, status: int, message: str, code: str | None = None) -> None:

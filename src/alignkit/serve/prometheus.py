@@ -46,6 +46,12 @@ class Metrics:
         )  # fmt: skip
         self.weight = Gauge("alignkit_variant_weight", "A/B traffic weight of each variant", ["variant"], registry=r)
         self.ready = Gauge("alignkit_ready", "1 once every variant is loaded", registry=r)
+        self.decode_rows = Gauge(
+            "alignkit_decode_rows", "Rows a local variant is decoding together now", ["variant"], registry=r
+        )
+        self.queue_waiting = Gauge(
+            "alignkit_queue_waiting", "Requests queued for a local variant's decode loop", ["variant"], registry=r
+        )
 
     def set_detectors(self, state: dict[str, dict]) -> None:
         for name, s in state.items():

@@ -5,9 +5,39 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_TEXT = 100_000  # characters of one message; the body limit (413) bounds the whole request first
+SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; larger ones are refused (422), never a 500
+
+
+def _check_unicode(value, where: str) -> None:
+    """Every string in ``value`` (nested in lists, dicts, models) must be valid Unicode: a lone surrogate (``\\ud800``
+    in JSON) cannot be encoded, tokenized, hashed or stored, so it is refused (422) instead of failing later (500)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} is not valid Unicode (a lone surrogate). Fix: send UTF-8 text") from None
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, where)
+            _check_unicode(item, f"{where}.{key}")
+    elif isinstance(value, BaseModel):
+        for key, item in value.__dict__.items():
+            _check_unicode(item, f"{where}.{key}" if where else key)
+
+
+class Body(BaseModel):
+    """A request body: every string in it is valid Unicode."""
+
+    @model_validator(mode="after")
+    def _valid_unicode(self):
+        _check_unicode(self, "")
+        return self
 
 
 class TextPart(BaseModel):
@@ -28,7 +58,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Body):
     """``model``: a variant name, or omitted / "auto" / the router name to be assigned by A/B rollout."""
 
     model_config = ConfigDict(extra="ignore")  # as vLLM: unknown OpenAI fields are accepted and ignored
@@ -40,7 +70,7 @@ class ChatRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-SEED_MAX, le=SEED_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
@@ -57,19 +87,19 @@ class ChatRequest(BaseModel):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
-class CompareRequest(BaseModel):
+class CompareRequest(Body):
     model_config = ConfigDict(extra="ignore")
     messages: list[Message] = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-SEED_MAX, le=SEED_MAX)
     user: str | None = Field(None, max_length=256)
 
     def plain_messages(self) -> list[dict]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(Body):
     response_id: str = Field(min_length=1, max_length=200)
     value: Literal["up", "down"]
     comment: str | None = Field(None, max_length=4000)
@@ -77,7 +107,7 @@ class FeedbackRequest(BaseModel):
     user: str | None = Field(None, max_length=256)
 
 
-class VoteRequest(BaseModel):
+class VoteRequest(Body):
     """A vote by what the user saw: the left answer, the right one, a tie, or both bad."""
 
     vote: Literal["left", "right", "tie", "both_bad"]
@@ -85,11 +115,11 @@ class VoteRequest(BaseModel):
     user: str | None = Field(None, max_length=256)
 
 
-class WeightsRequest(BaseModel):
+class WeightsRequest(Body):
     weights: dict[str, float]
 
 
-class VariantRequest(BaseModel):
+class VariantRequest(Body):
     """A variant added at runtime: a model/adapter directory or an upstream URL, with its initial traffic share."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from alignkit.serve.ab import Router, user_hash
+from alignkit.serve.ab import Router
 from alignkit.serve.engine import ChatOut, ChatParams
 from alignkit.serve.guard import ApiError
 from alignkit.serve.prometheus import Metrics
@@ -24,7 +24,8 @@ class ServeSettings:
 
     api_keys: dict[str, set[str]] = field(default_factory=dict)
     max_body_bytes: int = 1 << 20
-    max_concurrency: int = 4  # chat/compare requests generating at once; more get 429
+    max_concurrency: int = 64  # chat/compare requests in flight (decoding or queued); more get 429 + Retry-After
+    batching: dict = field(default_factory=dict)  # LocalVariant max_rows / max_waiting / prefill_chunk (runtime adds)
     max_tokens_cap: int = 1024
     default_max_tokens: int = 256
     default_temperature: float = 0.7
@@ -128,22 +129,36 @@ class Server:
         if self.chats >= self.settings.max_concurrency:
             self.metrics.rejected.labels("concurrency").inc()
             raise ApiError(429, f"{self.chats} chat requests are already being answered (limit "
-                                f"{self.settings.max_concurrency}). Retry after a moment")  # fmt: skip
+                                f"{self.settings.max_concurrency}). Retry after a moment", code="too_many_requests",
+                           headers={"Retry-After": str(self.retry_after())})  # fmt: skip
         self.chats += 1
         self.metrics.chats_in_flight.set(self.chats)
+
+    def can_rate(self, key: str | None) -> bool:
+        """Whether ``key`` may also post feedback: an answer got with such a key (and no user id) is bound to the
+        key; one got with a chat-only key is not (its rater must use another key), so the unguessable response id is
+        what lets its client rate it."""
+        keys = self.settings.api_keys
+        return key is not None and (key in keys.get("feedback", set()) or key in keys.get("admin", set()))
+
+    def retry_after(self) -> int:
+        """Seconds after which a refused request is likely to be admitted (the slowest local queue's estimate)."""
+        estimates = [v.scheduler.retry_after() for v in self.variants.values() if getattr(v, "scheduler", None)]
+        return max(estimates, default=1)
 
     def release(self) -> None:
         self.chats -= 1
         self.metrics.chats_in_flight.set(self.chats)
 
-    def rows(self, rid: str, variant, messages, out: ChatOut, params: ChatParams, user, comparison=None) -> list:
-        """One store row per choice (ids rid, rid-1, ...), flagged, observed by the monitor and counted."""
+    def rows(self, rid: str, variant, messages, out: ChatOut, params: ChatParams, owner, comparison=None) -> list:
+        """One store row per choice (ids rid, rid-1, ...), flagged, observed by the monitor and counted; ``owner``:
+        ``ab.owner_hash`` of the user (or key) the answer is for."""
         rows = []
         for k, choice in enumerate(out.choices):
             flags = self.flagger(messages, choice.text)
             rows.append({
                 "id": rid if k == 0 else f"{rid}-{k}", "request_id": rid, "created": time.time(),
-                "variant": variant.name, "model": out.model, "user_hash": user_hash(user) if user else None,
+                "variant": variant.name, "model": out.model, "user_hash": owner,
                 "messages": messages, "content": choice.text, "finish_reason": choice.finish_reason,
                 "prompt_tokens": out.prompt_tokens, "completion_tokens": choice.completion_tokens,
                 "latency_s": out.seconds, "ttft_s": out.ttft_s, "flags": flags, "comparison_id": comparison,

@@ -132,8 +132,11 @@ class Store:
         """Store thumbs feedback with a snapshot of the response; returns (row, created).
 
         Idempotent by ``feedback_id`` (default a new "fb-<hex>"): an id already stored returns the stored row and
-        created=False, whatever the new call's other arguments. Unknown response: NotFound; a value other than
-        "up"/"down": ValueError. The row also carries the response's ``variant``.
+        created=False, whatever the new call's other arguments. One rating per user per response: a new rating by
+        a ``user_hash`` that already rated the response replaces that row's value, comment and time (returned with
+        created=True and ``replaced`` = the earlier value), so a user's latest thumb is the one that counts.
+        Unknown response: NotFound; a value other than "up"/"down": ValueError. The row carries the response's
+        ``variant``.
         """
         if value not in FEEDBACK_VALUES:
             raise ValueError(f"feedback value {value!r}: use one of {', '.join(FEEDBACK_VALUES)}")
@@ -150,6 +153,17 @@ class Store:
             snap = conn.execute(sql["snapshot"], {"r": response_id}).mappings().first()
             if snap is None:
                 raise NotFound(f"no response '{response_id}' in the store")  # before any change: a clean error
+            stored = self._feedback_row(conn, fid)
+            if stored is not None:
+                return stored, False
+            if user_hash is not None:
+                earlier = conn.execute(
+                    sa.select(F.c.id, F.c.value).where(F.c.response_id == response_id, F.c.user_hash == user_hash)
+                ).first()
+                if earlier is not None:
+                    change = {"value": value, "comment": comment, "created": row["created"]}
+                    conn.execute(F.update().where(F.c.id == earlier.id).values(**change))
+                    return {**self._feedback_row(conn, earlier.id), "replaced": earlier.value}, True
             new = {**row, "snapshot": dict(snap)}
             if conn.execute(sql["feedback_insert"], new).rowcount == 1:
                 return {**{c: new.get(c) for c in F.c.keys()}, "variant": snap["variant"]}, True
