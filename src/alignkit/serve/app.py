@@ -80,7 +80,10 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
             threading.Thread(target=server.load, name="alignkit-load", daemon=True).start()
         else:
             server.load()
+        follow = asyncio.ensure_future(server.follow_weights()) if server.settings.weights_sync_s > 0 else None
         yield
+        if follow is not None:
+            follow.cancel()
         for v in server.variants.values():
             await v.aclose()
         server.pool.shutdown(wait=True)

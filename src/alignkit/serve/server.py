@@ -34,6 +34,7 @@ class ServeSettings:
     dtype: str = "auto"
     monitor_window: int = 200
     monitor_baseline: int = 1000
+    weights_sync_s: float = 2.0  # how often the A/B weights are re-read from the store (replicas on one store)
 
 
 class Server:
@@ -88,6 +89,36 @@ class Server:
             self.metrics.store_errors.inc()
             log.error("store error: %s: %s", type(e).__name__, e)
             raise ApiError(503, "the feedback store is unavailable; nothing was saved. Retry later") from None
+
+    def sync_weights(self) -> dict[str, float] | None:
+        """Apply the store's latest A/B weights when another replica changed them -> the new weights, or None
+        when nothing changed (or they name a variant this replica does not serve: logged once, left as is)."""
+        recorded = self.store.latest_weights()
+        if not recorded or recorded == self.router.weights:
+            return None
+        full = {name: float(recorded.get(name, 0.0)) for name in self.router.order}
+        if full == self.router.weights:
+            return None
+        unknown = sorted(set(recorded) - set(self.variants))
+        if unknown:
+            if unknown != getattr(self, "_unknown_logged", None):
+                log.warning("the store's A/B weights name variants this replica does not serve (%s); add them here "
+                            "(POST /admin/variants) to follow", ", ".join(unknown))  # fmt: skip
+                self._unknown_logged = unknown
+            return None
+        weights = self.router.set_weights(recorded)
+        self.metrics.set_weights(weights)
+        log.info("A/B weights changed by another replica: %s", weights)
+        return weights
+
+    async def follow_weights(self) -> None:
+        """Background task: ``sync_weights`` every ``settings.weights_sync_s`` seconds (store errors are logged)."""
+        while True:
+            await asyncio.sleep(self.settings.weights_sync_s)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.pool, self.sync_weights)
+            except Exception as e:  # noqa: BLE001 - the store may be briefly away; the next round retries
+                log.warning("could not re-read the A/B weights: %s: %s", type(e).__name__, e)
 
     def check_alarms(self, force: bool = False) -> dict:
         """Detector state into the gauges; an alarm turning on or off is logged. At most once a second."""
