@@ -297,42 +297,53 @@ def test_5000_concurrent_feedback_posts_each_stored_once(store):
 
 
 def test_migration_from_older_version(store_url, monkeypatch):
+    released = list(store_schema.MIGRATIONS)
+    monkeypatch.setattr(store_schema, "MIGRATIONS", released[:1])  # a store written by the first release
     with Store(store_url) as s:
         s.add_responses([response("r1")])
         s.add_feedback("r1", "up", feedback_id="fb-old")
     assert raw_versions(store_url) == [1]
+    monkeypatch.setattr(store_schema, "MIGRATIONS", released)  # this release: v2 adds rollout_events
+    with Store(store_url) as s:
+        assert s.schema_version == len(released) and s.get_feedback("fb-old")["value"] == "up"
+        s.add_rollout_event({"loop": "l", "action": "held", "reason": "r", "numbers": {"n": 1}})
+        assert [e["action"] for e in s.rollout_events("l")] == ["held"]
+    assert raw_versions(store_url) == list(range(1, len(released) + 1))
+    nxt = len(released) + 1
 
-    def v2_model(md):
+    def next_model(md):
         md.tables["feedback"].append_column(sa.Column("source", sa.String))
 
-    def v2_upgrade(conn, md):
+    def next_upgrade(conn, md):
         table = md.tables["feedback"]
         add_column(conn, table.c.source)
         conn.execute(table.update().values(source="legacy"))
         sa.Index("ix_feedback_source", table.c.source).create(conn)
 
-    v2 = Migration(2, "feedback.source", v2_model, v2_upgrade)
-    monkeypatch.setattr(store_schema, "MIGRATIONS", [*store_schema.MIGRATIONS, v2])
+    monkeypatch.setattr(store_schema, "MIGRATIONS", [*released, Migration(nxt, "feedback.source", next_model,
+                                                                          next_upgrade)])  # fmt: skip
     with Store(store_url) as s:
-        assert s.schema_version == 2 and s.check() == "ok"
+        assert s.schema_version == nxt and s.check() == "ok"
         assert s.get_feedback("fb-old")["source"] == "legacy"
         row, _ = s.add_feedback("r1", "down", feedback_id="fb-new")
         assert row["source"] is None and s.get_feedback("fb-new") == row
-    assert raw_versions(store_url) == [1, 2]
+    assert raw_versions(store_url) == list(range(1, nxt + 1))
 
-    def v3_upgrade(conn, md):
+    def broken_upgrade(conn, md):
         add_column(conn, md.tables["feedback"].c.broken)
         raise RuntimeError("migration bug")
 
-    v3 = Migration(3, "broken", lambda md: md.tables["feedback"].append_column(sa.Column("broken", sa.String)),
-                   v3_upgrade)  # fmt: skip
-    monkeypatch.setattr(store_schema, "MIGRATIONS", [*store_schema.MIGRATIONS, v3])
+    def broken_model(md):
+        md.tables["feedback"].append_column(sa.Column("broken", sa.String))
+
+    broken = Migration(nxt + 1, "broken", broken_model, broken_upgrade)
+    monkeypatch.setattr(store_schema, "MIGRATIONS", [*store_schema.MIGRATIONS, broken])
     with pytest.raises(RuntimeError, match="migration bug"):
         Store(store_url)
-    monkeypatch.setattr(store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:2])
+    monkeypatch.setattr(store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:nxt])
     with Store(store_url) as s:  # the failed migration was rolled back as a whole
         assert "broken" not in s.get_feedback("fb-old") and s.counts()["feedback"] == 2
-    assert raw_versions(store_url) == [1, 2]
+    assert raw_versions(store_url) == list(range(1, nxt + 1))
 
 
 def test_newer_schema_is_refused(store_url):
@@ -342,12 +353,13 @@ def test_newer_schema_is_refused(store_url):
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO schema_version (version, description, applied) VALUES (99, 'future', 0)")
     engine.dispose()
-    with pytest.raises(StoreError, match="schema version 99, newer than this alignkit's 1") as e:
+    latest = len(store_schema.MIGRATIONS)
+    with pytest.raises(StoreError, match=f"schema version 99, newer than this alignkit's {latest}") as e:
         Store(store_url)
     assert ("store.sqlite" in str(e.value) or "postgresql+psycopg://" in str(e.value)) and "upgrade alignkit" in str(
         e.value
     )
-    assert raw_versions(store_url) == [1, 99]
+    assert raw_versions(store_url) == [*range(1, latest + 1), 99]
 
 
 def test_corrupt_or_foreign_file_is_refused_and_left_untouched(tmp_path):

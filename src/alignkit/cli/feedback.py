@@ -160,15 +160,35 @@ def feedback_stats(
     try:
         responses, feedback = store.responses(start, end), store.feedback(start, end)
         comparisons = store.comparisons(start, end, voted_only=False)
+        rollout = store.rollout_events(last=10)
     finally:
         store.close()
     options = {"window": monitor_window, "baseline": monitor_baseline, "min_samples": min(30, monitor_window)}
     summary = summarize(responses, feedback, comparisons, since=start, until=end, window=size, baseline=baseline,
                         margin=margin, min_n=min_n, monitor=options)  # fmt: skip
+    summary["rollout"] = rollout  # the latest decisions of `alignkit loop`, if one runs
     if as_json:
         typer.echo(json.dumps(summary, indent=1))
     else:
         print_summary(summary, _console())
+        _print_rollout(rollout, _console())
+
+
+def _print_rollout(events: list[dict], console) -> None:
+    """The newest decisions of `alignkit loop` (what, to which candidate, at which share, why)."""
+    if not events:
+        return
+    from rich.table import Table
+
+    from alignkit.serve.stats import format_time
+
+    table = Table(title="rollout decisions (alignkit loop), newest last", title_justify="left")
+    for name in ("at", "loop", "action", "candidate", "share", "why"):
+        table.add_column(name)
+    for e in events:
+        share = f"{e['share']:.0%}" if e["share"] is not None else "-"
+        table.add_row(format_time(e["created"]), e["loop"], e["action"], e["candidate"] or "-", share, e["reason"])
+    console.print(table)
 
 
 @feedback_app.command("export")

@@ -9,10 +9,10 @@ import sys
 
 import typer
 
-from alignkit.cli import cai, data, eval, feedback, generate, judge, runs, serve, train, verify
+from alignkit.cli import cai, data, eval, feedback, generate, judge, loop, runs, serve, train, verify
 from alignkit.errors import UserError
 
-COMMANDS = (train, generate, runs, data, verify, eval, cai, judge, feedback, serve)
+COMMANDS = (train, generate, runs, data, verify, eval, cai, judge, feedback, serve, loop)
 
 app = typer.Typer(
     add_completion=False,

@@ -7,6 +7,7 @@
     POST /v1/compare/{id}/vote left | right | tie | both_bad                                      scope feedback
     GET|PUT /admin/weights     A/B weights (recorded in the store)       GET /admin/detectors     scope admin
     GET  /health  (503 until every variant is loaded)    GET /metrics (Prometheus)    GET / (the web page)
+    GET  /rollout (the decisions of `alignkit loop`, newest first: a status page)
 
 Every failure answers in OpenAI's error shape, never with a stack trace; 2xx for a write only after its row is
 committed.
@@ -141,6 +142,10 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
     @app.get("/metrics")
     async def metrics():
         server.check_alarms(force=True)
+        try:
+            server.metrics.set_rollout(await server.write(server.store.rollout_summary))
+        except ApiError:
+            pass  # the store is away: the other metrics still answer (alignkit_store_errors_total counts it)
         for v in server.variants.values():
             if getattr(v, "scheduler", None) is not None:
                 server.metrics.decode_rows.labels(v.name).set(v.scheduler.running)
@@ -301,6 +306,13 @@ def create_app(server: Server, load_in_background: bool = True) -> FastAPI:
     @app.get("/admin/detectors")
     async def detectors(_=scope("admin")):
         return server.check_alarms(force=True)
+
+    @app.get("/rollout", response_class=HTMLResponse)
+    async def rollout_page():
+        from alignkit.serve.status import rollout_html
+
+        events = await server.write(server.store.rollout_events, None, 50)
+        return HTMLResponse(rollout_html(events, server.router.weights))
 
     page = Path(__file__).with_name("static") / "index.html"
 

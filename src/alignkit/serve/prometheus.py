@@ -49,6 +49,14 @@ class Metrics:
         self.decode_rows = Gauge(
             "alignkit_decode_rows", "Rows a local variant is decoding together now", ["variant"], registry=r
         )
+        self.rollout_events = Gauge(
+            "alignkit_rollout_events", "Decisions of alignkit loop recorded in the store, by action", ["action"],
+            registry=r,
+        )  # fmt: skip
+        self.rollout_share = Gauge(
+            "alignkit_rollout_candidate_share", "The traffic share of each loop's candidate (1 after a promotion)",
+            ["loop"], registry=r,
+        )  # fmt: skip
         self.queue_waiting = Gauge(
             "alignkit_queue_waiting", "Requests queued for a local variant's decode loop", ["variant"], registry=r
         )
@@ -62,3 +70,9 @@ class Metrics:
     def set_weights(self, weights: dict[str, float]) -> None:
         for name, w in weights.items():
             self.weight.labels(name).set(w)
+
+    def set_rollout(self, summary: dict) -> None:
+        for action, n in summary["counts"].items():
+            self.rollout_events.labels(action).set(n)
+        for loop, event in summary["latest"].items():
+            self.rollout_share.labels(loop).set(event["share"] if event["share"] is not None else 0.0)

@@ -246,6 +246,32 @@ class Store:
 
         return self._submit(write)
 
+    def add_rollout_event(self, row: dict) -> dict:
+        """Record a rollout decision of ``alignkit loop`` (loop, action, champion, candidate, share, reason, numbers);
+        returns the row with its id."""
+        required = ("loop", "action", "reason", "numbers")
+        out = self._row("rollout_events", row, required, {"created": lambda r: time.time()})
+        out.pop("id", None)
+        E = self._tables["rollout_events"]
+        return {"id": self._submit(lambda conn: conn.execute(E.insert().values(**out)).inserted_primary_key[0]),
+                **out}  # fmt: skip
+
+    def rollout_events(self, loop: str | None = None, last: int | None = None) -> list[dict]:
+        """Rollout events (of ``loop``, or all), oldest first; ``last``: only the newest ``last``."""
+        E = self._tables["rollout_events"]
+        stmt = sa.select(E) if loop is None else sa.select(E).where(E.c.loop == loop)
+        if last is not None:
+            return self._rows(stmt.order_by(E.c.id.desc()).limit(last))[::-1]
+        return self._rows(stmt.order_by(E.c.id))
+
+    def rollout_summary(self) -> dict:
+        """{"counts": {action: events}, "latest": {loop: its newest event}} for /metrics and the status page."""
+        E = self._tables["rollout_events"]
+        counts = self._rows(sa.select(E.c.action, sa.func.count().label("n")).group_by(E.c.action))
+        newest = sa.select(sa.func.max(E.c.id)).group_by(E.c.loop)
+        latest = self._rows(sa.select(E).where(E.c.id.in_(newest)))
+        return {"counts": {r["action"]: int(r["n"]) for r in counts}, "latest": {r["loop"]: r for r in latest}}
+
     # ---- reads ---------------------------------------------------------------------------------------------------
 
     def _rows(self, stmt) -> list[dict]:

@@ -122,8 +122,29 @@ def _v1_upgrade(conn: sa.Connection, md: sa.MetaData) -> None:
     md.create_all(conn, checkfirst=False)
 
 
+def _v2_model(md: sa.MetaData) -> None:
+    sa.Table(
+        "rollout_events",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("created", sa.Float, nullable=False, index=True),
+        sa.Column("loop", sa.String, nullable=False, index=True),
+        sa.Column("action", sa.String, nullable=False),
+        sa.Column("champion", sa.String),
+        sa.Column("candidate", sa.String),
+        sa.Column("share", sa.Float),  # the candidate's traffic share after this event
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("numbers", sa.JSON, nullable=False),
+    )
+
+
+def _v2_upgrade(conn: sa.Connection, md: sa.MetaData) -> None:
+    md.tables["rollout_events"].create(conn, checkfirst=False)
+
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "responses, feedback, comparisons, weight_changes", _v1_model, _v1_upgrade),
+    Migration(2, "rollout_events (alignkit loop decisions)", _v2_model, _v2_upgrade),
 ]
 
 
