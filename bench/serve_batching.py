@@ -28,7 +28,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -38,6 +37,7 @@ from serve_helpers import free_port, serve_process  # noqa: E402
 
 from alignkit.models.embedded import gguf_path  # noqa: E402
 from alignkit.models.load import cpu_has_native_bf16  # noqa: E402
+from alignkit.serve.process import wait_ready  # noqa: E402
 
 PROMPTS = [
     "Give me three tips for a job interview.", "Write a short story about a lighthouse keeper.",
@@ -71,17 +71,7 @@ def llama_run(args, tmp: Path) -> dict:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx2 as httpx
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited:\n{(tmp / 'llama.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_ready(url, proc, tmp / "llama.log", 300, path="/v1/models")
         return run_load(url, args, "smollm2")
     finally:
         proc.terminate()

@@ -123,8 +123,9 @@ class StandIn:
 def served(tiny_model_dir, tmp_path):
     db = tmp_path / "store.sqlite"
     args = ["--variant", f"base={tiny_model_dir}", "--db", str(db), "--max-tokens", "8"]
-    with serve_process(args, tmp_path / "server.log") as url:
-        yield url, db, args
+    procs: list = []
+    with serve_process(args, tmp_path / "server.log", procs=procs) as url:
+        yield url, db, args, procs[0]
 
 
 def loop_config(url: str, db, tmp_path, **kw) -> LoopConfig:
@@ -139,7 +140,7 @@ def server_weights(url: str) -> dict:
 
 
 def test_the_loop_deploys_holds_advances_and_promotes(served, tiny_model_dir, tmp_path):
-    url, db, _ = served
+    url, db, _, _ = served
     train = StandIn(tiny_model_dir)
     with Store(db) as store:
         loop = Loop(loop_config(url, db, tmp_path), store, train=train)
@@ -178,7 +179,7 @@ def test_the_loop_deploys_holds_advances_and_promotes(served, tiny_model_dir, tm
 
 
 def test_a_worse_candidate_is_rolled_back_and_a_crashed_retrain_changes_nothing(served, tiny_model_dir, tmp_path):
-    url, db, _ = served
+    url, db, _, _ = served
     train = StandIn(tiny_model_dir)
     with Store(db) as store:
         loop = Loop(loop_config(url, db, tmp_path), store, train=train)
@@ -206,12 +207,15 @@ def test_a_worse_candidate_is_rolled_back_and_a_crashed_retrain_changes_nothing(
 
 
 def test_resume_after_the_server_was_killed(served, tiny_model_dir, tmp_path):
-    url, db, args = served
+    url, db, args, proc = served
     with Store(db) as store:
         loop = Loop(loop_config(url, db, tmp_path), store, train=StandIn(tiny_model_dir))
         loop.resume()
         talk(url, "base", range(4), "up")
         assert loop.tick()["action"] == "deployed"
+        proc.send_signal(signal.SIGKILL)  # the server dies mid-rollout
+        proc.wait(10)
+        assert loop.tick()["action"] == "held"  # decisions come from the store, which outlives the server
     with serve_process(args, tmp_path / "second.log") as url2:  # a fresh process: cand-1 is not loaded there
         assert "cand-1" not in [m["id"] for m in httpx.get(f"{url2}/v1/models").json()["data"]]
         with Store(db) as store:
@@ -221,6 +225,8 @@ def test_resume_after_the_server_was_killed(served, tiny_model_dir, tmp_path):
             assert (state.phase, state.candidate, state.share) == ("staged", "cand-1", 0.25)
             assert server_weights(url2) == {"base": 0.75, "cand-1": 0.25}
             assert [e["action"] for e in store.rollout_events("loop")].count("deployed") == 1  # no second deploy
+            with pytest.raises(ConnectionError):  # a server that is away: run() logs it and looks again later
+                Loop(loop_config(url, db, tmp_path), store, train=StandIn(tiny_model_dir)).resume()
 
 
 def test_fleet_errors_are_connection_errors():
@@ -234,7 +240,7 @@ UNBUFFERED = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def test_loop_command_resumes_after_sigkill_in_a_real_retrain(served, tiny_model_dir, reward_model_dir, tmp_path):
-    url, db, _ = served
+    url, db, _, _ = served
     talk(url, "base", range(6), "up")
     talk(url, "base", range(6, 12), "down")
     config = tmp_path / "loop.yaml"

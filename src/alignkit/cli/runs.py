@@ -12,7 +12,9 @@ from alignkit.errors import UserError
 
 
 def demo(
-    method: str = typer.Option("dpo", "--method", help="dpo (LoRA on preference pairs) or grpo (math verifier)"),
+    method: str = typer.Option(
+        "dpo", "--method", help="dpo (LoRA on preference pairs), grpo (math verifier) or loop (continual alignment)"
+    ),
     output_dir: Optional[str] = typer.Option(None, help="Where the report, metrics and model go (runs/demo[-grpo])"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
     judge: Optional[str] = typer.Option(
@@ -20,8 +22,9 @@ def demo(
     ),
 ):
     """The main job on the embedded model, with a report: DPO with LoRA on the shipped pairs, measured against the
-    base by a judge trained on other data; or GRPO with the math verifier on the project's arithmetic problems
-    (held-out accuracy before and after)."""
+    base by a judge trained on other data; GRPO with the math verifier on the project's arithmetic problems
+    (held-out accuracy before and after); or the continual-alignment loop (a server, simulated users, retrain,
+    staged rollout, promote or roll back; --set overrides the loop's config)."""
     if method == "dpo":
         from alignkit.recipes.demo_dpo import run_demo
 
@@ -30,8 +33,12 @@ def demo(
         from alignkit.recipes.demo_grpo import run_grpo_demo
 
         run_grpo_demo(output_dir or "runs/demo-grpo", set_)
+    elif method == "loop":
+        from alignkit.recipes.demo_loop import run_loop_demo
+
+        run_loop_demo(output_dir or "runs/demo-loop", set_)
     else:
-        raise UserError(f"--method {method}: there is a dpo and a grpo demo. Fix: --method dpo or --method grpo")
+        raise UserError(f"--method {method}: there are dpo, grpo and loop demos. Fix: --method dpo, grpo or loop")
 
 
 def compare(

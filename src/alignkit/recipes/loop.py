@@ -57,6 +57,7 @@ class LoopConfig:
                                        "Failure detectors whose alarm on the candidate rolls it back")  # fmt: skip
     monitor: dict = setting({}, "Options of the failure detectors (serve.monitor.Monitor), e.g. {window: 50}")
     check_every_s: float = setting(30.0, "Seconds between two looks at the store")
+    record_hold_every_s: float = setting(300.0, "A hold with the same kind of reason is recorded at most this often")
     max_generations: int = setting(0, "Stop after this many retrains (0 = run until stopped)")
     candidate_prefix: str = setting("cand", "Candidates are served as PREFIX-1, PREFIX-2, ...")
     seed: int = setting(0, "Seed of the mixing and the gate")
@@ -217,18 +218,21 @@ class Loop:
         numbers = {"generation": generation, "gate": judged, "export": report.get("export", {}).get("read"),
                    "mix": report.get("mix"), "source": str(Path(report["model_dir"]).resolve()),
                    "train_data": str(out / "train.jsonl")}  # fmt: skip
-        gate = (f"gate: win rate {judged['rate']:.3f} over {state.champion} on {judged['n']} held-out prompts "
-                f"(95% bootstrap [{judged['bootstrap'][0]:.3f}, {judged['bootstrap'][1]:.3f}])")  # fmt: skip
+        if report.get("gate_skipped"):
+            gate = f"gate skipped: {report['gate_skipped']}"
+        else:
+            gate = (f"gate: win rate {judged['rate']:.3f} over {state.champion} on {judged['n']} held-out prompts "
+                    f"(95% bootstrap [{judged['bootstrap'][0]:.3f}, {judged['bootstrap'][1]:.3f}])")  # fmt: skip
         if not report["wins"]:
             return self.record(state, "gate_failed", f"{gate} <= {cfg.min_win_rate}: not deployed", numbers)
+        gate = gate if report.get("gate_skipped") else f"{gate} > {cfg.min_win_rate}"
         name = f"{cfg.candidate_prefix}-{generation}"
         try:
             self.fleet.ensure(name, str(Path(report["model_dir"]).resolve()))
         except ConnectionError as e:
             return self.record(state, "retrain_failed", f"{gate}; deploying {name} failed: {e}", numbers)
         share = float(cfg.stages[0])
-        event = self.record(state, "deployed", f"{gate} > {cfg.min_win_rate}: {name} serves {share:.0%}", numbers,
-                            name, share)  # fmt: skip
+        event = self.record(state, "deployed", f"{gate}: {name} serves {share:.0%}", numbers, name, share)
         self.fleet.set_weights(self.state())
         return event
 
@@ -244,11 +248,21 @@ class Loop:
         decision = stage_decision(state, summary, self.cfg.rules(), now)
         if decision["action"] == "held":
             last = self.store.rollout_events(self.cfg.name, last=1)
-            if last and last[0]["action"] == "held" and last[0]["reason"] == decision["reason"]:
-                return None  # nothing new to say
+            if last and last[0]["action"] == "held" and _hold_kind(last[0]) == _hold_kind(decision):
+                if now - last[0]["created"] < self.cfg.record_hold_every_s:
+                    return None  # nothing new to say yet
         event = self.record(state, decision["action"], decision["reason"], decision["numbers"], share=decision["share"])
         if decision["action"] != "held":
             self.fleet.set_weights(self.state())
+        return event
+
+    def withdraw(self, reason: str) -> dict | None:
+        """End a running stage without a verdict (the candidate to 0%, the champion to 100%)."""
+        state = self.state()
+        if state.phase != "staged":
+            return None
+        event = self.record(state, "withdrawn", reason, {"stage": state.stage}, share=0.0)
+        self.fleet.set_weights(self.state())
         return event
 
     def run(self, stop=lambda: False) -> None:
@@ -274,6 +288,12 @@ class Loop:
                 log.info("%d generations done; the loop stops", state.generation)
                 return
             time.sleep(self.cfg.check_every_s)
+
+
+def _hold_kind(event: dict) -> tuple:
+    """What a hold is waiting for: the A/B decision's reason (too_few, not_significant, ...) and the stage."""
+    numbers = event.get("numbers") or {}
+    return numbers.get("stage"), ((numbers.get("decision") or {}).get("reason"))
 
 
 def json_safe(value):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 ACTIONS = (
     "retrain_started", "retrain_failed", "gate_failed", "deployed", "held", "advanced", "promoted", "rolled_back",
+    "withdrawn",  # the candidate leaves without a verdict (its experiment was stopped)
 )  # fmt: skip
 STAGES = (0.05, 0.10, 0.25, 0.50)  # the candidate's shares; passing the last one promotes it to 100%
 
@@ -65,7 +66,7 @@ def replay(events: list[dict], champion: str, champion_source: str | None = None
             state.stage, state.share, state.stage_started = n["stage"], e["share"], e["created"]
         elif action == "promoted":
             state.champion, state.candidate, state.phase, state.stage, state.share = e["candidate"], None, "idle", -1, 0
-        elif action == "rolled_back":
+        elif action in ("rolled_back", "withdrawn"):
             state.candidate, state.phase, state.stage, state.share = None, "idle", -1, 0.0
     return state
 
