@@ -28,6 +28,8 @@ def test_shipped_config_validates(path):
         return check_study(path)
     if path.stem.startswith("cai"):
         return  # not a training config: tests/test_cai.py::test_shipped_cai_configs_load
+    if path.stem == "loop":
+        return check_loop(path)
     method = method_of(path)
     cfg = make_config(method, str(path))
     assert cfg.train.output_dir.startswith("runs/")
@@ -66,3 +68,15 @@ def check_study(path: Path) -> None:
         for key, value in extra.items():
             merged[key] = {**merged.get(key, {}), **value}
         make_config(method.strip(), **merged)
+
+
+def check_loop(path: Path) -> None:
+    """The loop's config loads and validates, and its training config validates for its method."""
+    from alignkit.recipes.loop import load_loop_config
+
+    cfg = load_loop_config(str(path))
+    assert cfg.servers and cfg.stages == sorted(cfg.stages) and cfg.judge
+    make_config(cfg.method, str(CONFIGS.parent / cfg.train_config), list(cfg.train_overrides))
+    from alignkit.data.readers import builtin_path
+
+    make_config("kto", str(builtin_path("demo_loop_kto.yaml")))  # the loop demo's training step

@@ -25,7 +25,7 @@ def test_simulated_users_chat_and_rate_by_their_policy(tiny_model_dir, tmp_path)
         users = SimulatedUsers(url, PROBLEMS, UserPolicy(users=10, clients=2, max_tokens=4, yes_men=0.3, seed=1))
         pool = users.start()
         deadline = time.monotonic() + 60
-        while sum(users.traffic.ratings.values()) < 30 and time.monotonic() < deadline:
+        while sum(users.traffic.ratings.values()) < 16 and time.monotonic() < deadline:
             time.sleep(0.1)
         users.paused.set()  # paused users send nothing
         time.sleep(0.5)

@@ -272,7 +272,8 @@ def test_loop_command_resumes_after_sigkill_in_a_real_retrain(served, tiny_model
     try:
         deadline = time.monotonic() + 120
         with Store(db) as store:
-            while not {"deployed", "gate_failed"} & {e["action"] for e in store.rollout_events("loop")}:
+            # a hold follows a deploy once its weights are set (its stage has no traffic yet)
+            while not {"held", "gate_failed"} & {e["action"] for e in store.rollout_events("loop")}:
                 assert proc.poll() is None and time.monotonic() < deadline, open(tmp_path / "loop2.log").read()
                 time.sleep(0.2)
             events = store.rollout_events("loop")

@@ -26,12 +26,12 @@ def test_every_acknowledged_feedback_post_is_stored_once(tiny_model_dir, tmp_pat
             ).id
             for i in range(5)
         ]
-        result = feedback_load(url, ids, total=5000, clients=50)
+        result = feedback_load(url, ids, total=2000, clients=50)
         paced = feedback_load(url, ids, total=200, clients=20, rate=400.0)  # open loop: post i due at i / 400 s
     assert len(paced.acked) == 200, paced.errors
     assert paced.seconds >= 199 / 400  # paced, not as fast as possible (a lower bound, not a speed claim)
-    assert len(result.acked) + sum(result.errors.values()) == 5000
-    assert len(result.acked) >= 4900, result.errors  # loopback: essentially nothing may fail
+    assert len(result.acked) + sum(result.errors.values()) == 2000
+    assert len(result.acked) >= 1960, result.errors  # loopback: essentially nothing may fail
     with Store(db) as store:
         stored = Counter(f["id"] for f in store.feedback() if f["id"].startswith("load-"))
     assert all(stored[fid] == 1 for fid in result.acked + paced.acked)

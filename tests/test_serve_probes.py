@@ -21,8 +21,22 @@ from alignkit.serve.store import Store
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probes")
-    args = ["--variant", f"base={tiny_model_dir}", "--variant", f"new={tiny_model_dir}", "--weights",
-            "base=0.5,new=0.5", "--db", str(tmp / "store.sqlite"), "--max-tokens", "512"]  # fmt: skip
+    args = [
+        "--variant",
+        f"base={tiny_model_dir}",
+        "--variant",
+        f"new={tiny_model_dir}",
+        "--weights",
+        "base=0.5,new=0.5",
+        "--db",
+        str(tmp / "store.sqlite"),
+        "--max-tokens",
+        "512",
+        "--max-batch-size",
+        "1",
+        "--max-waiting",
+        "1",
+    ]  # fmt: skip (one request decodes, one waits: the queue test needs no server of its own)
     with serve_process(args, tmp / "server.log") as url:
         yield {"url": url, "db": tmp / "store.sqlite", "tiny": tiny_model_dir, "tmp": tmp}
 
@@ -151,21 +165,19 @@ def test_a_length_cut_inside_a_character_stores_no_replacement_character(embedde
     assert completion_text(tok, ids, (), "eos") == "ok 😀"
 
 
-def test_a_full_queue_answers_429_with_retry_after(tiny_model_dir, tmp_path):
-    args = ["--variant", f"base={tiny_model_dir}", "--db", str(tmp_path / "q.sqlite"), "--max-batch-size", "1",
-            "--max-waiting", "1", "--max-tokens", "512"]  # fmt: skip
-    with serve_process(args, tmp_path / "q.log") as url:
+def test_a_full_queue_answers_429_with_retry_after(server):
+    url = server["url"]  # --max-batch-size 1 --max-waiting 1
 
-        def one(i):
-            return chat(url, max_tokens=400, temperature=1.0, seed=i)
+    def one(i):
+        return chat(url, max_tokens=400, temperature=1.0, seed=i)
 
-        with cf.ThreadPoolExecutor(6) as pool:
-            replies = list(pool.map(one, range(6)))
-        codes = [r.status_code for r in replies]
-        assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
-        refused = next(r for r in replies if r.status_code == 429)
-        assert int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["code"] == "queue_full"
-        assert 'alignkit_rejected_requests_total{reason="queue"}' in httpx.get(f"{url}/metrics").text
+    with cf.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(one, range(6)))
+    codes = [r.status_code for r in replies]
+    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
+    refused = next(r for r in replies if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["code"] == "queue_full"
+    assert 'alignkit_rejected_requests_total{reason="queue"}' in httpx.get(f"{url}/metrics").text
 
 
 def test_a_disconnected_stream_stops_decoding(server):
