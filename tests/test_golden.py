@@ -71,6 +71,13 @@ CASES = {
     "grpo": ("grpo", _prompt_records, "word_model_dir", {
         "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12},
         "method": {**ONLINE, "beta": 0.05}}),
+    "grpo-gspo": ("grpo", _prompt_records, "word_model_dir", {
+        "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12},
+        "method": {**ONLINE, "policy_loss": "gspo", "loss_aggregation": "sequence_mean", "clip_low": 3e-4,
+                   "clip_high": 4e-4, "iterations": 2}}),
+    "grpo-cispo": ("grpo", _prompt_records, "word_model_dir", {
+        "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12},
+        "method": {**ONLINE, "policy_loss": "cispo", "clip_low": 1.0, "clip_high": 0.28, "iterations": 2}}),
     "rloo": ("rloo", _prompt_records, "word_model_dir", {
         "rollout": {"prompts_per_step": 4, "samples_per_prompt": 4, "max_new_tokens": 12}, "method": ONLINE}),
     "ppo": ("ppo", _prompt_records, "word_model_dir", {

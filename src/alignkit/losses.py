@@ -232,6 +232,69 @@ def clipped_policy_loss(
     return losses, (ratio < 1.0 - clip_low) & (advantages < 0), (ratio > 1.0 + clip_high) & (advantages > 0)
 
 
+def gspo_policy_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """GSPO's clipped objective with a sequence-level importance ratio (Zheng et al. 2025, "Group Sequence Policy
+    Optimization", eq. 5-7), in its token form (GSPO-token, eq. 13), which has the same value and gradient:
+
+    s_i = exp(mean_t over the completion of (logps - old_logps));  s_i,t = sg[s_i] * pi(y_t) / sg[pi(y_t)];
+    L_i,t = -min(s_i,t A_i, clip(s_i,t, 1 - eps_low, 1 + eps_high) A_i).
+    Averaged over each completion's tokens (``loss_aggregation: sequence_mean``) this is exactly GSPO: gradient
+    s_i A_i mean_t grad log pi(y_t) while the sequence ratio is inside the clip range. The paper's ranges are
+    3e-4 / 4e-4 (a sequence ratio moves far less than a token's). ``logps``, ``old_logps``, ``mask`` ``(B, T)``,
+    ``advantages`` ``(B, 1)`` or ``(B, T)``; returns per-token losses ``(B, T)`` and the clip masks as
+    ``clipped_policy_loss`` does (per sequence, broadcast over its tokens)."""
+    m = mask.to(logps.dtype)
+    mean_logratio = ((logps - old_logps) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
+    seq_ratio = torch.exp(mean_logratio).detach()  # (B, 1)
+    ratio = seq_ratio * torch.exp(logps - logps.detach())  # value s_i, gradient s_i * grad log pi(y_t)
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    losses = -torch.minimum(ratio * advantages, clipped * advantages)
+    seq, adv = seq_ratio.expand_as(logps), advantages.detach().expand_as(logps)
+    return losses, (seq < 1.0 - clip_low) & (adv < 0), (seq > 1.0 + clip_high) & (adv > 0)
+
+
+def cispo_policy_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 1.0,
+    clip_high: float = 0.28,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CISPO (MiniMax 2025, "MiniMax-M1", eq. 4-5): REINFORCE with the importance-sampling weight clipped and
+    stopped from the gradient, so no token's gradient is dropped (PPO's clip zeroes clipped tokens):
+
+    r_t = pi(y_t) / pi_old(y_t);  L_t = -sg[clip(r_t, 1 - eps_low, 1 + eps_high)] A_t log pi(y_t).
+    The paper clips only from above (eps_low large: no lower bound in effect). ``logps``, ``old_logps``, ``mask``
+    ``(B, T)``, ``advantages`` ``(B, 1)`` or ``(B, T)``; returns per-token losses ``(B, T)`` and where the weight
+    was clipped below / above ``(B, T)`` bool."""
+    ratio = torch.exp(logps - old_logps).detach()
+    weight = ratio.clamp(max(0.0, 1.0 - clip_low), 1.0 + clip_high)
+    losses = -weight * advantages.detach() * logps
+    return losses, ratio < 1.0 - clip_low, ratio > 1.0 + clip_high
+
+
+def ppo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_low: float = 0.2, clip_high: float = 0.2
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``clipped_policy_loss`` with the policy-loss registry's signature (``mask`` unused: per-token)."""
+    return clipped_policy_loss(logps, old_logps, advantages, clip_low, clip_high)
+
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
+    "ppo": ppo_policy_loss,  # PPO / GRPO / DAPO's token-level clipped ratio
+    "gspo": gspo_policy_loss,  # sequence-level ratio
+    "cispo": cispo_policy_loss,  # clipped, stop-gradient importance weight
+}
+
+
 def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = 0.2) -> Tensor:
     """PPO's value loss with the value clipped around its rollout-time estimate (as in OpenAI's baselines ppo2):
     L_t = 0.5 max((V_t - R_t)^2, (clip(V_t, V_old - eps, V_old + eps) - R_t)^2); ``clip`` None = unclipped MSE.

@@ -81,6 +81,9 @@ class PolicyGradientConfig(RewardSourcesConfig):
     beta: float = setting(0.0, "KL coefficient toward the reference (initial policy); 0 = no reference is loaded.")
     kl_estimator: str = setting("k3", "Per-token KL estimator (Schulman 2020).", ESTIMATORS)
     ref_model: str | None = setting(None, "A different reference model; None = the initial policy.")
+    policy_loss: str = setting("ppo", "The policy objective (losses.POLICY_LOSSES): ppo (token ratio, clipped; GRPO, "
+                               "DAPO), gspo (sequence ratio; use clip ranges ~3e-4 / 4e-4 and sequence_mean), or "
+                               "cispo (clipped stop-gradient weight).", ("ppo", "gspo", "cispo"))  # fmt: skip
     clip_low: float = setting(0.2, "Lower clip range eps_low of the importance ratio (1 - eps_low).")
     clip_high: float = setting(0.2, "Upper clip range eps_high (1 + eps_high); DAPO's clip-higher uses 0.28.")
     iterations: int = setting(1, "Passes over each rollout's experience (GRPO's mu, PPO's epochs).")
@@ -93,7 +96,8 @@ class PolicyGradientConfig(RewardSourcesConfig):
         require(self.beta >= 0, where, "method.beta", self.beta, "use 0 (no KL term) or a positive coefficient")
         for name in ("clip_low", "clip_high"):
             require(0 < getattr(self, name) < 10, where, f"method.{name}", getattr(self, name), "use e.g. 0.2")
-        require(self.clip_low < 1, where, "method.clip_low", self.clip_low, "use a value below 1, e.g. 0.2")
+        require(self.clip_low < 1 or (self.policy_loss == "cispo" and self.clip_low == 1), where, "method.clip_low",
+                self.clip_low, "use a value below 1, e.g. 0.2 (cispo: 1 = no lower bound)")  # fmt: skip
         for name in ("iterations", "minibatches"):
             require(getattr(self, name) >= 1, where, f"method.{name}", getattr(self, name), "use a whole number >= 1")
         require(self.reward_workers >= 0, where, "method.reward_workers", self.reward_workers, "use 0 or more")
@@ -135,6 +139,9 @@ class GRPOMethodConfig(PolicyGradientConfig):
         super().validate(where)
         require(self.max_resample_rounds >= 0, where, "method.max_resample_rounds", self.max_resample_rounds, ">= 0")
         require(self.overlong_buffer >= 1, where, "method.overlong_buffer", self.overlong_buffer, "use >= 1")
+        require(self.policy_loss != "gspo" or self.loss_aggregation == "sequence_mean", where,
+                "method.loss_aggregation", self.loss_aggregation,
+                "GSPO averages each completion's tokens: set method.loss_aggregation: sequence_mean")  # fmt: skip
 
     @property
     def resolved_advantage(self) -> str:
@@ -168,6 +175,8 @@ class PPOMethodConfig(PolicyGradientConfig):
                 "use a positive KL per sequence, e.g. 6, or null for a fixed coefficient")  # fmt: skip
         require(self.kl_horizon > 0, where, "method.kl_horizon", self.kl_horizon, "use e.g. 10000")
         require(self.vf_coef >= 0, where, "method.vf_coef", self.vf_coef, "use e.g. 0.1")
+        require(self.policy_loss != "gspo", where, "method.policy_loss", self.policy_loss,
+                "use ppo or cispo: GSPO needs one advantage per sequence, and PPO's are per token (GAE)")  # fmt: skip
         require(self.value_clip is None or self.value_clip > 0, where, "method.value_clip", self.value_clip,
                 "use e.g. 0.2, or null")  # fmt: skip
         require(0 < self.gamma <= 1, where, "method.gamma", self.gamma, "use a value in (0, 1]")

@@ -4,7 +4,8 @@
 - ``rloo`` (Ahmadian et al. 2024): A = r - mean of the *other* samples of the prompt;
 - ``reinforce_pp`` (Hu 2025, REINFORCE++-baseline): A = r - group mean, then whitened over the whole batch.
 
-All three train the clipped surrogate ``losses.clipped_policy_loss`` (one pass with one minibatch is plain
+All three train the objective ``method.policy_loss`` names in ``losses.POLICY_LOSSES``: by default the clipped
+surrogate ``losses.clipped_policy_loss`` (one pass with one minibatch is plain
 REINFORCE with a baseline: the ratio is 1), with the KL to the reference either per token in the loss (GRPO)
 or per sequence in the reward (RLOO / REINFORCE++), and DAPO's clip-higher, dynamic sampling and overlong
 handling as options.
@@ -16,7 +17,7 @@ import torch
 
 from alignkit.data import Sample
 from alignkit.logprobs import shared_inputs
-from alignkit.losses import clipped_policy_loss
+from alignkit.losses import POLICY_LOSSES
 from alignkit.rl import ADVANTAGES, kl_estimate
 from alignkit.train.distributed import all_reduce_sum
 from alignkit.train.online.rollout import OnlineMethod
@@ -68,8 +69,8 @@ class GRPOMethod(OnlineMethod):
             temperature=self.ro.temperature, entropy=True,
         )  # fmt: skip
         old = batch["old_logps"] if "old_logps" in batch else logps.detach()
-        token_losses, low, high = clipped_policy_loss(
-            logps, old, batch["advantages"][:, None], mc.clip_low, mc.clip_high
+        token_losses, low, high = POLICY_LOSSES[mc.policy_loss](
+            logps, old, batch["advantages"][:, None], mask, mc.clip_low, mc.clip_high
         )
         on = mask.bool()
         metrics = {

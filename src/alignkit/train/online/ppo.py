@@ -22,7 +22,7 @@ from torch import nn
 from alignkit.data import Sample, collate_samples
 from alignkit.errors import UserError
 from alignkit.logprobs import hidden_token_logprobs, supports_fused_head, unwrap_causal_lm
-from alignkit.losses import clipped_policy_loss, clipped_value_loss
+from alignkit.losses import POLICY_LOSSES, clipped_value_loss
 from alignkit.rl import AdaptiveKLController, FixedKLController, HealthMonitor, gae, moments, whiten
 from alignkit.train.distributed import all_reduce_sum
 from alignkit.train.metrics import MetricSums
@@ -220,7 +220,8 @@ class PPOMethod(OnlineMethod):
         logps, entropy, values = module(
             batch["input_ids"], batch["attention_mask"], batch["completion_mask"], self.ro.temperature
         )
-        pg, low, high = clipped_policy_loss(logps, batch["old_logps"], batch["advantages"], mc.clip_low, mc.clip_high)
+        objective = POLICY_LOSSES[mc.policy_loss]
+        pg, low, high = objective(logps, batch["old_logps"], batch["advantages"], mask, mc.clip_low, mc.clip_high)
         vf = clipped_value_loss(values, batch["values"], batch["returns"], mc.value_clip)
         n = mask.sum(-1).clamp(min=1)
         pg_seq, vf_seq = (pg * mask).sum(-1) / n, (vf * mask).sum(-1) / n
