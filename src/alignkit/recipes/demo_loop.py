@@ -157,13 +157,12 @@ def run_until_settled(loop: Loop, budget: float, log) -> dict:
     """Run ``loop`` until its newest generation is promoted, rolled back or failed, or ``budget`` seconds passed
     (then it stops where it is: the last event says where) -> the last event."""
     deadline = time.monotonic() + budget
-    done = threading.Event()
     start = len(loop.store.rollout_events(loop.cfg.name))
 
     def stop() -> bool:
         events = loop.store.rollout_events(loop.cfg.name)[start:]
         settled = any(e["action"] in ("promoted", "rolled_back", "gate_failed", "retrain_failed") for e in events)
-        return settled or time.monotonic() > deadline or done.is_set()
+        return settled or time.monotonic() > deadline
 
     loop.run(stop=stop)
     events = loop.store.rollout_events(loop.cfg.name)
