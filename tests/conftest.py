@@ -37,6 +37,22 @@ def word_model_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def talker_dir(tmp_path_factory) -> str:
+    """The word-level Llama of ``word_model_dir`` with its EOS logit scaled up, so turns end by EOS and
+    multi-turn episodes have several turns."""
+    import torch
+    from helpers import VOCAB, make_word_tokenizer
+
+    path = tmp_path_factory.mktemp("talker")
+    model = tiny_llama(vocab_size=len(VOCAB) + 2, initializer_range=0.3, eos_token_id=VOCAB["<|im_end|>"])
+    with torch.no_grad():
+        model.lm_head.weight[VOCAB["<|im_end|>"]] *= 2.5
+    model.save_pretrained(path)
+    make_word_tokenizer().save_pretrained(path)
+    return str(path)
+
+
 def pair_records(n: int) -> list[dict]:
     """Conversational pairs with a consistent contrast (a number answer vs a refusal)."""
     return [

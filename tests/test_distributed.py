@@ -24,7 +24,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int, method: str = "dpo") -> None:
+def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int, method: str = "dpo", extra: str = ""):
     # On a machine without GPUs, accelerate spawns ranks (torchrun, gloo backend) only through its --multi_gpu
     # launcher; plain --num_processes 2 would run a single process.
     launcher = [sys.executable]
@@ -45,7 +45,7 @@ def _launch(nproc: int, model_dir: str, data: str, out: Path, batch_size: int, m
             str(_free_port()),
         ]
     cmd = launcher + [str(WORKER), model_dir, data, str(out), str(batch_size), method]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent), "ALIGNKIT_EXTRA": extra}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -119,16 +119,21 @@ def test_two_processes_match_one_process_kto_and_rm(method, tiny_model_dir, pair
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("method", ["grpo", "ppo"])
-def test_two_processes_match_one_process_online(method, word_model_dir, tmp_path):
+def test_two_processes_match_one_process_online(method, word_model_dir, talker_dir, tmp_path):
     """GRPO / PPO with a reference, 2 passes x 2 minibatches: 2 processes (2 prompts each) sample the same completions
     and take the same steps as 1 process with all 4 prompts (PPO: whitened advantages over both processes, the
-    separate value model under DDP, the same adaptive KL coefficient)."""
+    separate value model under DDP, the same adaptive KL coefficient). GRPO runs multi-turn episodes in an
+    environment (tests/envs.py), its reward plus the reward function's on the final message."""
     from helpers import write_jsonl
 
     words = "hi hello how is the weather today tell me a joke".split()
     data = str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": " ".join(words[i % 6 : i % 6 + 3])} for i in range(16)]))
-    _launch(2, word_model_dir, data, tmp_path / "ddp", batch_size=4, method=method)
-    _launch(1, word_model_dir, data, tmp_path / "single", batch_size=8, method=method)
+    model_dir, extra = word_model_dir, ""
+    if method == "grpo":
+        model_dir = talker_dir
+        extra = "rollout.environment=envs:Chatter rollout.max_tokens_per_turn=6 rollout.max_new_tokens=16"
+    _launch(2, model_dir, data, tmp_path / "ddp", batch_size=4, method=method, extra=extra)
+    _launch(1, model_dir, data, tmp_path / "single", batch_size=8, method=method, extra=extra)
     rank0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
     single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
@@ -140,6 +145,7 @@ def test_two_processes_match_one_process_online(method, word_model_dir, tmp_path
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
         if method == "grpo":
             assert a["kl/k3"] == pytest.approx(b["kl/k3"], rel=1e-3, abs=1e-7)
+            assert a["episode/turns"] == b["episode/turns"] and a["episode/observation_tokens"] > 0
         else:
             assert a["kl/coef"] == pytest.approx(b["kl/coef"], rel=1e-6)
             assert a["loss/value"] == pytest.approx(b["loss/value"], rel=1e-3, abs=1e-7)

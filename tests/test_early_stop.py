@@ -273,7 +273,7 @@ def test_gold_reward_is_the_mean_normalized_score_of_the_eval_samples(gold_rewar
     method.cfg = SimpleNamespace(train=SimpleNamespace(seed=0, eval_batch_size=4))
     method.ro = SimpleNamespace(eval_samples=2, max_new_tokens=4, eval_temperature=0.0, top_p=1.0, top_k=0,
                                 min_p=0.0, stop=[])  # fmt: skip
-    method.sampler, method.gold = FakeSampler(), gold
+    method.sampler, method.gold, method.episodes = FakeSampler(), gold, None
     method.score = lambda items, samples: ([1.0] * len(samples), {}, {})
     items = [SimpleNamespace(prompt=f"Question {i}?", prompt_ids=[1, 2], index=i) for i in range(3)]
     accelerator = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"), autocast=nullcontext)

@@ -14,7 +14,7 @@ from helpers import tiny_llama
 
 from alignkit.errors import UserError
 from alignkit.generation.vllm_backend import VLLMSampler, base_model_dir, merged_weights
-from alignkit.train.online.rollout import make_sampler
+from alignkit.train.online.rollout_parts import make_sampler
 
 
 def lora_model(modules_to_save=None, adapters=("default",)):

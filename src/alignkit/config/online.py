@@ -40,6 +40,19 @@ class RolloutConfig:
                            ("alignkit", "vllm"))  # fmt: skip
     eval_samples: int = setting(1, "Completions per eval prompt (k of pass@k).")
     eval_temperature: float = setting(0.0, "Eval sampling temperature; 0 = greedy.")
+    environment: str | None = setting(
+        None,
+        "Multi-turn episodes: a built-in environment (calculator, python, arithmetic_steps) or module:Class / "
+        "file.py:Class; None = single-turn.",
+    )
+    environment_args: dict = setting(
+        {},
+        "Keyword arguments of the environment (built-ins: tool_timeout, tool_workers, answer_field, "
+        "instruction, tool_bonus).",
+    )
+    max_turns: int = setting(4, "Environment episodes: model turns at most (max_new_tokens bounds all their tokens "
+                             "and the observations').")  # fmt: skip
+    max_tokens_per_turn: int = setting(0, "Environment episodes: tokens per model turn; 0 = max_new_tokens.")
 
     def validate(self, where: str) -> None:
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "max_rows", "eval_samples"):
@@ -52,6 +65,13 @@ class RolloutConfig:
         require(0 <= self.min_p < 1, where, "rollout.min_p", self.min_p, "use a value in [0, 1)")
         require(all(isinstance(s, str) and s for s in self.stop), where, "rollout.stop", self.stop,
                 "use a list of non-empty strings")  # fmt: skip
+        require(self.max_turns >= 1, where, "rollout.max_turns", self.max_turns, "use a whole number >= 1")
+        require(self.max_tokens_per_turn >= 0, where, "rollout.max_tokens_per_turn", self.max_tokens_per_turn,
+                "use 0 (= max_new_tokens) or a positive number")  # fmt: skip
+        require(isinstance(self.environment_args, dict), where, "rollout.environment_args", self.environment_args,
+                "use a mapping of keyword arguments")  # fmt: skip
+        require(self.environment is None or (isinstance(self.environment, str) and self.environment.strip()), where,
+                "rollout.environment", self.environment, "use a built-in name or module:Class")  # fmt: skip
 
 
 @dataclass
@@ -206,8 +226,8 @@ class OnlineConfig(RunConfig):
                 f"({self.rollout.max_new_tokens}) by at least 8")  # fmt: skip
 
     def check_reward(self, where: str) -> None:
-        """Something must score the samples: reward functions and/or a reward model."""
-        if not self.method.rewards and not self.method.reward_model:
+        """Something must score the samples: reward functions, a reward model and/or an environment."""
+        if not self.method.rewards and not self.method.reward_model and not self.rollout.environment:
             raise ConfigError(f"{where}: no reward: method.rewards is empty and method.reward_model is not set. "
                               "Fix: e.g. method.rewards=[math], or method.reward_model=runs/rm/model")  # fmt: skip
 

@@ -199,6 +199,15 @@ def collate_kto(items: list[KTOItem], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def mask_observations(completion_mask: torch.Tensor, samples: list[Sample]) -> None:
+    """Zero ``completion_mask`` ``(B, T)`` (in place) at the observation tokens of multi-turn samples: the tokens an
+    environment wrote are context, never trained on, never in the KL."""
+    for i, s in enumerate(samples):
+        if s.action_mask is not None:
+            start = len(s.prompt_ids)
+            completion_mask[i, start : start + len(s.action_mask)] = torch.tensor(s.action_mask)
+
+
 def collate_samples(samples: list[Sample], pad_id: int, shared: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded prompt + completion rows ``(B, T)`` (``pad_sequences``) plus the per-token values of the
     samples placed at their completion positions (``old_logps``, ``ref_logps``, ``sampler_logps``, and for PPO
@@ -206,6 +215,7 @@ def collate_samples(samples: list[Sample], pad_id: int, shared: bool = False) ->
     ``shared``, ``input_ids``/``attention_mask`` are instead the packed prefix-shared row of
     ``collate_groups_shared`` (plus its ``position_ids``, ``segment_lengths``, ``logp_*``, ``logical_tokens``)."""
     batch = pad_sequences([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id)
+    mask_observations(batch["completion_mask"], samples)
     shape = batch["input_ids"].shape
 
     def per_token(name: str) -> torch.Tensor:

@@ -10,6 +10,7 @@ and EOS is appended when missing.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from alignkit.data.formats import BinaryExample, Content, PairwiseExample, PromptExample, SFTExample
@@ -78,10 +79,23 @@ class Sample:
     values: list[float] | None = None
     returns: list[float] | None = None
     weight: float = 1.0  # 0: left out of the loss (no reward, or a masked overlong completion)
+    # multi-turn episodes: 1 on the model's tokens, 0 on observation tokens (left out of the loss and the KL)
+    action_mask: list[int] | None = None
 
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+    @property
+    def action_tokens(self) -> int:
+        """The completion tokens the model generated (all of them, unless observations sit between its turns)."""
+        return len(self.completion_ids) if self.action_mask is None else sum(self.action_mask)
+
+    def actions_only(self, values: list[float]) -> list[float]:
+        """Per-token ``values`` ``(L,)`` with 0 at observation tokens."""
+        if self.action_mask is None:
+            return values
+        return [v if m else 0.0 for v, m in zip(values, self.action_mask)]
 
 
 @dataclass
@@ -134,6 +148,45 @@ class Tokenizer:
         """Token ids of a prompt as generation sees it (chat template with the generation prompt), as ``split``
         tokenizes the prompt of a prompt/completion example."""
         return self.with_bos(self.encode(self.render_prompt(prompt)))
+
+    def takes_tools(self) -> bool:
+        """Whether the chat template renders a ``tools`` list itself (Qwen2.5, Llama 3.1, Hermes, ...)."""
+        return "tools" in (getattr(self.hf, "chat_template", None) or "")
+
+    def tool_prompt_ids(self, messages: list[dict], tools: list[dict]) -> list[int]:
+        """Prompt ids of an episode's opening ``messages`` with the JSON schemas of its ``tools``: passed to the chat
+        template when it renders tools, else listed in the system message between ``<tools>`` tags (the Hermes
+        format, which models without a tool template have seen most)."""
+        self._need_template()
+        messages = [dict(m) for m in messages]
+        if tools and self.takes_tools():
+            text = self.hf.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+            return self.with_bos(self.encode(text))
+        if tools:
+            listing = "Tools:\n<tools>\n" + "\n".join(json.dumps(t) for t in tools) + "\n</tools>"
+            if messages and messages[0].get("role") == "system":
+                messages[0]["content"] = f"{messages[0]['content']}\n\n{listing}"
+            else:
+                messages.insert(0, {"role": "system", "content": listing})
+        return self.prompt_ids(tuple(messages))
+
+    def observation_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids between an assistant turn that ended with EOS and the next assistant turn: what the template
+        writes after the turn's EOS, the ``messages`` (tool results, user turns) and the generation prompt."""
+        self._need_template()
+        base = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+        closed = self.hf.apply_chat_template(base, tokenize=False)
+        full = self.hf.apply_chat_template(base + [dict(m) for m in messages], tokenize=False,
+                                           add_generation_prompt=True)  # fmt: skip
+        if not full.startswith(closed):
+            raise DataError(
+                "the chat template renders a conversation differently once more messages follow, so observation "
+                "tokens cannot be appended to a turn. Fix: use a template whose renderings extend each other"
+            )
+        tail = closed[closed.rfind("a") + 1 :]
+        eos = self.hf.eos_token or ""
+        tail = tail[len(eos) :] if eos and tail.startswith(eos) else tail
+        return self.encode(tail + full[len(closed) :])
 
     def split(self, prompt: Content, completion: Content) -> tuple[list[int], list[int]]:
         """(prompt ids, completion ids) of one prompt + completion."""

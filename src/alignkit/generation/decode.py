@@ -30,6 +30,19 @@ from alignkit.generation.params import Completion, SamplerStats, SamplingParams
 OnSampleToken = Callable[[int, int], None]  # (sample index, token id)
 
 
+@dataclass
+class RowCache:
+    """One row's KV cache as it left a ``DecodeBatch``: per layer (keys, values) ``(1, kv_heads, L, d)`` and its
+    attention mask ``(L,)`` (0 at padding inside the row), leading padding dropped. Its last drawn token is not in
+    it yet: a multi-turn episode feeds that token first when it continues."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+
 @dataclass(eq=False)
 class Request:
     """One prompt's ``params.n`` samples, filled in as they are decoded. ``on_token(sample, token)`` is called for
@@ -86,6 +99,8 @@ class DecodeBatch:
         self.rows: list[tuple[Request, int]] = []  # (request, sample index) of each batch row
         self.cache: GrowingCache | None = None
         self.mask = self.next_pos = self.logits = None
+        # called as (request, sample index, RowCache) for each row leaving the batch (multi-turn episodes keep it)
+        self.on_leave: Callable[[Request, int, RowCache], None] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -167,12 +182,16 @@ class DecodeBatch:
                 self.stats.tokens += sum(map(len, r.tokens))
         self.stats.steps += 1
         keep = [b for b, (r, k) in enumerate(self.rows) if r.finish[k] is None]
+        if self.on_leave is not None:  # before the rows leave: their caches go to the caller
+            for b in sorted(set(range(len(self.rows))) - set(keep)):
+                self.on_leave(*self.rows[b], self._row_cache(b))
         if not keep:
             self.rows, self.cache, self.mask, self.next_pos, self.logits = [], None, None, None, None
             self.stats.decode_seconds += time.perf_counter() - t0
             return finished
         done = len(self.rows) - len(keep)
-        if done >= max(1, self.compact_at * len(self.rows)) or any(r.cancelled for r, _ in self.rows):
+        leave = done >= max(1, self.compact_at * len(self.rows)) or (done and self.on_leave is not None)
+        if leave or any(r.cancelled for r, _ in self.rows):
             index = torch.tensor(keep, device=self.device)
             self.cache.batch_select_indices(index)
             self.mask, self.next_pos, token = self.mask[index], self.next_pos[index], token[index]
@@ -192,6 +211,13 @@ class DecodeBatch:
         self.next_pos = self.next_pos + 1
         self.stats.decode_seconds += time.perf_counter() - t0
         return finished
+
+    def _row_cache(self, b: int) -> RowCache:
+        """A copy of row ``b``'s cache without its leading padding (the cache and mask are ``L`` wide here)."""
+        used = self.mask[b].nonzero()
+        start = int(used[0]) if len(used) else self.mask.shape[1]
+        layers = [(_row(x.keys, b, start, x.length), _row(x.values, b, start, x.length)) for x in self.cache.layers]
+        return RowCache(layers, self.mask[b, start:].clone())
 
     def _trim(self, least: int = 16) -> None:
         """Drop leading cache columns masked out in every row (kept while fewer than ``least``: a copy-free view)."""
@@ -219,6 +245,11 @@ class DecodeBatch:
     def _hits_stop(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
         tail = self.tok.hf.decode(tokens[-(max(len(s) for s in stop) + 3) :], skip_special_tokens=True)
         return any(s in tail for s in stop)
+
+
+def _row(buffer: torch.Tensor, b: int, start: int, end: int) -> torch.Tensor:
+    """Positions ``start:end`` of row ``b`` of a ``(B, heads, capacity, d)`` buffer, copied: ``(1, heads, n, d)``."""
+    return buffer[b : b + 1, :, start:end].clone()
 
 
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:

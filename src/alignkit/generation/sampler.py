@@ -15,12 +15,14 @@ Top-k / top-p / min-p only decide which tokens may be drawn; that truncation is 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
 from alignkit.data.formats import Content
 from alignkit.data.tokenize import Tokenizer
 from alignkit.generation.decode import DecodeBatch, Request, completion_text, filtered_probs, sample_categorical
+from alignkit.generation.episodes import CachedTurns, Episode, PrefilledTurns, Respond, TurnLimits, run_episodes
 from alignkit.generation.fast_decode import FastDecoder
 from alignkit.generation.params import (
     FINISH_REASONS,
@@ -33,7 +35,8 @@ from alignkit.logprobs import unwrap_causal_lm
 from alignkit.models.attention import use_segmented_attention
 
 __all__ = [  # the params and the decode helpers are re-exported: callers import them from here
-    "FINISH_REASONS", "Completion", "OnToken", "Sampler", "SamplerStats", "SamplingParams", "check_request",
+    "FINISH_REASONS", "Completion", "Episode", "OnToken", "Respond", "TurnLimits", "Sampler", "SamplerStats",
+    "SamplingParams", "check_request",
     "filtered_probs", "sample_categorical",
 ]  # fmt: skip
 
@@ -104,6 +107,52 @@ class Sampler:
                     batch.step()
                 for i, request in zip(chunk, requests):
                     results[i] = request.completions(self.tok)
+        finally:
+            self.model.train(was_training)
+        return [results[i] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def sample_episodes(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seeds: list[int],
+        respond: Respond,
+        limits: TurnLimits,
+        keep_cache: bool = True,
+    ) -> list[list[Episode]]:
+        """``params.n`` multi-turn episodes per prompt of token ids (``episodes.run_episodes``): the model's turns are
+        decoded as in ``sample``; ``respond`` answers each ended turn with observation tokens or ends the episode.
+        ``params.max_new_tokens`` is not used: ``limits`` bound each turn and the whole episode. ``keep_cache``
+        False re-prefills the whole history every turn (the slow oracle of the cached path)."""
+        check_request(prompts, params, seeds)
+        if not keep_cache:
+            return run_episodes(PrefilledTurns(self.sample), prompts, params, seeds, respond, limits)
+        self.stats = SamplerStats()
+        was_training = self.model.training
+        self.model.eval()
+        lm = unwrap_causal_lm(self.model)
+        device = next(lm.parameters()).device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm.dtype
+        fast = FastDecoder.build(lm, dtype) if self.fast else None
+        per_chunk = max(1, self.max_rows // params.n)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: dict[int, list[Episode]] = {}
+
+        def batch() -> DecodeBatch:
+            return DecodeBatch(lm, self.tok, self.eos_ids, dtype, fast, 0.0, self.stats)
+
+        try:
+            for s in range(0, len(order), per_chunk):
+                chunk = order[s : s + per_chunk]
+
+                def chunk_respond(ends, chunk=chunk):  # chunk-local prompt indices -> the caller's
+                    return respond([replace(end, prompt=chunk[end.prompt]) for end in ends])
+
+                turns = CachedTurns(batch, self.tok.pad_id, self.stats)
+                done = run_episodes(turns, [prompts[i] for i in chunk], params, [seeds[i] for i in chunk],
+                                    chunk_respond, limits)  # fmt: skip
+                results.update(zip(chunk, done))
         finally:
             self.model.train(was_training)
         return [results[i] for i in range(len(prompts))]

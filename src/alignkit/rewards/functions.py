@@ -55,53 +55,58 @@ def load_reward_function(spec: str) -> RewardFunction:
 
     Raises ``UserError`` naming the spec and the fix when it cannot be loaded.
     """
+    return load_object(BUILTINS.get(spec.strip(), spec) if isinstance(spec, str) else spec, "reward function",
+                       "a function fn(prompts, completions, **columns) -> list[float | None]", shown=spec)  # fmt: skip
+
+
+def load_object(spec: str, kind: str, should_be: str, shown: str | None = None) -> Callable[..., Any]:
+    """The callable that ``spec`` (``module:name`` or ``path/to/file.py:name``) names; ``kind`` (e.g. "reward
+    function", "environment") and ``should_be`` word the errors. Raises ``UserError`` naming the spec and the fix."""
+    shown = spec if shown is None else shown
+    forms = _FORMS if kind == "reward function" else "module:Name or path/to/file.py:Name"
     if not isinstance(spec, str) or not spec.strip():
-        raise UserError(f"reward function {spec!r}: not a name. Fix: use {_FORMS}")
+        raise UserError(f"{kind} {shown!r}: not a name. Fix: use {forms}")
     spec = spec.strip()
-    module_name, colon, attr = BUILTINS.get(spec, spec).rpartition(":")
+    module_name, colon, attr = spec.rpartition(":")
     if not colon or not module_name or not attr:
         raise UserError(
-            f"reward function {spec!r}: not a built-in name and no ':' before the function. "
-            f"Fix: use {_FORMS}, e.g. {spec.rstrip(':') or 'my_rewards'}:my_reward"
+            f"{kind} {shown!r}: not a built-in name and no ':' before the {kind.split()[-1]}. "
+            f"Fix: use {forms}, e.g. {spec.rstrip(':') or 'my_module'}:my_{kind.split()[0]}"
         )
-    module = _import_file(spec, module_name) if module_name.endswith(".py") else _import_module(spec, module_name)
-    fn = module
+    load = _import_file if module_name.endswith(".py") else _import_module
+    module = load(shown, module_name, kind)
+    obj = module
     for part in attr.split("."):
-        if not hasattr(fn, part):
+        if not hasattr(obj, part):
             public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
             has = f" (it has: {', '.join(public[:12])})" if public else ""
-            raise UserError(
-                f"reward function {spec!r}: {module_name} has no attribute {attr!r}{has}. Fix: check the name"
-            )
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise UserError(
-            f"reward function {spec!r}: {attr} is a {type(fn).__name__}, not a function. "
-            "Fix: name a function fn(prompts, completions, **columns) -> list[float | None]"
-        )
-    return fn
+            raise UserError(f"{kind} {shown!r}: {module_name} has no attribute {attr!r}{has}. Fix: check the name")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"{kind} {shown!r}: {attr} is a {type(obj).__name__}, not a {kind.split()[-1]}. "
+                        f"Fix: name {should_be}")  # fmt: skip
+    return obj
 
 
-def _import_module(spec: str, name: str):
+def _import_module(spec: str, name: str, kind: str = "reward function"):
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name and (name == e.name or name.startswith(e.name + ".")):
             raise UserError(
-                f"reward function {spec!r}: no module named {name!r}. Fix: check the spelling, install it or put "
-                f"it on PYTHONPATH; a file is written path/to/file.py:function"
+                f"{kind} {spec!r}: no module named {name!r}. Fix: check the spelling, install it or put "
+                f"it on PYTHONPATH; a file is written path/to/file.py:name"
             ) from None
-        raise UserError(f"reward function {spec!r}: importing {name} failed: {e}. Fix: install {e.name}") from None
+        raise UserError(f"{kind} {spec!r}: importing {name} failed: {e}. Fix: install {e.name}") from None
     except Exception as e:
-        raise UserError(f"reward function {spec!r}: importing {name} failed ({type(e).__name__}: {e})") from None
+        raise UserError(f"{kind} {spec!r}: importing {name} failed ({type(e).__name__}: {e})") from None
 
 
-def _import_file(spec: str, path_text: str):
+def _import_file(spec: str, path_text: str, kind: str = "reward function"):
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise UserError(
-            f"reward function {spec!r}: file {path} does not exist. "
-            f"Fix: check the path (relative paths start from {Path.cwd()})"
+            f"{kind} {spec!r}: file {path} does not exist. Fix: check the path (relative paths start from {Path.cwd()})"
         )
     path = path.resolve()
     name = f"alignkit_reward_file_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
@@ -114,7 +119,7 @@ def _import_file(spec: str, path_text: str):
         module_spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
-        raise UserError(f"reward function {spec!r}: running {path} failed ({type(e).__name__}: {e})") from None
+        raise UserError(f"{kind} {spec!r}: running {path} failed ({type(e).__name__}: {e})") from None
     return module
 
 

@@ -171,29 +171,32 @@ class PPOMethod(OnlineMethod):
                 s.values = row[p : p + len(s.completion_ids)].float().tolist()
 
     def advantages(self, samples: list[Sample], n_prompts: int) -> None:
-        """Per-token rewards (KL penalty + score at the end), GAE, whitening over all processes' tokens."""
+        """Per-token rewards (KL penalty + score at the end), GAE, whitening over all processes' tokens. In a
+        multi-turn episode the time steps are the model's own tokens: observation tokens are skipped (GAE runs
+        over the model's tokens back to back) and get advantage and return 0."""
         mc = self.mc
-        width = max(len(s.completion_ids) for s in samples)
-        shape = (len(samples), width)
+        steps = [_action_positions(s) for s in samples]
+        shape = (len(samples), max(len(p) for p in steps))
         rewards, values, mask = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
         kl_seq = []
-        for i, s in enumerate(samples):
-            n = len(s.completion_ids)
+        for i, (s, pos) in enumerate(zip(samples, steps)):
+            n = len(pos)
             mask[i, :n] = 1.0 if s.reward is not None else 0.0
-            values[i, :n] = torch.tensor(s.values)
+            values[i, :n] = torch.tensor(s.values)[pos]
             kl = torch.zeros(n)
-            if s.ref_logps is not None:
-                kl = torch.tensor(s.old_logps) - torch.tensor(s.ref_logps)  # k1 per token (Ziegler et al.)
+            if s.ref_logps is not None:  # k1 per token (Ziegler et al.)
+                kl = torch.tensor(s.old_logps)[pos] - torch.tensor(s.ref_logps)[pos]
             rewards[i, :n] = -self.kl.value * kl
-            if s.reward is not None:
+            if s.reward is not None and n:
                 rewards[i, n - 1] += s.reward
             kl_seq.append(float(kl.sum()))
         adv, returns = gae(rewards, values, mask, mc.gamma, mc.lam)
         if mc.whiten_advantages:
             adv = whiten(adv, mask.bool(), stats=moments(adv, mask.bool(), all_reduce_sum()))
-        for i, s in enumerate(samples):
-            n = len(s.completion_ids)
-            s.advantages, s.returns = adv[i, :n].tolist(), returns[i, :n].tolist()
+        for i, (s, pos) in enumerate(zip(samples, steps)):
+            full_adv, full_ret = torch.zeros(len(s.completion_ids)), torch.zeros(len(s.completion_ids))
+            full_adv[pos], full_ret[pos] = adv[i, : len(pos)], returns[i, : len(pos)]
+            s.advantages, s.returns = full_adv.tolist(), full_ret.tolist()
         valid = mask.bool()
         self._rollout_stats = {
             "kl/sequence": torch.tensor(kl_seq),
@@ -211,7 +214,7 @@ class PPOMethod(OnlineMethod):
         sums.add_scalar("kl/coef", self.kl.value)
 
     def weight(self, item: Sample) -> float:
-        return item.weight * len(item.completion_ids)  # every token of the step counts alike
+        return item.weight * item.action_tokens  # every token the model generated in the step counts alike
 
     def loss(self, module, batch):
         mc = self.mc
@@ -274,6 +277,13 @@ class PPOMethod(OnlineMethod):
                       str(out / "value_head.safetensors"))  # fmt: skip
         super().finish(module, train_items, eval_items, eval_metrics)
         return {"alignkit_ppo.json": json.dumps({"kl_coef": self.kl.value, "value": self.mc.value}, indent=1) + "\n"}
+
+
+def _action_positions(s: Sample) -> torch.Tensor:
+    """Indices ``(A,)`` of the model's own tokens in a sample's completion (all of them in a single-turn sample)."""
+    if s.action_mask is None:
+        return torch.arange(len(s.completion_ids))
+    return torch.tensor([j for j, m in enumerate(s.action_mask) if m], dtype=torch.long)
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:

@@ -23,22 +23,18 @@ import numpy as np
 import torch
 
 from alignkit.data import Sample, collate_samples, pad_sequences, to_prompt, tokenize_prompts
+from alignkit.data.collate import mask_observations
 from alignkit.errors import ConfigError
-from alignkit.generation.sampler import Completion, Sampler, SamplingParams
+from alignkit.generation.sampler import Completion, SamplingParams
 from alignkit.logprobs import (
     CompletionScorer,
-    layouts_agree,
-    shared_inputs,
-    supports_prefix_sharing,
     token_logprobs,
-    unwrap_causal_lm,
 )
-from alignkit.models.attention import use_segmented_attention
 from alignkit.models.load import disable_dropout
-from alignkit.stats import pass_at_k
 from alignkit.train.method import Method
 from alignkit.train.metrics import MetricSums
 from alignkit.train.online.reward_sources import RewardSources
+from alignkit.train.online.rollout_parts import add_reward_metrics, grouped_layout_works, make_sampler, no_signal
 from alignkit.train.online.seeds import EVAL, PASS_ORDER, REFILL, sample_seed
 
 
@@ -55,7 +51,8 @@ class OnlineMethod(Method):
             n=self.ro.samples_per_prompt, max_new_tokens=self.ro.max_new_tokens, temperature=self.ro.temperature,
             top_p=self.ro.top_p, top_k=self.ro.top_k, min_p=self.ro.min_p, stop=tuple(self.ro.stop),
         )  # fmt: skip
-        self.sampler = self.rewards = self.reference = self.accelerator = self.gold = None
+        self.sampler = self.rewards = self.reference = self.accelerator = self.gold = self.episodes = None
+        self.episode_metrics: dict[str, float] = {}
         self.pass_index = (0, 0)  # (iteration, minibatch) of the update being trained
 
     def needs_reference(self) -> bool:
@@ -105,6 +102,11 @@ class OnlineMethod(Method):
         self.tok = Tokenizer(load_tokenizer(self.cfg.model.name, self.cfg.model.trust_remote_code))
         self.sampler = make_sampler(model, self.tok, self.ro)
         self.rewards = RewardSources(self.mc, accelerator.device, self.log)
+        self.episodes = None
+        if self.ro.environment:
+            from alignkit.train.online.environment import EpisodeRollout
+
+            self.episodes = EpisodeRollout(self.ro, self.tok, self.sampler, self.log)
         if getattr(self.mc, "gold_reward_model", None):
             from alignkit.reward_model import RewardModel
 
@@ -156,6 +158,9 @@ class OnlineMethod(Method):
         times["reference"] = time.perf_counter() - t0
         self.advantages(samples, len(items))
         self.add_rollout_metrics(sums, items, samples, per_function, reward_metrics)
+        for name, value in self.episode_metrics.items():
+            sums.add_scalar(name, value)
+        self.episode_metrics = {}
         for name in ("generate", "reward", "reference"):
             sums.add_scalar(f"time/{name}", times[name])
         sums.add_scalar("generation/tokens_per_second", times["tokens"] / max(times["generate"], 1e-9))
@@ -171,7 +176,7 @@ class OnlineMethod(Method):
         if getattr(self.mc, "dynamic_sampling", False):
             used, replaced = {x.index for x in items}, 0
             for round_ in range(1, self.mc.max_resample_rounds + 1):
-                flat = [p for p in range(len(items)) if _flat(rewards[p * g : (p + 1) * g])]
+                flat = [p for p in range(len(items)) if no_signal(rewards[p * g : (p + 1) * g])]
                 pool = [x for x in self.train_items if x.index not in used]
                 if not flat or not pool:
                     break
@@ -199,6 +204,13 @@ class OnlineMethod(Method):
     def _sample_and_score(self, items, step, round_, times: dict):
         t0 = time.perf_counter()
         seeds = [sample_seed(self.cfg.train.seed, step, x.index, round_) for x in items]
+        if self.episodes is not None:
+            samples, rewards, metrics, per_function, episode_metrics = self._episodes_and_score(
+                items, seeds, self.params, times, t0
+            )
+            for name, value in episode_metrics.items():  # summed over dynamic-sampling rounds
+                self.episode_metrics[name] = self.episode_metrics.get(name, 0.0) + value
+            return samples, rewards, metrics, per_function
         with self.accelerator.autocast():
             completions = self.sampler.sample([x.prompt_ids for x in items], self.params, seeds)
         times["generate"] += time.perf_counter() - t0
@@ -208,6 +220,26 @@ class OnlineMethod(Method):
         rewards, metrics, per_function = self.score(items, samples)
         times["reward"] += time.perf_counter() - t0
         return samples, list(rewards), metrics, {k: list(v) for k, v in per_function.items()}
+
+    def _episodes_and_score(self, items, seeds, params: SamplingParams, times: dict, t0: float):
+        """Multi-turn episodes with the environment (its rewards summed per episode), plus the reward functions /
+        reward model on each episode's final message when configured -> (samples, rewards, reward function
+        metrics, per-source rewards, episode metrics)."""
+        with self.accelerator.autocast():
+            samples, rewards, per_function, episode_metrics = self.episodes.run(items, params, seeds)
+        times["generate"] += time.perf_counter() - t0
+        times["tokens"] = times.get("tokens", 0) + self.sampler.stats.tokens
+        per_function = {f"env/{k}": v for k, v in per_function.items()}
+        reward_metrics: dict[str, float] = {}
+        if self.rewards.runner is not None or self.rewards.rm is not None:
+            t0 = time.perf_counter()
+            finals = [Sample(s.prompt_ids, s.completion_ids, [], s.finish_reason, text, s.group)
+                      for s, text in zip(samples, self.episodes.final_text)]  # fmt: skip
+            extra, reward_metrics, more = self.score(items, finals)
+            rewards = [None if e is None else r + e for r, e in zip(rewards, extra)]
+            per_function.update(more)
+            times["reward"] += time.perf_counter() - t0
+        return samples, rewards, reward_metrics, per_function, episode_metrics
 
     def to_samples(self, items, completions: list[list[Completion]]) -> list[Sample]:
         return [
@@ -252,8 +284,9 @@ class OnlineMethod(Method):
         for s in range(0, len(order), bs):
             idx = order[s : s + bs]
             chunk = [samples[i] for i in idx]
-            batch = {k: v.to(self.accelerator.device) for k, v in pad_sequences(
-                [x.prompt_ids for x in chunk], [x.completion_ids for x in chunk], self.pad_id).items()}  # fmt: skip
+            batch = pad_sequences([x.prompt_ids for x in chunk], [x.completion_ids for x in chunk], self.pad_id)
+            mask_observations(batch["completion_mask"], chunk)  # observation tokens: not scored (0)
+            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             with self.accelerator.autocast():
                 if adapter:
                     was = policy.training
@@ -291,7 +324,7 @@ class OnlineMethod(Method):
         sums.add_scalar("completion/max_length", float(max(len(s.completion_ids) for s in samples)))
         g = self.ro.samples_per_prompt
         if g > 1:  # a group of one has no variance to speak of
-            zero_var = [_flat([s.reward for s in samples[p * g : (p + 1) * g]]) for p in range(len(items))]
+            zero_var = [no_signal([s.reward for s in samples[p * g : (p + 1) * g]]) for p in range(len(items))]
             sums.add({"groups/zero_variance": torch.tensor(zero_var, dtype=torch.float32)})
 
     # ---- training-side plumbing shared by the subclasses
@@ -301,7 +334,7 @@ class OnlineMethod(Method):
     def weight(self, item: Sample) -> float:
         """``token_mean`` counts every completion token alike; otherwise every completion alike."""
         if getattr(self.mc, "loss_aggregation", "token_mean") == "token_mean":
-            return item.weight * len(item.completion_ids)
+            return item.weight * item.action_tokens
         return item.weight
 
     def tokens(self, batch: dict) -> int:
@@ -320,18 +353,23 @@ class OnlineMethod(Method):
             top_k=self.ro.top_k, min_p=self.ro.min_p, stop=tuple(self.ro.stop),
         )  # fmt: skip
         sums = MetricSums()
-        with accelerator.autocast():
-            completions = self.sampler.sample(
-                [x.prompt_ids for x in mine],
-                params,
-                [sample_seed(self.cfg.train.seed, 0, x.index, stream=EVAL) for x in mine],
+        seeds = [sample_seed(self.cfg.train.seed, 0, x.index, stream=EVAL) for x in mine]
+        if self.episodes is not None:  # a tool-using policy is evaluated the way it is trained: in its environment
+            times = {"generate": 0.0, "reward": 0.0}
+            samples, rewards, _, per_function, episode_metrics = self._episodes_and_score(
+                mine, seeds, params, times, time.perf_counter()
             )
-        samples = [
-            Sample(x.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, c.text, p)
-            for p, (x, group) in enumerate(zip(mine, completions))
-            for c in group
-        ]
-        rewards, _, per_function = self.score(mine, samples)
+            for name, value in episode_metrics.items():
+                sums.add_scalar(name, value)
+        else:
+            with accelerator.autocast():
+                completions = self.sampler.sample([x.prompt_ids for x in mine], params, seeds)
+            samples = [
+                Sample(x.prompt_ids, c.token_ids, c.logprobs, c.finish_reason, c.text, p)
+                for p, (x, group) in enumerate(zip(mine, completions))
+                for c in group
+            ]
+            rewards, _, per_function = self.score(mine, samples)
         for s, r in zip(samples, rewards):
             s.reward = r
         add_reward_metrics(sums, samples, per_function, len(mine), k)
@@ -344,60 +382,6 @@ class OnlineMethod(Method):
     def finish(self, module, train_items, eval_items, eval_metrics) -> dict[str, str]:
         if self.rewards is not None:
             self.rewards.close()
+        if self.episodes is not None:
+            self.episodes.close()
         return {}
-
-
-def _flat(rewards: list[float | None]) -> bool:
-    """A group without reward variance (all its scored samples equal): it carries no learning signal."""
-    return len({r for r in rewards if r is not None}) <= 1
-
-
-def add_reward_metrics(sums: MetricSums, samples: list[Sample], per_function: dict, n_prompts: int, k: int) -> None:
-    """Reward mean/std over scored samples, completion length, and pass@1 / pass@k of each verifier (a reward
-    function whose values are all 0 or 1); ``samples`` hold ``k`` completions per prompt, in prompt order."""
-    scored = [s.reward for s in samples if s.reward is not None]
-    if scored:
-        mean = sum(scored) / len(scored)
-        sums.add_scalar("reward/mean", sum(scored), len(scored))
-        sums.add_scalar("reward/std", math.sqrt(sum((r - mean) ** 2 for r in scored) / len(scored)))
-    sums.add({"completion/length": torch.tensor([float(len(s.completion_ids)) for s in samples])})
-    for name, values in per_function.items():
-        if all(v in (0.0, 1.0, None) for v in values) and any(v is not None for v in values):
-            correct = [[values[p * k + j] == 1.0 for j in range(k)] for p in range(n_prompts)]
-            sums.add_scalar(f"pass@1/{name}", pass_at_k(correct, 1) * n_prompts, n_prompts)
-            if k > 1:
-                sums.add_scalar(f"pass@{k}/{name}", pass_at_k(correct, k) * n_prompts, n_prompts)
-
-
-def make_sampler(model, tok, ro) -> Sampler:
-    """The rollout's sampler: alignkit's on the live model, or vLLM's engine (GPU; weights pushed each step)."""
-    if ro.backend == "vllm":
-        from alignkit.generation.vllm_backend import VLLMSampler
-
-        return VLLMSampler(model, tok, max_rows=ro.max_rows)
-    return Sampler(model, tok, max_rows=ro.max_rows)
-
-
-def grouped_layout_works(model, pad_id: int, log) -> bool:
-    """Prefix sharing needs the fused head and an attention that takes a 4D mask (SDPA); the probe on two synthetic
-    groups confirms the packed layout scores tokens as the padded one does (else the padded is used)."""
-    if not (supports_prefix_sharing(model) and use_segmented_attention(model)):
-        log("prefix sharing off: this model needs the padded layout (logit transform or attention without 4D masks)")
-        return False
-    vocab = unwrap_causal_lm(model).config.vocab_size
-    g = torch.Generator().manual_seed(0)
-    ids = lambda n: torch.randint(3, vocab, (n,), generator=g).tolist()  # noqa: E731
-    p1, p2 = ids(5), ids(3)
-    samples = [Sample(p, ids(n), [0.0] * n, "eos", "", 0, 0.0, [0.0]) for p, n in ((p1, 4), (p1, 6), (p2, 2), (p2, 5))]
-    device = next(model.parameters()).device
-    plain = {k: v.to(device) for k, v in collate_samples(samples, pad_id).items()}
-    shared = {k: v.to(device) for k, v in collate_samples(samples, pad_id, shared=True).items()}
-    scorer = CompletionScorer(model)
-    return layouts_agree(
-        model,
-        lambda: scorer(plain["input_ids"], plain["attention_mask"], plain["completion_mask"]),
-        lambda: scorer(shared["input_ids"], shared["attention_mask"], shared["completion_mask"],
-                       shared=shared_inputs(shared)),
-        "token log-probs",
-        log,
-    )  # fmt: skip
