@@ -89,3 +89,48 @@ def test_without_cuda_the_error_says_so(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"CUDA GPU.*rollout\.backend=alignkit"):
         VLLMSampler(tiny_llama(), SimpleNamespace(eos_id=2))
+
+
+def test_multi_turn_episodes_on_the_engine_push_weights_once_and_batch_each_turn(monkeypatch, talker_dir):
+    """The glue only (no GPU here): an engine stand-in answers ``generate`` with alignkit's sampler under the same
+    seeds, so the vLLM path's episodes must equal ``Sampler.sample_episodes``'s, the weights pushed once per call
+    and each turn's rows submitted in one ``generate``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignkit.data import Tokenizer
+    from alignkit.generation.sampler import Sampler, SamplingParams, TurnLimits
+
+    model = AutoModelForCausalLM.from_pretrained(talker_dir).eval()
+    tok = Tokenizer(AutoTokenizer.from_pretrained(talker_dir))
+    local = Sampler(model, tok)
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    fake.inputs = types.SimpleNamespace(TokensPrompt=lambda prompt_token_ids: prompt_token_ids)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", fake.inputs)
+    calls = {"generate": 0, "push": 0}
+
+    class Engine:
+        def generate(self, prompts, requests, use_tqdm=False):
+            calls["generate"] += 1
+            out = []
+            for p, r in zip(prompts, requests):
+                params = SamplingParams(n=r.n, max_new_tokens=r.max_tokens, temperature=r.temperature)
+                got = local.sample([p], params, [r.seed])[0]
+                out.append(SimpleNamespace(outputs=[SimpleNamespace(
+                    token_ids=c.token_ids, logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in zip(c.token_ids,
+                    c.logprobs)], finish_reason="length" if c.finish_reason == "length" else "stop", stop_reason=None)
+                    for c in got]))  # fmt: skip
+            return out
+
+    engine = VLLMSampler.__new__(VLLMSampler)
+    engine.model, engine.tok, engine.max_rows, engine.eos_ids, engine.llm = model, tok, 8, [tok.eos_id], Engine()
+    monkeypatch.setattr(VLLMSampler, "push_weights", lambda self: calls.__setitem__("push", calls["push"] + 1))
+    prompts = [local.prompt_ids(p) for p in ["tell me a joke", "hi"]]
+    respond = lambda ends: [None if e.turn == 3 else tok.encode("the weather is") for e in ends]  # noqa: E731
+    limits = TurnLimits(4, 10, 60)
+    got = engine.sample_episodes(prompts, SamplingParams(n=3), [4, 5], respond, limits)
+    want = local.sample_episodes(prompts, SamplingParams(n=3), [4, 5], respond, limits)
+    assert [[e.tokens for e in g] for g in got] == [[e.tokens for e in g] for g in want]
+    turns = max(e.turns for g in want for e in g)
+    assert turns > 1 and calls["push"] == 1 and calls["generate"] == turns

@@ -9,7 +9,7 @@ import typer
 
 from alignkit.cli.eval_human import human_app
 from alignkit.cli.eval_safety import eval_safety
-from alignkit.cli.helpers import MODEL_HELP, check_aggregate, read_input
+from alignkit.cli.helpers import MODEL_HELP, check_aggregate, parse_key_values, read_input
 
 eval_app = typer.Typer(
     no_args_is_help=True, help="Evaluate: math word problems (accuracy, pass@k), win rates of A vs B."
@@ -32,6 +32,17 @@ def eval_math(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write one record per prompt here (.jsonl)"),
     seed: int = typer.Option(0, help="Sampling seed (prompt i uses seed + i)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    environment: Optional[str] = typer.Option(
+        None,
+        help="Answer in multi-turn episodes of this environment (e.g. calculator, python, module:Class), as "
+        "rollout.environment trains; the last model message is graded",
+    ),
+    max_turns: int = typer.Option(4, min=1, help="With --environment: model turns per episode at most"),
+    environment_arg: List[str] = typer.Option(
+        [],
+        "--environment-arg",
+        help="KEY=VALUE (a YAML value), repeatable: the environment's keyword arguments, e.g. demonstrations=true",
+    ),
 ):
     """Sample completions for math problems and grade their final answers against the gold answers."""
     from alignkit.data.jsonl import write_jsonl
@@ -43,9 +54,16 @@ def eval_math(
     records = read_input(data, *([out] if out else []))
     template = prompt_template.replace("\\n", "\n") if prompt_template else None
     examples = load_math_records(records, prompt_field, template, limit)  # bad records fail before loading
+    env_args = parse_key_values(environment_arg, "--environment-arg")
+    if environment:  # a bad environment name or argument fails before loading too
+        from alignkit.rewards.environments import load_environment
+
+        load_environment(environment, env_args)[1]()
     ready = load_sampler(model, device)
-    result = evaluate_math(ready.model, ready.tok, examples, samples, temperature, max_new_tokens, seed=seed)
-    typer.echo(f"{model} on {data}, max {max_new_tokens} new tokens")
+    result = evaluate_math(ready.model, ready.tok, examples, samples, temperature, max_new_tokens, seed=seed,
+                           environment=environment, environment_args=env_args, max_turns=max_turns)  # fmt: skip
+    where = f", in the {environment} environment (<= {max_turns} turns)" if environment else ""
+    typer.echo(f"{model} on {data}, max {max_new_tokens} new tokens{where}")
     typer.echo("\n".join(result.lines()))
     if out:
         typer.echo(f"wrote {write_jsonl(out, result.records)}")

@@ -50,3 +50,19 @@ def check_aggregate(aggregate: str) -> None:
 
     if aggregate not in AGGREGATIONS:
         raise UserError(f"--aggregate {aggregate}: unknown. Fix: use one of {', '.join(AGGREGATIONS)}")
+
+
+def parse_key_values(items: list[str], option: str) -> dict:
+    """``KEY=VALUE`` options -> {key: value}, each value read as YAML (``true`` -> True, ``3`` -> 3, ``a b`` -> str)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"{option} {item!r}: not KEY=VALUE. Fix: e.g. {option} demonstrations=true")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out

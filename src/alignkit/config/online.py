@@ -48,7 +48,7 @@ class RolloutConfig:
     environment_args: dict = setting(
         {},
         "Keyword arguments of the environment (built-ins: tool_timeout, tool_workers, answer_field, "
-        "instruction, tool_bonus).",
+        "instruction, tool_bonus, demonstrations).",
     )
     max_turns: int = setting(4, "Environment episodes: model turns at most (max_new_tokens bounds all their tokens "
                              "and the observations').")  # fmt: skip

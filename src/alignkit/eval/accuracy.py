@@ -19,7 +19,7 @@ from alignkit.data import PromptExample, read_records, to_prompt, tokenize_promp
 from alignkit.data.formats import InvalidRecord
 from alignkit.errors import DataError, UserError
 from alignkit.generation.ready import ready_sampler
-from alignkit.generation.sampler import SamplingParams
+from alignkit.generation.sampler import Completion, SamplingParams
 from alignkit.rewards.verifiers.math import extract_gold, grade
 from alignkit.stats import pass_at_k, wilson_interval
 
@@ -42,6 +42,8 @@ class MathEvalResult:
     truncated: float  # share of completions cut at max_new_tokens
     seconds: float  # wall time: tokenize, sample, grade
     records: list[dict] = field(default_factory=list, repr=False)
+    tool_use: float | None = None  # in an environment: share of episodes with a successful tool call
+    turns: float | None = None  # in an environment: mean model turns per episode
 
     def summary(self) -> dict:
         """All scores as a flat, JSON-ready dict (no records)."""
@@ -58,6 +60,7 @@ class MathEvalResult:
             "mean_length": self.mean_length,
             "truncated": self.truncated,
             "seconds": self.seconds,
+            **({"tool_use": self.tool_use, "turns": self.turns} if self.tool_use is not None else {}),
         }
 
     def lines(self) -> list[str]:
@@ -80,6 +83,8 @@ class MathEvalResult:
             f"no answer {self.no_answer:.1%} of completions, mean length {self.mean_length:.1f} tokens "
             f"({self.truncated:.1%} cut at max-new-tokens), {self.seconds:.1f} s"
         )
+        if self.tool_use is not None:
+            out.append(f"episodes: {self.turns:.2f} model turns on average, {self.tool_use:.1%} used a tool")
         return out
 
 
@@ -153,12 +158,18 @@ def evaluate_math(
     chat: bool = True,
     max_rows: int = 64,
     mixed_precision: str = "auto",
+    environment: str | None = None,
+    environment_args: dict | None = None,
+    max_turns: int = 4,
 ) -> MathEvalResult:
     """Evaluate ``model`` (a causal LM or PEFT model; used as it is, its device kept) on math records.
 
     ``tokenizer``: a HF tokenizer or an alignkit ``Tokenizer``. ``records_or_path``: see ``load_math_records``.
     Prompt i samples with seed ``seed + i``. ``mixed_precision``: auto (bf16 autocast on GPUs / CPUs with native
-    bf16), bf16, or fp32.
+    bf16), bf16, or fp32. ``environment``: evaluate in multi-turn episodes of this environment (as
+    ``rollout.environment`` trains; e.g. ``calculator``), at most ``max_turns`` model turns of ``max_new_tokens``
+    each; the final answer is the episode's last model message, and ``tool_use`` the share of episodes with a
+    successful tool call.
     """
     start = time.perf_counter()
     check_sampling(samples, temperature)
@@ -167,9 +178,39 @@ def evaluate_math(
     items, _ = tokenize_prompts(examples, ready.tok, max_prompt_length=10**9, chat=chat)
     _check_lengths(model, items, max_new_tokens)
     params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, temperature=temperature)
-    outputs = ready.sample([it.prompt_ids for it in items], params, [seed + i for i in range(len(items))])
-    result = _score(examples, outputs, samples, temperature)
+    seeds = [seed + i for i in range(len(items))]
+    if environment:
+        result = _episodes(ready, examples, params, seeds, environment, environment_args, max_turns)
+    else:
+        result = _score(examples, ready.sample([it.prompt_ids for it in items], params, seeds), samples, temperature)
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def _episodes(ready, examples, params: SamplingParams, seeds, environment: str, args, max_turns: int):
+    """Episodes of ``environment`` graded on each one's last model message; records carry the transcript."""
+    from alignkit.generation.episodes import TurnLimits
+    from alignkit.rewards.episode_runner import EpisodeRunner
+
+    if max_turns < 1:
+        raise UserError(f"max_turns is {max_turns}. Fix: allow at least 1 model turn")
+    limits = TurnLimits(max_turns, params.max_new_tokens, max_turns * (params.max_new_tokens + 64))
+    runner = EpisodeRunner(environment, args, ready.tok, limits)
+    try:
+        batch = runner.run(ready, [{**ex.columns, "prompt": ex.prompt} for ex in examples], params, seeds)
+    finally:
+        runner.close()
+    outputs = [
+        [Completion(ep.turn_tokens[-1] if ep.turn_tokens else [], [], ep.finish_reason, text)
+         for ep, text in zip(group, texts)]
+        for group, texts in zip(batch.episodes, batch.final_text)
+    ]  # fmt: skip
+    result = _score(examples, outputs, params.n, params.temperature)
+    for record, group, calls in zip(result.records, batch.episodes, batch.tool_calls):
+        record["transcripts"] = [ready.tok.hf.decode(ep.tokens, skip_special_tokens=False) for ep in group]
+        record["tool_calls"], record["turns"] = list(calls), [ep.turns for ep in group]
+    result.tool_use = sum(c > 0 for group in batch.tool_calls for c in group) / max(1, len(examples) * params.n)
+    result.turns = sum(ep.turns for group in batch.episodes for ep in group) / max(1, len(examples) * params.n)
     return result
 
 

@@ -141,8 +141,8 @@ class PrefilledTurns:
     makes the re-prefill cheap; or the alignkit sampler, as the oracle of ``CachedTurns``): each turn samples the
     whole history as a new prompt, with the same seeds, so it draws the same tokens."""
 
-    def __init__(self, sample: Callable):
-        self.sample = sample
+    def __init__(self, sample: Callable, rows: Callable | None = None):
+        self.sample, self.rows = sample, rows  # rows(prompts, params per prompt, seeds): all rows in one call
 
     def first(self, prompts, params, seeds) -> list[Ended]:
         out = self.sample(prompts, params, seeds)
@@ -150,6 +150,9 @@ class PrefilledTurns:
                 for k, c in enumerate(group)]  # fmt: skip
 
     def next(self, rows, params, seeds) -> list[Ended]:
+        if self.rows is not None:
+            out = self.rows([list(h) for _, _, h, _ in rows], params, seeds)
+            return [(i, k, c[0].token_ids, c[0].logprobs, c[0].finish_reason) for (i, k, _, _), c in zip(rows, out)]
         ended = []
         for (i, k, history, _), p, s in zip(rows, params, seeds):  # params differ per row (each one's room)
             c = self.sample([list(history)], p, [s])[0][0]

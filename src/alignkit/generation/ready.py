@@ -33,6 +33,11 @@ class ReadySampler:
         with self.autocast():
             return self.sampler.sample(prompts, params, seeds)
 
+    def sample_episodes(self, prompts, params: SamplingParams, seeds: list[int], respond, limits):
+        """``Sampler.sample_episodes`` in this sampler's precision."""
+        with self.autocast():
+            return self.sampler.sample_episodes(prompts, params, seeds, respond, limits)
+
     def generate(
         self,
         prompts: list[Content],

@@ -130,30 +130,51 @@ class VLLMSampler(Sampler):
     ) -> list[list[Completion]]:
         """``params.n`` completions per prompt of token ids; ``seeds[i]`` seeds prompt i's requests. ``on_token``
         (as in ``Sampler.sample``) is called for each token after the batch finished (vLLM's offline API)."""
-        from vllm import SamplingParams as VLLMParams
-        from vllm.inputs import TokensPrompt
 
         check_request(prompts, params, seeds)
         self.stats = SamplerStats()
         t0 = time.perf_counter()
         self.push_weights()
-        t1 = time.perf_counter()
-        common = dict(
-            n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
-            max_tokens=params.max_new_tokens, stop=list(params.stop), stop_token_ids=self.eos_ids, logprobs=0,
-        )  # fmt: skip
-        requests = [VLLMParams(**common, seed=int(seed)) for seed in seeds]
-        with torch.autocast("cuda", enabled=False):  # the engine runs in this thread: no trainer autocast inside it
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], requests, use_tqdm=False)
-        self.stats.decode_seconds = time.perf_counter() - t1
-        self.stats.extra["weight_sync_seconds"] = t1 - t0
-        out = [[self._completion(c, params.stop) for c in o.outputs] for o in outputs]
-        self.stats.tokens = sum(len(c.token_ids) for group in out for c in group)
+        self.stats.extra["weight_sync_seconds"] = time.perf_counter() - t0
+        out = self._generate(prompts, [params] * len(prompts), seeds)
         if on_token is not None:
             for p, group in enumerate(out):
                 for k, c in enumerate(group):
                     for t in c.token_ids:
                         on_token(p, k, t)
+        return out
+
+    def sample_episodes(self, prompts, params, seeds, respond, limits, keep_cache: bool = False):
+        """Multi-turn episodes (``Sampler.sample_episodes``) on the engine: the weights are pushed once, and every
+        turn submits the continuing episodes' whole histories in one ``generate`` call, whose prefix cache holds
+        their earlier turns (no cache handle to continue from is exposed by vLLM's offline API)."""
+        from alignkit.generation.episodes import PrefilledTurns, run_episodes
+
+        check_request(prompts, params, seeds)
+        self.stats = SamplerStats()
+        t0 = time.perf_counter()
+        self.push_weights()
+        self.stats.extra["weight_sync_seconds"] = time.perf_counter() - t0
+        turns = PrefilledTurns(lambda p, sp, s: self._generate(p, [sp] * len(p), s), rows=self._generate)
+        return run_episodes(turns, prompts, params, seeds, respond, limits)
+
+    def _generate(self, prompts: list[list[int]], params: list[SamplingParams], seeds: list[int]):
+        """One ``generate`` call: prompt i with ``params[i]`` and ``seeds[i]`` -> its completions."""
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        t1 = time.perf_counter()
+        requests = [
+            VLLMParams(n=p.n, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, min_p=p.min_p,
+                       max_tokens=p.max_new_tokens, stop=list(p.stop), stop_token_ids=self.eos_ids, logprobs=0,
+                       seed=int(seed))
+            for p, seed in zip(params, seeds)
+        ]  # fmt: skip
+        with torch.autocast("cuda", enabled=False):  # the engine runs in this thread: no trainer autocast inside it
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], requests, use_tqdm=False)
+        self.stats.decode_seconds += time.perf_counter() - t1
+        out = [[self._completion(c, p.stop) for c in o.outputs] for o, p in zip(outputs, params)]
+        self.stats.tokens += sum(len(c.token_ids) for group in out for c in group)
         return out
 
     def _completion(self, c, stop: tuple[str, ...]) -> Completion:

@@ -14,7 +14,8 @@ template's tool format, or a system message in the Hermes format when the templa
 
 Built-in environments (``rollout.environment``):
 
-- ``calculator``: ``ToolEnvironment`` with the calculator tool (arithmetic, no code runs);
+- ``calculator``: ``ToolEnvironment`` with the calculator tool (arithmetic, no code runs; ``demonstrations: true``
+  shows two worked calls first, which a 135M model needs to use it at all);
 - ``python``: ``ToolEnvironment`` with a Python tool run in ``rewards.sandbox``;
 - ``arithmetic_steps``: ``StepsEnvironment``, a chain of operations the model keeps a running total through,
   one observation per step, the final number verified.
@@ -76,23 +77,51 @@ TOOL_INSTRUCTION = (
 )
 
 
+# Worked exchanges (written for this project) that show a small model the call format in its own context: with
+# them SmolLM2-135M-Instruct calls the calculator on every problem greedily; without them, never.
+DEMONSTRATIONS = {
+    "calculator": [
+        ("Sam has 6 boxes with 7 pens in each box. How many pens does Sam have?", 'calculator("6 * 7")', "42"),
+        ("Lea had 35 stamps and gave 12 away. How many stamps are left?", 'calculator("35 - 12")', "23"),
+    ],
+    "python": [
+        ("A farm has 14 rows of 9 trees. How many trees are there?", 'python("print(14 * 9)")', "126"),
+        ("Omar splits 96 cards equally among 8 friends. How many does each get?", 'python("print(96 // 8)")', "12"),
+    ],
+}
+
+
+def demonstration_messages(tool: str) -> list[dict]:
+    """The worked exchanges of ``tool``: user question, assistant call, tool result, assistant answer."""
+    out = []
+    for question, call, result in DEMONSTRATIONS.get(tool, []):
+        out += [{"role": "user", "content": question},
+                {"role": "assistant", "content": f"<tool_call>{call}</tool_call>"},
+                {"role": "tool", "content": result}, {"role": "assistant", "content": f"Answer: {result}"}]  # fmt: skip
+    return out
+
+
 class ToolEnvironment(Environment):
     """A question answered with tools. A message with tool calls gets their results (malformed calls get the
     reason); the first message without a call is the final answer, graded against the record's ``answer_field``
     (``rewards.verifiers.math``): reward part ``correct`` 1 or 0. ``tool_bonus``: an extra reward part
-    ``used_tool`` for a correct answer reached with at least one successful call (0 = none)."""
+    ``used_tool`` for a correct answer reached with at least one successful call (0 = none). ``demonstrations``:
+    put the tools' worked exchanges (``DEMONSTRATIONS``) before the question."""
 
     def __init__(self, tools: list[Tool], runner: ToolRunner, answer_field: str = "answer",
-                 instruction: str | None = None, tool_bonus: float = 0.0):  # fmt: skip
+                 instruction: str | None = None, tool_bonus: float = 0.0, demonstrations: bool = False):  # fmt: skip
         self.tools, self.runner, self.answer_field = tools, runner, answer_field
         self.instruction = instruction if instruction is not None else TOOL_INSTRUCTION.format(extra="")
         self.tool_bonus = tool_bonus
+        self.demonstrations = [m for t in tools for m in demonstration_messages(t.name)] if demonstrations else []
         self.answer: Any = None
         self.used = 0
 
     def reset(self, record: dict) -> list[dict]:
         self.answer, self.used = record.get(self.answer_field), 0
         messages = prompt_messages(record)
+        at = 1 if messages[0]["role"] == "system" else 0
+        messages[at:at] = [dict(m) for m in self.demonstrations]
         if self.instruction:
             if messages[0]["role"] == "system":
                 messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + self.instruction}
@@ -179,7 +208,7 @@ def load_environment(spec: str, args: dict | None = None) -> tuple[EnvironmentFa
             sandbox_backend()  # fail closed now, with the fix, rather than at the first call
         tools = [BUILTIN_TOOLS[spec](timeout=timeout, allow_unsafe=allow_unsafe)]
         runner = ToolRunner({t.name: t for t in tools}, workers=int(args.pop("tool_workers", 4)))
-        _check_args(spec, args, ("answer_field", "instruction", "tool_bonus"))
+        _check_args(spec, args, ("answer_field", "instruction", "tool_bonus", "demonstrations"))
         return (lambda: ToolEnvironment(tools, runner, **args)), runner.close
     if spec == "arithmetic_steps":
         _check_args(spec, args, ("instruction",))

@@ -111,6 +111,11 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     impl = METHODS[method].build(cfg, tok.pad_id)
     impl.log = log
     train_items, eval_items = load_train_eval(cfg.data, impl.convert, impl.tokenize, tok, cfg.train.seed, log)
+    environment = getattr(getattr(cfg, "rollout", None), "environment", None)
+    if environment:  # a bad environment fails before the model loads
+        from alignkit.rewards.environments import load_environment
+
+        load_environment(environment, cfg.rollout.environment_args)[1]()
     model = impl.load_model(cfg, hf_tokenizer)
     trainable, total = trainable_parameters(model)
     log(

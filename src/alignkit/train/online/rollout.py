@@ -106,7 +106,7 @@ class OnlineMethod(Method):
         if self.ro.environment:
             from alignkit.train.online.environment import EpisodeRollout
 
-            self.episodes = EpisodeRollout(self.ro, self.tok, self.sampler, self.log)
+            self.episodes = EpisodeRollout(self.ro, self.tok, self.sampler)
         if getattr(self.mc, "gold_reward_model", None):
             from alignkit.reward_model import RewardModel
 
