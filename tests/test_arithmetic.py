@@ -71,7 +71,8 @@ def test_answers_are_correct_whole_positive_and_operands_are_in_the_text(generat
 
 def test_regenerating_gives_the_shipped_files_byte_for_byte(tmp_path):
     paths = arithmetic.write(tmp_path)
-    assert [p.name for p in paths] == [arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE]
+    assert [p.name for p in paths] == [arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE, arithmetic.TOOLS_TRAIN_FILE,
+                                       arithmetic.TOOLS_HELDOUT_FILE, arithmetic.STEPS_FILE]  # fmt: skip
     for path in paths:
         assert path.read_bytes() == builtin_path(path.name).read_bytes(), (
             f"{path.name} differs from the shipped file. Fix: python -m alignkit.data.arithmetic --out-dir "
@@ -90,6 +91,24 @@ def test_counts_categories_and_disjoint_sets():
         assert set(counts) == set(arithmetic.CATEGORIES) and len(set(counts.values())) == 1  # equal shares
         assert all(set(r) == {"prompt", "answer", "category"} for r in records)
         assert all(r["prompt"].endswith("\n" + arithmetic.INSTRUCTION) for r in records)
+
+
+def test_tool_sets_hold_out_whole_templates_and_chains_are_consistent():
+    """The tool demo's sets: training problems from 20 templates, held-out problems from the other 10 only (every
+    category keeps 4 and loses 2); the steps environment's chains give their recorded answers."""
+    from alignkit.rewards.environments import StepsEnvironment
+
+    train, heldout = arithmetic.template_splits(400, 100)
+    assert len(arithmetic.HELDOUT_TEMPLATES) == 10
+    assert {(p.category, p.template) for p in heldout} == set(arithmetic.HELDOUT_TEMPLATES)
+    assert not {(p.category, p.template) for p in train} & arithmetic.HELDOUT_TEMPLATES
+    assert len({(p.category, p.template) for p in train}) == 20
+    assert [json.loads(x) for x in builtin_path(arithmetic.TOOLS_HELDOUT_FILE).read_text().splitlines()][:3] == [
+        p.record() for p in arithmetic.template_splits()[1][:3]]  # fmt: skip
+    for record in arithmetic.chain_records(50, seed=3):
+        env = StepsEnvironment()
+        env.reset(record)
+        assert env.values[-1] == int(record["answer"]) and all(0 <= v <= 999 * 9 for v in env.values)
 
 
 def test_every_shipped_answer_is_read_back_by_the_math_verifier():

@@ -16,7 +16,7 @@ def method_of(path: Path) -> str:
     for prefix in ("online_dpo", "online_kto"):
         if path.stem.startswith(prefix):
             return prefix.replace("_", "-")
-    for prefix in ("rm", "grpo", "rloo", "ppo"):
+    for prefix in ("rm", "grpo", "rloo", "ppo", "distill"):
         if path.stem.startswith(prefix):
             return prefix
     return METHOD_OF.get(path.stem, "dpo")
@@ -35,7 +35,7 @@ def test_shipped_config_validates(path):
     assert cfg.train.output_dir.startswith("runs/")
     if method in ("grpo", "rloo"):
         assert cfg.method.resolved_advantage == method
-    elif method not in ("sft", "kto", "rm", "ppo", "online-dpo", "online-kto"):
+    elif method not in ("sft", "kto", "rm", "ppo", "online-dpo", "online-kto", "distill"):
         assert cfg.method.loss == method
 
 
@@ -45,6 +45,16 @@ def test_the_grpo_demo_runs_the_shipped_recipe():
 
     demo = make_config("grpo", str(builtin_path("demo_grpo.yaml")))
     recipe = make_config("grpo", str(CONFIGS / "grpo_arithmetic.yaml"))
+    demo.train.output_dir, demo.train.overwrite = recipe.train.output_dir, recipe.train.overwrite
+    assert demo == recipe
+
+
+def test_the_tools_demo_runs_the_shipped_recipe():
+    """The tool demo's packaged config is configs/grpo_tools.yaml apart from where it writes."""
+    from alignkit.data.readers import builtin_path
+
+    demo = make_config("grpo", str(builtin_path("demo_tools.yaml")))
+    recipe = make_config("grpo", str(CONFIGS / "grpo_tools.yaml"))
     demo.train.output_dir, demo.train.overwrite = recipe.train.output_dir, recipe.train.overwrite
     assert demo == recipe
 

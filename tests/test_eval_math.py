@@ -261,13 +261,22 @@ def test_default_temperature_with_samples(monkeypatch, digit_model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_embedded_model_on_the_arithmetic_heldout_set(tmp_path):
+def test_embedded_model_with_the_calculator_on_held_out_templates(tmp_path):
+    """The embedded model answers in calculator episodes (two worked calls in its prompt): it calls the tool, reads
+    the result and answers; the records hold the transcripts."""
     out = tmp_path / "r.jsonl"
-    proc = alignkit("eval", "math", "--data", "builtin:arithmetic_heldout.jsonl", "--limit", "5",
-                    "--max-new-tokens", "96", "--out", str(out))  # fmt: skip
+    proc = alignkit("eval", "math", "--data", "builtin:arithmetic_tools_heldout.jsonl", "--limit", "5",
+                    "--max-new-tokens", "48", "--environment", "calculator", "--environment-arg", "demonstrations=true",
+                    "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "5 prompts x 1 sample(s), greedy" in proc.stdout and "per category:" in proc.stdout
-    assert len(out.read_text().splitlines()) == 5
+    assert "5 prompts x 1 sample(s), greedy" in proc.stdout and "in the calculator environment" in proc.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and sum(r["tool_calls"][0] > 0 for r in rows) >= 3, proc.stdout
+    called = next(r for r in rows if r["tool_calls"][0] > 0)
+    assert "<tool_call>" in called["transcripts"][0] and "<|im_start|>tool" in called["transcripts"][0]
+    assert called["turns"][0] >= 2 and "used a tool" in proc.stdout
+    bad = alignkit("eval", "math", "--data", "builtin:arithmetic_tools_heldout.jsonl", "--environment", "nowhere:Env")
+    assert bad.returncode == 2 and "no module named 'nowhere'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

@@ -188,16 +188,22 @@ def test_kl_to_the_reference_in_loss_and_in_reward(lora, word_model_dir, tmp_pat
 
 def test_several_passes_and_minibatches(word_model_dir, tmp_path):
     """2 passes x 2 minibatches = 4 optimizer steps per rollout, pi_old recomputed after sampling: the ratio moves
-    away from 1 and the clip engages."""
+    away from 1 and the clip engages. The sampler/trainer gap is logged; the rollout correction leaves a run without
+    gap as it is."""
     cfg = grpo_config(word_model_dir, prompts_file(tmp_path), tmp_path / "passes", train={"learning_rate": 3e-2},
                       method={"iterations": 2, "minibatches": 2, "clip_high": 0.28})  # fmt: skip
     result = run("grpo", cfg, **QUIET)
     rows = [r for r in result.history if "loss" in r]
     assert max(r["policy/approx_kl"] for r in rows) > 0
     assert max(r["clip/low"] + r["clip/high"] for r in rows) > 0
+    assert max(r["rollout/logprob_gap"] for r in rows) < 1e-4  # pi_old recomputed = the sampler's, in fp32
     sampler = run("grpo", grpo_config(word_model_dir, prompts_file(tmp_path), tmp_path / "sampler-old",
-                                      method={"iterations": 2, "old_logprobs": "sampler"}), **QUIET)  # fmt: skip
+                                      method={"iterations": 2, "old_logprobs": "sampler", "rollout_correction": "mask",
+                                              "rollout_correction_level": "sequence"}), **QUIET)  # fmt: skip
     assert sampler.steps == 3
+    rows = [r for r in sampler.history if "loss" in r]
+    assert all(r["rollout/correction_weight"] == pytest.approx(1.0) and r["rollout/correction_dropped"] == 0
+               for r in rows)  # no gap, nothing corrected  # fmt: skip
 
 
 def test_dynamic_sampling_refills_flat_groups(word_model_dir, tmp_path):

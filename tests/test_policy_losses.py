@@ -85,3 +85,64 @@ def test_configs_refuse_what_the_papers_do_not_define(tmp_path):
         make_config("ppo", **base, method={"rewards": ["math"], "policy_loss": "gspo"})
     ppo = make_config("ppo", **base, method={"rewards": ["math"], "policy_loss": "cispo"})
     assert ppo.method.policy_loss == "cispo"
+
+
+def test_rollout_correction_weights_truncate_and_mask_per_token_and_sequence():
+    from alignkit.losses import rollout_correction_weights
+
+    trainer = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -2.0, 0.0]])
+    gap = torch.tensor([[0.0, math.log(3.0), math.log(0.25)], [math.log(1.5), math.log(1.2), 5.0]])  # 5.0: padding
+    sampler = trainer - gap  # rho = pi_trainer / pi_sampler = exp(gap)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    tis = rollout_correction_weights(trainer, sampler, mask, "truncate", "token", 2.0)
+    torch.testing.assert_close(tis, torch.tensor([[1.0, 2.0, 0.25], [1.5, 1.2, 0.0]]))
+    mis = rollout_correction_weights(trainer, sampler, mask, "mask", "token", 2.0)
+    torch.testing.assert_close(mis, torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+    # sequence level: one rho per sequence, the product of its tokens' ratios (row 0: 3 x 0.25 = 0.75; row 1: 1.8)
+    seq_tis = rollout_correction_weights(trainer, sampler, mask, "truncate", "sequence", 2.0)
+    torch.testing.assert_close(seq_tis, torch.tensor([[0.75, 0.75, 0.75], [1.8, 1.8, 0.0]]))
+    seq_mis = rollout_correction_weights(trainer, sampler, mask, "mask", "sequence", 1.5)
+    torch.testing.assert_close(seq_mis, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    trainer.requires_grad_(True)
+    assert not rollout_correction_weights(trainer, sampler, mask).requires_grad  # weights, never a gradient path
+    with pytest.raises(ValueError):
+        rollout_correction_weights(trainer, sampler, mask, "clip", "token", 2.0)
+
+
+def test_dapo_is_one_line_and_settings_given_win():
+    from alignkit.train import make_config
+
+    cfg = make_config("grpo", overrides=["method.preset=dapo", "method.rewards=[math]", "data.train=x.jsonl",
+                                         "method.clip_high=0.3"])  # fmt: skip
+    m = cfg.method
+    assert (m.clip_low, m.clip_high, m.loss_aggregation, m.dynamic_sampling, m.overlong, m.beta) == (
+        0.2, 0.3, "token_mean", True, "penalty", 0.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="not a preset. Fix: use one of: dapo"):
+        make_config("grpo", overrides=["method.preset=dapo2", "method.rewards=[math]", "data.train=x.jsonl"])
+    with pytest.raises(ConfigError, match="none for this method"):
+        make_config("ppo", overrides=["method.preset=dapo", "method.rewards=[math]", "data.train=x.jsonl"])
+    with pytest.raises(ConfigError, match="rollout_correction_threshold"):
+        make_config("grpo", overrides=["method.rollout_correction_threshold=1", "method.rewards=[math]",
+                                       "data.train=x.jsonl"])  # fmt: skip
+
+
+def test_generalized_jsd_against_its_closed_form():
+    """GKD's divergence on two small distributions by hand: the end points are the forward and reverse KL, in
+    between beta KL(T || M) + (1 - beta) KL(S || M) with M = (1 - beta) S + beta T; 0 for equal distributions;
+    the gradient reaches the student only."""
+    from alignkit.losses import generalized_jsd_loss
+
+    s = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
+    t = torch.tensor([[0.2, 0.5, 0.3], [0.5, 0.25, 0.25]])
+    kl = lambda p, q: (p * (p / q).log()).sum(-1)  # noqa: E731
+    torch.testing.assert_close(generalized_jsd_loss(s.log(), t.log(), 0.0), kl(t, s))
+    torch.testing.assert_close(generalized_jsd_loss(s.log(), t.log(), 1.0), kl(s, t))
+    m = 0.7 * s + 0.3 * t
+    torch.testing.assert_close(generalized_jsd_loss(s.log(), t.log(), 0.3), 0.3 * kl(t, m) + 0.7 * kl(s, m))
+    assert generalized_jsd_loss(s.log(), t.log(), 0.5)[1] == pytest.approx(0.0, abs=1e-7)
+    student = s.log().clone().requires_grad_(True)
+    teacher = t.log().clone().requires_grad_(True)
+    generalized_jsd_loss(student, teacher, 0.5).sum().backward()
+    assert student.grad is not None and teacher.grad is None
+    with pytest.raises(ValueError):
+        generalized_jsd_loss(s.log(), t.log(), 1.5)

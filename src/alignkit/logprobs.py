@@ -215,6 +215,22 @@ def hidden_token_logprobs(
     return out, ent
 
 
+def scored_distributions(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """The full next-token log-distributions ``(N, vocab)`` float32 at the N scored positions (those predicting a
+    token where ``completion_mask`` is 1, in row-major order), under ``softmax(logits / temperature)``: what a
+    divergence between two models' distributions needs (distillation)."""
+    scored = completion_mask[:, 1:].bool()
+    if supports_fused_head(model):
+        lm = unwrap_causal_lm(model)
+        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        logits = lm.get_output_embeddings()(hidden[:, :-1][scored])
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][scored]
+    return (logits.float() / temperature).log_softmax(-1)
+
+
 def supports_prefix_sharing(model: nn.Module) -> bool:
     """True when the fused head applies and attention takes a custom boolean 4D mask (SDPA, flex)."""
     return supports_fused_head(model) and takes_4d_mask(unwrap_causal_lm(model))
@@ -337,13 +353,17 @@ class CompletionScorer(nn.Module):
         shared: dict[str, Tensor] | None = None,
         temperature: float = 1.0,
         entropy: bool = False,
+        distributions: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Per-token log-probs ``(batch, seq)`` under ``softmax(logits / temperature)`` (with ``entropy``: and each
-        position's entropy ``(batch, seq)``); or, for a prefix-shared pair batch (``shared`` holds the
+        position's entropy ``(batch, seq)``); with ``distributions``, the full log-distributions ``(N, vocab)`` at
+        the scored positions (``scored_distributions``); or, for a prefix-shared pair batch (``shared`` holds the
         ``position_ids``/``logp_*``/``completion_tokens`` of ``collate_pairs_shared``), summed log-probs ``(2B,)``;
         or, for prefix-shared groups (``collate_groups_shared``: ``shared`` has ``logp_target``), the per-token
         values in the ``(batch, seq)`` shape of ``completion_mask``.
         """
+        if distributions:
+            return scored_distributions(self.model, input_ids, attention_mask, completion_mask, temperature)
         if shared is None:
             return token_logprobs(
                 self.model, input_ids, attention_mask, completion_mask, self.fused, self.chunk_size, temperature,

@@ -14,6 +14,7 @@ which log-prob reduction it expects, so the preference trainer never special-cas
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -293,6 +294,59 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
     "gspo": gspo_policy_loss,  # sequence-level ratio
     "cispo": cispo_policy_loss,  # clipped, stop-gradient importance weight
 }
+
+
+def rollout_correction_weights(
+    trainer_logps: Tensor,
+    sampler_logps: Tensor,
+    mask: Tensor,
+    how: str = "truncate",
+    level: str = "token",
+    threshold: float = 2.0,
+) -> Tensor:
+    """Importance weights for the gap between the sampling engine and the trainer (the same weights, different
+    kernels or precision: vLLM in bf16, a fused decode step), to multiply the per-token policy loss with.
+
+    rho = pi_trainer(y) / pi_sampler(y) per token, or for the whole sequence exp(sum over its tokens of the log
+    ratio) (``level``). ``truncate`` (TIS; Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You
+    Off-Policy RL Training"): w = min(rho, threshold). ``mask`` (MIS; Liu et al. 2025, "When Speed Kills
+    Stability: Demystifying RL Collapse from the Training-Inference Mismatch"): w = 1 where 1 / threshold <= rho
+    <= threshold, else 0 (the token, or the whole sequence, leaves the loss). ``trainer_logps``,
+    ``sampler_logps``, ``mask`` ``(B, T)``; returns detached weights ``(B, T)`` (0 outside ``mask``)."""
+    if how not in ("truncate", "mask") or level not in ("token", "sequence") or threshold <= 1:
+        raise ValueError(f"rollout correction {how}/{level}/{threshold}: use truncate|mask, token|sequence, > 1")
+    log_rho = (trainer_logps - sampler_logps).detach() * mask
+    if level == "sequence":
+        log_rho = log_rho.sum(-1, keepdim=True).expand_as(mask)
+    rho = log_rho.clamp(max=math.log(1e6)).exp()
+    if how == "truncate":
+        weights = rho.clamp(max=threshold)
+    else:
+        weights = ((rho >= 1 / threshold) & (rho <= threshold)).to(rho.dtype)
+    return weights * mask
+
+
+def generalized_jsd_loss(student_logps: Tensor, teacher_logps: Tensor, beta: float = 0.5) -> Tensor:
+    """The generalized Jensen-Shannon divergence of GKD (Agarwal et al. 2024, "On-Policy Distillation of Language
+    Models: Learning from Self-Generated Mistakes", sec. 3) per position, between the student's (S) and the
+    teacher's (T) next-token distributions at the same positions (on-policy: positions of the student's samples).
+
+    M = (1 - beta) S + beta T;  JSD_beta = beta KL(T || M) + (1 - beta) KL(S || M). Near beta = 0 it behaves as
+    beta KL(T || S) and near beta = 1 as (1 - beta) KL(S || T), so the end points are taken to be those KLs (as in
+    TRL's GKD trainer): beta = 0 -> forward KL(T || S) (mode covering), beta = 1 -> reverse KL(S || T) (mode
+    seeking, the usual on-policy distillation objective). ``student_logps``, ``teacher_logps``: log-probabilities
+    ``(N, V)``; returns ``(N,)``; the teacher is a constant (no gradient)."""
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta {beta}: use a value in [0, 1]")
+    teacher_logps = teacher_logps.detach()
+    if beta == 0:
+        return (teacher_logps.exp() * (teacher_logps - student_logps)).sum(-1)
+    if beta == 1:
+        return (student_logps.exp() * (student_logps - teacher_logps)).sum(-1)
+    log_m = torch.logsumexp(torch.stack([student_logps + math.log(1 - beta), teacher_logps + math.log(beta)]), 0)
+    kl_teacher = (teacher_logps.exp() * (teacher_logps - log_m)).sum(-1)
+    kl_student = (student_logps.exp() * (student_logps - log_m)).sum(-1)
+    return beta * kl_teacher + (1 - beta) * kl_student
 
 
 def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None = 0.2) -> Tensor:

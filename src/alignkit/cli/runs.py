@@ -13,7 +13,10 @@ from alignkit.errors import UserError
 
 def demo(
     method: str = typer.Option(
-        "dpo", "--method", help="dpo (LoRA on preference pairs), grpo (math verifier) or loop (continual alignment)"
+        "dpo",
+        "--method",
+        help="dpo (LoRA on preference pairs), grpo (math verifier), tools (GRPO with a "
+        "calculator) or loop (continual alignment)",
     ),
     output_dir: Optional[str] = typer.Option(None, help="Where the report, metrics and model go (runs/demo[-grpo])"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -23,8 +26,9 @@ def demo(
 ):
     """The main job on the embedded model, with a report: DPO with LoRA on the shipped pairs, measured against the
     base by a judge trained on other data; GRPO with the math verifier on the project's arithmetic problems
-    (held-out accuracy before and after); or the continual-alignment loop (a server, simulated users, retrain,
-    staged rollout, promote or roll back; --set overrides the loop's config)."""
+    (held-out accuracy before and after); GRPO teaching the model to use a calculator, against tool-free GRPO at
+    the same budget, on templates it never trained on; or the continual-alignment loop (a server, simulated users,
+    retrain, staged rollout, promote or roll back; --set overrides the loop's config)."""
     if method == "dpo":
         from alignkit.recipes.demo_dpo import run_demo
 
@@ -33,12 +37,17 @@ def demo(
         from alignkit.recipes.demo_grpo import run_grpo_demo
 
         run_grpo_demo(output_dir or "runs/demo-grpo", set_)
+    elif method == "tools":
+        from alignkit.recipes.demo_tools import run_tools_demo
+
+        run_tools_demo(output_dir or "runs/demo-tools", set_)
     elif method == "loop":
         from alignkit.recipes.demo_loop import run_loop_demo
 
         run_loop_demo(output_dir or "runs/demo-loop", set_)
     else:
-        raise UserError(f"--method {method}: there are dpo, grpo and loop demos. Fix: --method dpo, grpo or loop")
+        raise UserError(f"--method {method}: there are dpo, grpo, tools and loop demos. "
+                        "Fix: --method dpo, grpo, tools or loop")  # fmt: skip
 
 
 def compare(

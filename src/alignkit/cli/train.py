@@ -13,7 +13,7 @@ from alignkit.cli.helpers import SET_HELP
 
 def train(
     method: str = typer.Argument(
-        ..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, rloo, ppo, online-dpo or online-kto"
+        ..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, rloo, ppo, online-dpo, online-kto, distill"
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see configs/)"),
     set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
@@ -29,7 +29,7 @@ def train(
 
 
 def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, "
-                                                          "rloo, ppo, online-dpo or online-kto")):  # fmt: skip
+                                                          "rloo, ppo, online-dpo, online-kto or distill")):  # fmt: skip
     """Print the full default config of METHOD as YAML, with every field."""
     import yaml
 
@@ -40,6 +40,8 @@ def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, or
     overrides = ["data.train=PATH/TO/DATA.jsonl"]
     if method in METHODS and hasattr(METHODS[method].config_class(), "rollout"):
         overrides.append("method.rewards=[math]")  # online methods need a reward to validate
+    if method == "distill":
+        overrides.append("method.teacher=PATH/TO/TEACHER")
     cfg = make_config(method, overrides=overrides)
     typer.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

@@ -60,9 +60,25 @@ def load_config(
             raise ConfigError(f"--set {item!r}: use --set section.field=value, e.g. --set train.learning_rate=1e-5")
         data = _deep_merge(data, _nest(key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None))
         where = f"{where} (with --set overrides)" if "--set" not in where else where
+    data = _apply_preset(cls, data, where)
     cfg = from_dict(cls, data, where)
     cfg.validate(where)
     return cfg
+
+
+def _apply_preset(cls: type, data: dict, where: str) -> dict:
+    """``method.preset: NAME`` -> the preset's settings (``PRESETS`` of the method section's class) under the
+    given ones: every field the config sets itself keeps its value."""
+    method = data.get("method")
+    if not isinstance(method, dict) or method.get("preset") is None:
+        return data
+    section = _strip_optional(typing.get_type_hints(cls).get("method", type(None)))
+    presets = getattr(section, "PRESETS", {})
+    name = method["preset"]
+    if name not in presets:
+        known = ", ".join(presets) or "none for this method"
+        raise ConfigError(f"{where}: method.preset {name!r} is not a preset. Fix: use one of: {known}")
+    return _deep_merge({"method": dict(presets[name])}, data)
 
 
 def from_dict(cls: type, data: Any, where: str, prefix: str = "") -> Any:

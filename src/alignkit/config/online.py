@@ -108,6 +108,15 @@ class PolicyGradientConfig(RewardSourcesConfig):
     clip_high: float = setting(0.2, "Upper clip range eps_high (1 + eps_high); DAPO's clip-higher uses 0.28.")
     iterations: int = setting(1, "Passes over each rollout's experience (GRPO's mu, PPO's epochs).")
     minibatches: int = setting(1, "Optimizer steps per pass; the experience is split into this many minibatches.")
+    rollout_correction: str = setting(
+        "none",
+        "Correct the sampler/trainer log-prob gap: truncate (TIS: weight min(rho, threshold)) or mask (MIS: "
+        "drop tokens/sequences with rho outside [1/threshold, threshold]); rho = pi_trainer / pi_sampler.",
+        ("none", "truncate", "mask"),
+    )
+    rollout_correction_level: str = setting("token", "rho per token, or per sequence (product over its tokens).",
+                                            ("token", "sequence"))  # fmt: skip
+    rollout_correction_threshold: float = setting(2.0, "The threshold C of the rollout correction (> 1).")
     old_logprobs: str = setting("recompute", "pi_old for the importance ratio when iterations x minibatches > 1: "
                                 "recompute (a forward after sampling) or sampler (the sampler's own log-probs).",
                                 ("recompute", "sampler"))  # fmt: skip
@@ -118,6 +127,8 @@ class PolicyGradientConfig(RewardSourcesConfig):
             require(0 < getattr(self, name) < 10, where, f"method.{name}", getattr(self, name), "use e.g. 0.2")
         require(self.clip_low < 1 or (self.policy_loss == "cispo" and self.clip_low == 1), where, "method.clip_low",
                 self.clip_low, "use a value below 1, e.g. 0.2 (cispo: 1 = no lower bound)")  # fmt: skip
+        require(self.rollout_correction_threshold > 1, where, "method.rollout_correction_threshold",
+                self.rollout_correction_threshold, "use a value above 1, e.g. 2")  # fmt: skip
         for name in ("iterations", "minibatches"):
             require(getattr(self, name) >= 1, where, f"method.{name}", getattr(self, name), "use a whole number >= 1")
         require(self.reward_workers >= 0, where, "method.reward_workers", self.reward_workers, "use 0 or more")
@@ -126,8 +137,18 @@ class PolicyGradientConfig(RewardSourcesConfig):
                               "Fix: set method.beta > 0, or remove method.ref_model")  # fmt: skip
 
 
+# DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale"): clip-higher (eps_low
+# 0.2, eps_high 0.28), token-level loss aggregation, dynamic sampling (groups without reward variance replaced),
+# overlong reward shaping (the soft penalty over the last overlong_buffer tokens), and no KL term.
+DAPO = {
+    "clip_low": 0.2, "clip_high": 0.28, "loss_aggregation": "token_mean", "dynamic_sampling": True,
+    "overlong": "penalty", "beta": 0.0, "scale_rewards": "group", "policy_loss": "ppo",
+}  # fmt: skip
+
+
 @dataclass
 class GRPOMethodConfig(PolicyGradientConfig):
+    PRESETS: ClassVar[dict] = {"dapo": DAPO}
     advantage: str | None = setting(None, "grpo (group-relative), rloo (leave-one-out) or reinforce_pp (group mean, "
                                     "then whitened over the batch); None = the command's (train grpo / train rloo).",
                                     (*ADVANTAGES, None))  # fmt: skip
@@ -154,6 +175,12 @@ class GRPOMethodConfig(PolicyGradientConfig):
                             ("none", "mask", "penalty"))  # fmt: skip
     overlong_buffer: int = setting(32, "Penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1.")
     overlong_penalty: float = setting(1.0, "Penalty: the reward subtracted at max_new_tokens.")
+    preset: str | None = setting(
+        None,
+        "Defaults under the settings given: dapo (clip-higher, token_mean, dynamic sampling, overlong "
+        "penalty, beta 0).",
+        (None, "dapo"),
+    )
 
     def validate(self, where: str) -> None:
         super().validate(where)

@@ -23,6 +23,7 @@ from alignkit.rewards.environments import Environment, load_environment
 from alignkit.rewards.tools import ToolCounts
 
 COUNTS = ("calls", "malformed", "errors", "timeouts")
+EPISODE_COUNTS = tuple(f"tools/{k}" for k in COUNTS)  # metrics that are counts (the others are per-episode means)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class EpisodeBatch:
         out["episode/turns"] = sum(ep.turns for ep in flat) / n
         out["episode/observation_tokens"] = sum(ep.observation_tokens for ep in flat) / n
         out["episode/turn_limit"] = sum(ep.finish_reason == "turns" for ep in flat) / n
+        out["episodes"] = float(len(flat))
         return out
 
 

@@ -12,6 +12,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config
+from alignkit.config.distill import DistillConfig
 from alignkit.config.online import GRPOConfig, OnlineKTOConfig, OnlinePreferenceConfig, PPOConfig
 from alignkit.data import Tokenizer
 from alignkit.data.splits import load_train_eval
@@ -26,6 +27,7 @@ from alignkit.train.methods.kto import KTOMethod
 from alignkit.train.methods.preference import PreferenceMethod
 from alignkit.train.methods.reward_model import RewardMethod
 from alignkit.train.methods.sft import SFTMethod
+from alignkit.train.online.distill import DistillMethod
 from alignkit.train.online.dpo import OnlineDPOMethod
 from alignkit.train.online.grpo import GRPOMethod
 from alignkit.train.online.kto import OnlineKTOMethod
@@ -47,6 +49,7 @@ METHODS: dict[str, MethodEntry] = {
     "ppo": MethodEntry(PPOConfig, PPOMethod),
     "online-dpo": MethodEntry(OnlinePreferenceConfig, OnlineDPOMethod),
     "online-kto": MethodEntry(OnlineKTOConfig, OnlineKTOMethod),
+    "distill": MethodEntry(DistillConfig, DistillMethod),
 }
 METHODS.update({name: MethodEntry(PreferenceConfig, PreferenceMethod, name) for name in LOSSES})
 METHODS.update({name: MethodEntry(GRPOConfig, GRPOMethod, advantage=name) for name in ("grpo", "rloo")})
@@ -131,7 +134,7 @@ def run(
     method: str, /, cfg: RunConfig | None = None, *, resume: str | bool = False, callbacks=(), log=print, **sections
 ) -> TrainResult:
     """Train with ``method``: 'sft', 'dpo', 'ipo', 'simpo', 'orpo', 'hinge', 'robust', 'kto', 'rm', or online:
-    'grpo', 'rloo', 'ppo', 'online-dpo' (any DPO-family loss with method.loss), 'online-kto'.
+    'grpo', 'rloo', 'ppo', 'online-dpo' (any DPO-family loss with method.loss), 'online-kto', 'distill'.
 
     ``cfg`` is a typed config (see ``make_config``); or pass sections as dicts, e.g.
     ``run("dpo", data={"train": "pairs.jsonl"}, lora={"r": 8}, train={"max_steps": 10})``.

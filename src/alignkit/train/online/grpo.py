@@ -21,6 +21,7 @@ from alignkit.losses import POLICY_LOSSES
 from alignkit.rl import ADVANTAGES, kl_estimate
 from alignkit.train.distributed import all_reduce_sum
 from alignkit.train.online.rollout import OnlineMethod
+from alignkit.train.online.rollout_parts import correct_for_sampler
 
 
 class GRPOMethod(OnlineMethod):
@@ -73,7 +74,8 @@ class GRPOMethod(OnlineMethod):
             logps, old, batch["advantages"][:, None], mask, mc.clip_low, mc.clip_high
         )
         on = mask.bool()
-        metrics = {
+        token_losses, metrics = correct_for_sampler(token_losses, old, batch["sampler_logps"], mask, mc)
+        metrics |= {
             "clip/low": low[on].float(),
             "clip/high": high[on].float(),
             "entropy": entropy[on],

@@ -27,6 +27,7 @@ from alignkit.rl import AdaptiveKLController, FixedKLController, HealthMonitor, 
 from alignkit.train.distributed import all_reduce_sum
 from alignkit.train.metrics import MetricSums
 from alignkit.train.online.rollout import OnlineMethod
+from alignkit.train.online.rollout_parts import correct_for_sampler
 
 
 class PolicyAndValue(nn.Module):
@@ -225,10 +226,11 @@ class PPOMethod(OnlineMethod):
         )
         objective = POLICY_LOSSES[mc.policy_loss]
         pg, low, high = objective(logps, batch["old_logps"], batch["advantages"], mask, mc.clip_low, mc.clip_high)
+        pg, metrics = correct_for_sampler(pg, batch["old_logps"], batch["sampler_logps"], mask, mc)
         vf = clipped_value_loss(values, batch["values"], batch["returns"], mc.value_clip)
         n = mask.sum(-1).clamp(min=1)
         pg_seq, vf_seq = (pg * mask).sum(-1) / n, (vf * mask).sum(-1) / n
-        metrics = {
+        metrics |= {
             "loss/policy": pg_seq.detach(),
             "loss/value": vf_seq.detach(),
             "clip/low": low[on].float(),

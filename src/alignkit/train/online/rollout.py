@@ -31,6 +31,7 @@ from alignkit.logprobs import (
     token_logprobs,
 )
 from alignkit.models.load import disable_dropout
+from alignkit.rewards.episode_runner import EPISODE_COUNTS
 from alignkit.train.method import Method
 from alignkit.train.metrics import MetricSums
 from alignkit.train.online.reward_sources import RewardSources
@@ -52,7 +53,7 @@ class OnlineMethod(Method):
             top_p=self.ro.top_p, top_k=self.ro.top_k, min_p=self.ro.min_p, stop=tuple(self.ro.stop),
         )  # fmt: skip
         self.sampler = self.rewards = self.reference = self.accelerator = self.gold = self.episodes = None
-        self.episode_metrics: dict[str, float] = {}
+        self.episode_metrics: dict[str, list[float]] = {}
         self.pass_index = (0, 0)  # (iteration, minibatch) of the update being trained
 
     def needs_reference(self) -> bool:
@@ -158,8 +159,12 @@ class OnlineMethod(Method):
         times["reference"] = time.perf_counter() - t0
         self.advantages(samples, len(items))
         self.add_rollout_metrics(sums, items, samples, per_function, reward_metrics)
-        for name, value in self.episode_metrics.items():
-            sums.add_scalar(name, value)
+        weights = self.episode_metrics.pop("episodes", [])
+        for name, values in self.episode_metrics.items():  # over every episode sampled in the step's rounds:
+            if name in EPISODE_COUNTS:  # counts add up, shares and means are weighted by the round's episodes
+                sums.add_scalar(name, sum(values))
+            else:
+                sums.add_scalar(name, sum(v * w for v, w in zip(values, weights)) / max(1, sum(weights)))
         self.episode_metrics = {}
         for name in ("generate", "reward", "reference"):
             sums.add_scalar(f"time/{name}", times[name])
@@ -208,8 +213,8 @@ class OnlineMethod(Method):
             samples, rewards, metrics, per_function, episode_metrics = self._episodes_and_score(
                 items, seeds, self.params, times, t0
             )
-            for name, value in episode_metrics.items():  # summed over dynamic-sampling rounds
-                self.episode_metrics[name] = self.episode_metrics.get(name, 0.0) + value
+            for name, value in episode_metrics.items():  # per round; rollout() sums counts and averages shares
+                self.episode_metrics.setdefault(name, []).append(value)
             return samples, rewards, metrics, per_function
         with self.accelerator.autocast():
             completions = self.sampler.sample([x.prompt_ids for x in items], self.params, seeds)
@@ -360,7 +365,8 @@ class OnlineMethod(Method):
                 mine, seeds, params, times, time.perf_counter()
             )
             for name, value in episode_metrics.items():
-                sums.add_scalar(name, value)
+                if name != "episodes":
+                    sums.add_scalar(name, value)
         else:
             with accelerator.autocast():
                 completions = self.sampler.sample([x.prompt_ids for x in mine], params, seeds)

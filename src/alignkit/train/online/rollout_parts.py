@@ -10,6 +10,7 @@ import torch
 from alignkit.data import Sample, collate_samples
 from alignkit.generation.sampler import Sampler
 from alignkit.logprobs import CompletionScorer, layouts_agree, shared_inputs, supports_prefix_sharing, unwrap_causal_lm
+from alignkit.losses import rollout_correction_weights
 from alignkit.models.attention import use_segmented_attention
 from alignkit.stats import pass_at_k
 from alignkit.train.metrics import MetricSums
@@ -69,3 +70,18 @@ def grouped_layout_works(model, pad_id: int, log) -> bool:
         "token log-probs",
         log,
     )  # fmt: skip
+
+
+def correct_for_sampler(token_losses, trainer_logps, sampler_logps, mask, mc) -> tuple[torch.Tensor, dict]:
+    """The measured sampler/trainer log-prob gap (``rollout/logprob_gap``: mean |log pi_trainer - log pi_sampler|
+    over the model's tokens) and, with ``method.rollout_correction``, the per-token losses ``(B, T)`` times the
+    correction weights (``losses.rollout_correction_weights``)."""
+    on = mask.bool()
+    metrics = {"rollout/logprob_gap": (trainer_logps.detach() - sampler_logps).abs()[on]}
+    if mc.rollout_correction == "none":
+        return token_losses, metrics
+    weights = rollout_correction_weights(trainer_logps, sampler_logps, mask, mc.rollout_correction,
+                                         mc.rollout_correction_level, mc.rollout_correction_threshold)  # fmt: skip
+    metrics["rollout/correction_weight"] = weights[on]
+    metrics["rollout/correction_dropped"] = (weights[on] == 0).float()
+    return token_losses * weights, metrics
