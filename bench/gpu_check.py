@@ -42,7 +42,8 @@ CASES = {
     "grpo-tools": ("grpo", ["data.train=builtin:arithmetic_tools_train.jsonl[:64]", "rollout.environment=calculator",
                             "rollout.environment_args={demonstrations: true}", "rollout.max_turns=3",
                             "rollout.max_tokens_per_turn=40", "rollout.max_new_tokens=128",
-                            "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "lora.r=16",
+                            "rollout.prompts_per_step=8", "rollout.samples_per_prompt=4", "rollout.temperature=0.7",
+                            "method.dynamic_sampling=true", "method.max_resample_rounds=1", "lora.r=16",
                             "train.batch_size=16", "data.max_length=640"]),
 }  # fmt: skip
 SAMPLED = ("ppo", "grpo-tools")
@@ -76,6 +77,9 @@ def check(name: str, got: dict, reference: dict | None) -> list[str]:
         gaps = [s.get("rollout/logprob_gap", 0.0) for s in got["steps"]]
         if max(gaps, default=0.0) > 0.05:
             problems.append(f"{name}: sampler/trainer log-prob gap {max(gaps):.4f} > 0.05 nats per token")
+        if name == "grpo-tools" and not any(s.get("tools/calls", 0) > 0 and s.get("episode/turns", 0) > 1
+                                            for s in got["steps"]):  # fmt: skip
+            problems.append(f"{name}: no episode called the calculator (the tool path did not run)")
     elif reference is not None:
         for i, (a, b) in enumerate(zip(losses, [s["loss"] for s in reference["steps"]])):
             if abs(a - b) > 0.05 + 0.05 * abs(b):
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--reference", help="the CPU fp32 run's JSON to compare DPO/RM losses with")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--out", help="write the results here (JSON)")
+    parser.add_argument("--out", help="write the results here (JSON; cases already in it are kept)")
     args = parser.parse_args(argv)
     import torch
 
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reference = json.loads(Path(args.reference).read_text()) if args.reference else {}
     results = {"device": args.device, "torch": torch.__version__, "cases": {}}
+    if args.out and Path(args.out).is_file():  # a rerun of some cases keeps the others
+        results["cases"] = json.loads(Path(args.out).read_text()).get("cases", {})
     if args.device == "cuda":
         results["gpu"] = torch.cuda.get_device_name(0)
     problems = []

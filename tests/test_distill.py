@@ -32,17 +32,17 @@ def distill_config(student: str, teacher: str | None, tmp_path, **sections):
     return online_config("distill", student, str(data), tmp_path / "run", defaults, **sections)
 
 
-@pytest.mark.parametrize("beta", [1.0, 0.5])
-def test_the_student_moves_toward_the_teacher_on_its_own_samples(beta, word_model_dir, teacher_dir, tmp_path):
-    cfg = distill_config(word_model_dir, teacher_dir, tmp_path, train={"max_steps": 12, "learning_rate": 1e-2},
-                         method={"jsd_beta": beta, "rewards": ["reward_fns:yes_share"]})  # fmt: skip
+def test_the_student_moves_toward_the_teacher_on_its_own_samples(word_model_dir, teacher_dir, tmp_path):
+    """Reverse KL (the default; the JSD's other betas are checked in closed form in test_policy_losses)."""
+    cfg = distill_config(word_model_dir, teacher_dir, tmp_path, train={"max_steps": 8, "learning_rate": 1e-2},
+                         method={"rewards": ["reward_fns:yes_share"]})  # fmt: skip
     result = run("distill", cfg, **QUIET)
     rows = [r for r in result.history if "loss" in r]
     first, last = rows[0]["distill/divergence"], sum(r["distill/divergence"] for r in rows[-3:]) / 3
     assert last < 0.75 * first, [round(r["distill/divergence"], 3) for r in rows]
     assert "reward/mean" in rows[0]  # the reward is measured, not trained on
-    if beta == 1.0:  # reverse KL: its one-sample estimate on the sampled tokens falls too
-        assert sum(r["distill/sampled_reverse_kl"] for r in rows[-3:]) / 3 < rows[0]["distill/sampled_reverse_kl"]
+    # the one-sample estimate of the reverse KL on the sampled tokens falls too
+    assert sum(r["distill/sampled_reverse_kl"] for r in rows[-3:]) / 3 < rows[0]["distill/sampled_reverse_kl"]
 
 
 def test_distillation_in_an_environment_skips_observation_tokens(talker_dir, teacher_dir, tmp_path):

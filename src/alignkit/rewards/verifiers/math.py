@@ -14,6 +14,7 @@ bare numbers ("What percent ...? #### 50"), and a model answering "50%" there is
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -154,6 +155,18 @@ def answers_match(pred: Any, gold: Any) -> bool:
         return _math_verify(pred, gold)
     except Exception:
         return False
+
+
+class _NoTimeoutNotice(logging.Filter):
+    """math-verify warns on every call made without its signal-based timeout, which only the main thread can
+    use; off the main thread (environment steps, server threads) that is expected, so the notice is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.grader", "math_verify.parser"):
+    logging.getLogger(_name).addFilter(_NoTimeoutNotice())
 
 
 def _math_verify(pred: str, gold: str) -> bool:
