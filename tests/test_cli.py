@@ -55,8 +55,8 @@ def test_train_merge_generate(tiny_model_dir, pairs_file, tmp_path):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
 
     merged = tmp_path / "merged"
-    proc = alignkit("merge", str(run_dir / "model"), "--out", str(merged))
-    assert proc.returncode == 0, proc.stderr
+    result = invoke("merge", str(run_dir / "model"), "--out", str(merged))  # in process from here on
+    assert result.exit_code == 0, result.output
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -67,20 +67,22 @@ def test_train_merge_generate(tiny_model_dir, pairs_file, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.allclose(plain(ids).logits, base(ids).logits)  # the adapter changed something
 
-    proc = alignkit("generate", "--model", str(merged), "--prompt", "Hello", "--max-new-tokens", "4")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(">>> Hello\n")
+    result = invoke("generate", "--model", str(merged), "--prompt", "Hello", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(">>> Hello\n")
 
 
 def test_train_every_method_name_from_the_cli(tiny_model_dir, pairs_file, sft_file, tmp_path):
+    """In this process (CliRunner): the command names select the loss; test_train_merge_generate starts the real
+    executable."""
     for method in ("ipo", "simpo"):
         cfg = tiny_config(tmp_path, tiny_model_dir, pairs_file)
-        proc = alignkit("train", method, "--config", str(cfg), "--set", f"train.output_dir={tmp_path / method}")
-        assert proc.returncode == 0, proc.stderr
+        result = invoke("train", method, "--config", str(cfg), "--set", f"train.output_dir={tmp_path / method}")
+        assert result.exit_code == 0, result.output
         assert yaml.safe_load((tmp_path / method / "config.yaml").read_text())["method"]["loss"] == method
     cfg = tiny_config(tmp_path, tiny_model_dir, sft_file)
-    proc = alignkit("train", "sft", "--config", str(cfg), "--set", f"train.output_dir={tmp_path / 'sft'}")
-    assert proc.returncode == 0, proc.stderr
+    result = invoke("train", "sft", "--config", str(cfg), "--set", f"train.output_dir={tmp_path / 'sft'}")
+    assert result.exit_code == 0, result.output
 
 
 def test_config_command_prints_every_section():
@@ -148,12 +150,12 @@ def test_existing_model_survives_a_failed_run(tiny_model_dir, tmp_path):
     common = sets(
         f"model.name={tiny_model_dir}", f"train.output_dir={tmp_path / 'out'}", "train.max_steps=1", "model.dtype=fp32"
     )
-    assert alignkit("train", "dpo", *common, *sets(f"data.train={good}")).returncode == 0
+    assert invoke("train", "dpo", *common, *sets(f"data.train={good}")).exit_code == 0  # in process: the run itself
     before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()}
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": 5, "rejected": "y"}])
-    proc = alignkit("train", "dpo", *common, *sets(f"data.train={bad}"))
-    assert proc.returncode == 2 and "field 'chosen': must be text" in proc.stderr
-    proc = alignkit("train", "dpo", *common, *sets(f"data.train={good}"))  # a fresh run over the earlier one
+    failed = invoke("train", "dpo", *common, *sets(f"data.train={bad}"))
+    assert "field 'chosen': must be text" in str(failed.exception)
+    proc = alignkit("train", "dpo", *common, *sets(f"data.train={good}"))  # the real executable: exit 2, one line
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "train.overwrite=true" in proc.stderr
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "model").iterdir()} == before
     assert json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])["step"] == 1

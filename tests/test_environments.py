@@ -341,3 +341,31 @@ def test_bad_environment_configs(talker_dir, tmp_path):
     with pytest.raises(UserError, match="no module named"):
         run("grpo", env_config(talker_dir, tmp_path, "b", rollout={"environment": "nowhere:Env"}), **QUIET)
     assert not (tmp_path / "b" / "model.safetensors").exists()
+
+
+def test_the_tool_demo_sorts_wrong_answers_and_builds_its_tool_free_arm():
+    """The demo's error breakdown from graded episodes, and its tool-free arm: the same config without the
+    environment, graded by the math verifier (the whole recipe runs in `alignkit demo --method tools`, ~20 min)."""
+    from types import SimpleNamespace
+
+    from alignkit.data.readers import builtin_path
+    from alignkit.recipes.demo_tools import error_kinds, tool_free_overrides
+    from alignkit.train import make_config
+
+    def record(right: bool, calls: int, result: str | None, said: str) -> dict:
+        transcript = "<tool_call>x</tool_call><|im_end|>\n" + (
+            f"<|im_start|>tool\n{result}<|im_end|>\n" if result else ""
+        )
+        return {"rewards": [float(right)], "tool_calls": [calls], "transcripts": [transcript], "extracted": [said]}
+
+    records = [record(True, 1, "84", "84"), record(False, 1, "12", "12"), record(False, 1, "12", "13"),
+               record(False, 0, None, "5"), record(False, 1, "7", None)]  # fmt: skip
+    assert error_kinds(SimpleNamespace(records=records)) == {
+        "right": 1, "wrong expression": 1, "misread result": 2, "no tool call": 1}  # fmt: skip
+    tools = make_config("grpo", str(builtin_path("demo_tools.yaml")))
+    plain = make_config("grpo", str(builtin_path("demo_tools.yaml")), tool_free_overrides(tools))
+    assert plain.rollout.environment is None and plain.method.rewards == ["math"]
+    assert (plain.rollout.prompts_per_step, plain.rollout.samples_per_prompt, plain.train.max_steps,
+            plain.train.learning_rate, plain.rollout.temperature) == (tools.rollout.prompts_per_step,
+            tools.rollout.samples_per_prompt, tools.train.max_steps, tools.train.learning_rate,
+            tools.rollout.temperature)  # fmt: skip

@@ -265,10 +265,10 @@ def test_embedded_model_with_the_calculator_on_held_out_templates(tmp_path):
     """The embedded model answers in calculator episodes (two worked calls in its prompt): it calls the tool, reads
     the result and answers; the records hold the transcripts."""
     out = tmp_path / "r.jsonl"
-    proc = alignkit("eval", "math", "--data", "builtin:arithmetic_tools_heldout.jsonl", "--limit", "4",
-                    "--max-new-tokens", "32", "--environment", "calculator", "--environment-arg", "demonstrations=true",
-                    "--max-turns", "2", "--out", str(out))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    proc = CliRunner().invoke(app, ["eval", "math", "--data", "builtin:arithmetic_tools_heldout.jsonl", "--limit",
+                                    "4", "--max-new-tokens", "32", "--environment", "calculator", "--environment-arg",
+                                    "demonstrations=true", "--max-turns", "2", "--out", str(out)])  # fmt: skip
+    assert proc.exit_code == 0, proc.output
     assert "4 prompts x 1 sample(s), greedy" in proc.stdout and "in the calculator environment" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and sum(r["tool_calls"][0] > 0 for r in rows) >= 2, proc.stdout
