@@ -213,3 +213,19 @@ def headless_chromium(tmp_path, window: str = "1280,1600", allow_loopback: bool 
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """``alignkit ARGS`` in this process, as ``main()`` runs it: (exit code, output). A ``UserError`` becomes exit 2
+    and ``error: MESSAGE``; any other exception propagates (a traceback fails the test)."""
+    from typer.testing import CliRunner
+
+    from alignkit.cli.main import app
+    from alignkit.errors import UserError
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if isinstance(result.exception, UserError):
+        return 2, result.output + f"error: {result.exception}\n"
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output

@@ -187,11 +187,12 @@ def test_cai_revise_sft_output_trains(tiny_model_dir, tmp_path):
         (["--rounds", "0"], "field 'rounds' is 0"),
         (["--prompts", "MISSING"], "does not exist"),
         (["--prompts", "NOPROMPT"], "bad.jsonl:2: field 'prompt' is missing"),
-        (["--prompts", "NOPROMPT", "-o", "NOPROMPT"], "is an input file; refusing to overwrite it"),
+        (["--prompts", "NOPROMPT", "-o", "NOPROMPT"], "is an input of this command; refusing to overwrite it"),
         (["--chains", "OUT"], "is given for two outputs"),
         (["--constitution", "MISSING"], "cannot be read"),
         (["--principle", "kindness"], "no principle named 'kindness'"),
         (["--set", "roundz=2"], "unknown field 'roundz'"),
+        (["--no-overwrite"], "already exists"),
     ],
 )
 def test_cai_revise_bad_input_is_one_clear_error(tmp_path, args, expected):
@@ -199,7 +200,8 @@ def test_cai_revise_bad_input_is_one_clear_error(tmp_path, args, expected):
     out = tmp_path / "out.jsonl"
     out.write_text("earlier results\n")
     subs = {"MISSING": str(tmp_path / "nope.jsonl"), "NOPROMPT": str(bad), "OUT": str(out)}
-    res = invoke("cai", "revise", "-m", str(tmp_path / "no-model"), "-o", out, *[subs.get(a, a) for a in args])
+    flags = [] if args == ["--no-overwrite"] else [subs.get(a, a) for a in args] + ["--overwrite"]
+    res = invoke("cai", "revise", "-m", str(tmp_path / "no-model"), "-o", out, *flags)
     assert isinstance(res.exception, UserError), res.output
     assert expected in str(res.exception) and "Fix:" in str(res.exception)
     assert out.read_text() == "earlier results\n" and bad.read_text().count("\n") == 2  # nothing lost
@@ -317,7 +319,7 @@ def test_label_asks_both_orders_and_skips_position_bias(tiny_model_dir, tmp_path
         (["--pairing", "best"], "field 'pairing' is 'best'"),
         (["--judge", "oracle"], "is not a judge"),
         (["--prompts", "NOPROMPT"], "field 'prompt' is missing"),
-        (["--prompts", "NOPROMPT", "-o", "NOPROMPT"], "is an input file"),
+        (["--prompts", "NOPROMPT", "-o", "NOPROMPT"], "is an input of this command"),
     ],
 )
 def test_cai_label_bad_input_is_one_clear_error(tmp_path, args, expected):

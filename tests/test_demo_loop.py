@@ -11,7 +11,8 @@ import torch
 from serve_helpers import serve_process
 
 from alignkit.errors import UserError
-from alignkit.recipes.demo_loop import MARKER, check_output_dir, scrambled_candidate
+from alignkit.outputs import own_output_dir
+from alignkit.recipes.demo_loop import run_loop_demo, scrambled_candidate
 from alignkit.recipes.simulated_users import SimulatedUsers, UserPolicy
 from alignkit.serve.rollout import RolloutState
 from alignkit.serve.store import Store
@@ -63,8 +64,10 @@ def test_the_bad_candidate_is_the_champion_scrambled(tiny_model_dir, tmp_path):
 
 def test_the_demo_refuses_a_directory_it_did_not_write(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
-    with pytest.raises(UserError, match="not written by the loop demo"):
-        check_output_dir(tmp_path)
-    (tmp_path / MARKER).write_text("")
-    check_output_dir(tmp_path)  # its own earlier run: replaced
-    check_output_dir(tmp_path / "new")
+    with pytest.raises(UserError, match="alignkit did not write there"):
+        run_loop_demo(str(tmp_path))
+    assert (tmp_path / "mine.txt").read_text() == "precious" and len(list(tmp_path.iterdir())) == 1
+    own_output_dir(tmp_path / "new", "demo loop")
+    own_output_dir(tmp_path / "new", "demo loop")  # its own earlier run: replaced
+    with pytest.raises(UserError, match="alignkit did not write there"):
+        own_output_dir(tmp_path / "new", "demo grpo")  # another command's output is not the loop demo's

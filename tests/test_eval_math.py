@@ -88,7 +88,7 @@ def test_known_case_greedy(digit_model):
     summary = result.summary()
     assert summary["accuracy"] == 0.5 and summary["accuracy/right"] == 1.0 and "records" not in summary
     json.dumps(summary)
-    assert any("accuracy 0.5000 (3/6)" in line for line in result.lines())
+    assert any("accuracy 0.5000 (3 of 6 completions correct)" in line for line in result.lines())
 
 
 def test_prompts_go_through_the_chat_template_and_records_can_come_from_a_file(digit_model, tmp_path, monkeypatch):
@@ -216,8 +216,14 @@ def test_cli_end_to_end(digit_model, digit_model_dir, tmp_path):
     proc = alignkit("eval", "math", "--model", digit_model_dir, "--data", str(data), "--limit", "4",
                     "--max-new-tokens", "4", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "4 prompts x 1 sample(s), greedy" in proc.stdout and "accuracy 0.7500 (3/4)" in proc.stdout
-    assert f"95% Wilson interval [{wilson_by_hand(3, 4)[0]:.4f}, {wilson_by_hand(3, 4)[1]:.4f}]" in proc.stdout
+    assert (
+        "4 prompts x 1 sample(s), greedy" in proc.stdout
+        and "accuracy 0.7500 (3 of 4 completions correct)" in proc.stdout
+    )
+    assert (
+        f"95% Wilson interval over the 4 prompts [{wilson_by_hand(3, 4)[0]:.4f}, {wilson_by_hand(3, 4)[1]:.4f}]"
+        in proc.stdout
+    )
     assert "per category: c 0.750 (n 4)" in proc.stdout and "no answer 0.0% of completions" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and [r["rewards"] for r in rows] == [[1.0], [0.0], [1.0], [1.0]]
@@ -234,7 +240,7 @@ def test_cli_bad_input(tiny_model_dir, tmp_path):
         (["--data", str(data), "--prompt-field", "question"], f"{data}:1: field 'question': is missing"),
         (["--data", str(data), "--samples", "0"], "samples is 0"),
         (["--data", str(data), "--samples", "4", "--temperature", "0"], "would be identical"),
-        (["--data", str(data), "--out", str(data)], "is the input file"),
+        (["--data", str(data), "--out", str(data)], "is an input of this command"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["eval", "math", "--model", tiny_model_dir, *args])

@@ -77,4 +77,4 @@ def test_bad_input(tiny_model_dir, trained, tmp_path):
     assert isinstance(r.exception, UserError) and "bad.jsonl:1: field 'prompt': is missing" in str(r.exception)
     r = runner.invoke(app, ["eval", "metrics", "--model", tiny_model_dir, "--prompts", trained["prompts"],
                             "--out", trained["prompts"]])  # fmt: skip
-    assert isinstance(r.exception, UserError) and "input file" in str(r.exception)
+    assert isinstance(r.exception, UserError) and "is an input of this command" in str(r.exception)

@@ -1,5 +1,6 @@
 """`alignkit report`: the HTML page and Markdown from a real tiny run plus hand-made eval results; the page in
-headless Chromium (no console errors, every plot decoded, a screenshot that is not blank)."""
+headless Chromium (no console errors, every plot decoded and at least 300 px tall as displayed, a screenshot that is
+not blank). Nested eval results, intervals, judges' labels and NaN: tests/test_report_numbers.py."""
 
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def test_report_tables_images_and_escaping(run_dir, tmp_path):
         assert f"{final_loss['loss']:.4g}" in text
         assert "0.667" in text and "[0.542, 0.792]" in text and "[0.534, 0.800]" in text and "0.612" in text
         assert "0.550" in text and "[0.350, 0.750]" in text  # a category row
-        assert "0.4375" in text and "mean 0.75 (n=4)" in text and "0.8125" in text  # the generic table
+        assert "0.4375" in text and "1, 0, 1, 1 (mean 0.75, n=4)" in text and "0.8125" in text  # the generic table
+        assert "0.667 [0.542, 0.792] (n=48)" in text and "0.682 [0.534, 0.800] (n=44)" in text  # intervals with n
         assert "d (alpha - beta d)" in text and "1.429" in text  # the fits
         assert "LoRA r=4" in text
     assert "<tr><td>method</td><td>dpo</td></tr>" in page and "| method | dpo |" in md
@@ -186,7 +188,7 @@ def test_cli_report(run_dir, tmp_path, monkeypatch, capsys):
     assert f"wrote {run_dir / 'report' / 'report.html'}" in capsys.readouterr().out
     assert alignkit("report", str(tmp_path / "missing")) == 2
     printed = capsys.readouterr()
-    assert "missing does not exist. Fix:" in printed.err and "Traceback" not in printed.err
+    assert "missing" in printed.err and "Fix:" in printed.err and "Traceback" not in printed.err
 
 
 def _browser(tmp_path: Path):
@@ -214,6 +216,8 @@ def test_page_in_headless_chromium(run_dir, tmp_path):
         for img in images:
             loaded = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
             assert loaded and loaded > 0, img.get_attribute("alt")
+            height = driver.execute_script("return arguments[0].getBoundingClientRect().height", img)
+            assert height >= 300, (img.get_attribute("alt"), height)  # readable, not a strip
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
         std, ink = _not_blank(driver.get_screenshot_as_png())

@@ -217,7 +217,9 @@ def test_cli_export_then_import(tmp_path):
     again = runner.invoke(app, export)
     assert isinstance(again.exception, UserError) and "exists" in str(again.exception)
     assert "Fix: choose another --key, or pass --force" in str(again.exception)
-    assert runner.invoke(app, [*export, "--force"]).exit_code == 0
+    forced_key = runner.invoke(app, [*export, "--force"])  # the CSV exists too: it needs its own consent
+    assert isinstance(forced_key.exception, UserError) and "--overwrite" in str(forced_key.exception)
+    assert runner.invoke(app, [*export, "--force", "--overwrite"]).exit_code == 0
     wants = {i: "A" if i < 15 else "B" for i in range(N)}
     filled = fill(csv_path, tmp_path / "filled.csv", labels_for(key_path, wants))
     out, summary = tmp_path / "judged.jsonl", tmp_path / "summary.json"
@@ -239,8 +241,8 @@ def test_cli_refuses_outputs_that_would_destroy_inputs_or_keys(tmp_path):
     csv_path, key_path = tmp_path / "pairs.csv", tmp_path / "key.json"
     base = ["eval", "human", "export", "--b", str(a)]
     cases = [
-        (["--a", str(a), "--out", str(a), "--key", str(key_path)], "is the input file"),
-        (["--a", str(a), "--out", str(csv_path), "--key", str(a), "--force"], "is the input file"),
+        (["--a", str(a), "--out", str(a), "--key", str(key_path)], "is an input of this command"),
+        (["--a", str(a), "--out", str(csv_path), "--key", str(a), "--force"], "is an input of this command"),
         (["--a", str(a), "--out", str(csv_path), "--key", str(csv_path)], "is also --out"),
     ]
     runner = CliRunner()
@@ -249,6 +251,6 @@ def test_cli_refuses_outputs_that_would_destroy_inputs_or_keys(tmp_path):
         assert isinstance(result.exception, UserError) and message in str(result.exception), (args, result.output)
     assert runner.invoke(app, [*base, "--a", str(a), "--out", str(csv_path), "--key", str(key_path)]).exit_code == 0
     importing = ["eval", "human", "import", str(csv_path), "--key", str(key_path)]
-    for extra, message in [(["--out", str(key_path)], "is an input file"), (["--json", str(csv_path)], "input file")]:
+    for extra, message in [(["--out", str(key_path)], "is an input of"), (["--json", str(csv_path)], "is an input")]:
         result = runner.invoke(app, importing + extra)
         assert isinstance(result.exception, UserError) and message in str(result.exception), (extra, result.output)

@@ -177,4 +177,4 @@ def test_cli_bad_input(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
     proc = verify_math("--input", str(src), "--out", str(src))
-    assert proc.returncode == 2 and "is the input file" in proc.stderr
+    assert proc.returncode == 2 and "is an input of this command" in proc.stderr

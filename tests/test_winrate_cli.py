@@ -78,7 +78,7 @@ def test_bad_input_names_the_file_line_and_field(reward_model_dir, tmp_path):
         (["--a", str(a), "--b", str(repeated)], f"{repeated}:2: prompt repeats {repeated}:1"),
         (["--a", str(a), "--b", str(a), "--margin", "-1"], "margin is -1"),
         (["--a", str(a), "--b", str(a), "--aggregate", "median"], "--aggregate median: unknown"),
-        (["--a", str(a), "--b", str(a), "--out", str(a)], "is the input file"),
+        (["--a", str(a), "--b", str(a), "--out", str(a)], "is an input of this command"),
     ]
     runner = CliRunner()
     for args, message in cases:

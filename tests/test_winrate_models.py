@@ -81,7 +81,8 @@ def test_model_vs_model_saves_responses_that_read_back_to_the_same_result(
     winrate(reward_model_dir, "--a", saved / "a.jsonl", "--b-model", other_model_dir, "--out", mixed)
     assert [r["response_b"] for r in read_jsonl(mixed)] == [r["response"] for r in b_saved]
     # and the other way round: the model answers the file's prompts
-    winrate(reward_model_dir, "--a-model", tiny_model_dir, "--b", saved / "b.jsonl", "--out", mixed, "--limit", 3)
+    again = ["--b", saved / "b.jsonl", "--out", mixed, "--limit", 3, "--overwrite"]
+    winrate(reward_model_dir, "--a-model", tiny_model_dir, *again)
     assert [r["response_a"] for r in read_jsonl(mixed)] == [r["response"] for r in a_saved[:3]]
 
 
@@ -102,7 +103,7 @@ def test_winrate_errors_name_the_fix(tiny_model_dir, reward_model_dir, prompts_f
         (["--a", a], "--b and --b-model: neither given"),
         (["--a", a, "--b-model", tiny_model_dir, "--prompts", prompts_file], "--prompts is for two models"),
         (["--a", a, "--b", a, "--save-responses", tmp_path / "s"], "--save-responses: no policy is a model"),
-        (["--a-model", tiny_model_dir, "--b", a, "--save-responses", tmp_path], "is the input file"),
+        (["--a-model", tiny_model_dir, "--b", a, "--save-responses", tmp_path], "is an input of this command"),
         (["--a-model", tiny_model_dir, "--b-model", tiny_model_dir, "--margin", "-1"], "margin is -1"),
     ]
     for args, message in cases:

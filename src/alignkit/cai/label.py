@@ -37,10 +37,10 @@ from alignkit.cai.revise import (
     generate,
     load_prompts,
     uses_chat,
-    write_json,
 )
 from alignkit.config import EMBEDDED_MODEL, require, setting
 from alignkit.eval.samples import text_summary
+from alignkit.outputs import write_json_atomic
 
 PAIRINGS = ("best_worst", "all")
 SKIPS = ("too_few_responses", "tie", "unjudged", "intransitive")
@@ -67,6 +67,7 @@ class LabelConfig:
     seed: int = setting(0, "Seed of sampling and principle choice.")
     out: str = setting("runs/cai/preferences.jsonl", "Preference pairs (alignkit train dpo / rm --data FILE).")
     summary: str | None = setting(None, "Counts and judge consistency; None = OUT with .summary.json.")
+    overwrite: bool = setting(False, "Replace outputs that already exist.")
     device: str = setting("auto", "auto, cpu, cuda or mps.")
 
     def validate(self, where: str = "cai label") -> None:
@@ -142,7 +143,7 @@ def run_label(cfg: LabelConfig, log: Callable = print, judge=None) -> dict:
     from alignkit.judges import consistency, judge_pairs, load_judge
 
     cfg.validate()
-    check_outputs([cfg.prompts], [cfg.out, cfg.summary_file])
+    check_outputs([cfg.prompts], [cfg.out, cfg.summary_file], cfg.overwrite)
     constitution = load_constitution(cfg.constitution).select(cfg.principles)
     records = load_prompts(cfg.prompts, cfg.prompt_field, cfg.limit)
     judge = judge or load_judge(cfg.judge, "judge", cfg.device)
@@ -196,7 +197,7 @@ def run_label(cfg: LabelConfig, log: Callable = print, judge=None) -> dict:
         "outputs": {"pairs": cfg.out, "summary": cfg.summary_file},
     }  # fmt: skip
     write_jsonl(cfg.out, pairs)
-    write_json(cfg.summary_file, summary)
+    write_json_atomic(cfg.summary_file, summary, indent=2)
     return summary
 
 

@@ -19,9 +19,6 @@ written atomically at the end, so a failed run leaves earlier files untouched.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from alignkit.config import EMBEDDED_MODEL, require, setting
 from alignkit.data.formats import Content, InvalidRecord, to_prompt
 from alignkit.errors import UserError
 from alignkit.eval.samples import has_loop, ngrams, text_summary, words
+from alignkit.outputs import check_output_file, write_json_atomic
 
 FILTERS = ("empty", "unchanged", "copied_example", "looping", "truncated")
 COPY_NGRAM = 8  # a revision sharing a word 8-gram with a worked example copied it
@@ -96,6 +94,7 @@ class ReviseConfig:
     out: str = setting("runs/cai/revisions.jsonl", "SFT records {prompt, completion} (alignkit train sft --data FILE).")
     chains: str | None = setting(None, "Whole chains per prompt; None = OUT with .chains.jsonl.")
     summary: str | None = setting(None, "Counts and text statistics; None = OUT with .summary.json.")
+    overwrite: bool = setting(False, "Replace outputs that already exist.")
     device: str = setting("auto", "auto, cpu, cuda or mps.")
 
     def validate(self, where: str = "cai revise") -> None:
@@ -123,16 +122,13 @@ def beside(path: str, suffix: str) -> Path:
 # ----------------------------------------------------------------------------------------- shared with label.py
 
 
-def check_outputs(inputs: list[str], outputs: list[str]) -> None:
-    """``UserError`` when an output is an input file, a directory, or the same file as another output."""
-    sources = [Path(p) for p in inputs if p and not p.startswith("builtin:")]
+def check_outputs(inputs: list[str], outputs: list[str], overwrite: bool = False) -> None:
+    """``UserError`` when an output is an input file, a directory, the same file as another output, or (unless
+    ``overwrite``) a file that already exists."""
     seen: dict[Path, str] = {}
     for out in outputs:
         path = Path(out)
-        if path.is_dir():
-            raise UserError(f"{out} is a directory. Fix: give a file name, e.g. {path / 'out.jsonl'}")
-        if any(path.resolve() == s.resolve() for s in sources):
-            raise UserError(f"{out} is an input file; refusing to overwrite it. Fix: write to another file")
+        check_output_file(path, overwrite=overwrite, inputs=inputs, option="output")
         if path.resolve() in seen:
             raise UserError(f"{out} is given for two outputs ({seen[path.resolve()]}). Fix: use a different file each")
         seen[path.resolve()] = out
@@ -183,28 +179,6 @@ def as_example(prompt: Content, text: str, chat: bool) -> tuple:
 
 def uses_chat(gen) -> bool:
     return bool(getattr(gen.tok.hf, "chat_template", None))
-
-
-def write_json(path: str | Path, obj) -> Path:
-    """``obj`` as indented JSON (NaN/inf as null: strict JSON), atomically (temp file in the same directory, then
-    renamed)."""
-    path = Path(path)
-    obj = _finite(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------------------------- prompts, filters
@@ -275,7 +249,7 @@ def run_revise(cfg: ReviseConfig, log: Callable = print) -> dict:
     from alignkit.generation import load_sampler
 
     cfg.validate()
-    check_outputs([cfg.prompts], [cfg.out, cfg.chains_file, cfg.summary_file])
+    check_outputs([cfg.prompts], [cfg.out, cfg.chains_file, cfg.summary_file], cfg.overwrite)
     constitution = load_constitution(cfg.constitution).select(cfg.principles)
     records = load_prompts(cfg.prompts, cfg.prompt_field, cfg.limit)  # bad input fails before the model loads
     gen = load_sampler(cfg.model, cfg.device)
@@ -343,7 +317,7 @@ def run_revise(cfg: ReviseConfig, log: Callable = print) -> dict:
     }  # fmt: skip
     write_jsonl(cfg.out, sft)
     write_jsonl(cfg.chains_file, chains)
-    write_json(cfg.summary_file, summary)
+    write_json_atomic(cfg.summary_file, summary, indent=2)
     return summary
 
 

@@ -52,6 +52,7 @@ def cai_revise(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="SFT records (default runs/cai/revisions.jsonl)"),
     chains: Optional[Path] = typer.Option(None, help="Whole chains (default OUT.chains.jsonl)"),
     summary: Optional[Path] = typer.Option(None, help="Summary JSON (default OUT.summary.json)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps"),
 ):
     """Red-team prompts -> response -> critique -> revision (R rounds) -> SFT data for alignkit train sft."""
@@ -62,6 +63,7 @@ def cai_revise(
         rounds=rounds, constitution=constitution, principles=principle, max_new_tokens=max_new_tokens,
         critique_tokens=critique_tokens, temperature=temperature, few_shot=few_shot, drop_truncated=drop_truncated,
         seed=seed, out=_str(out), chains=_str(chains), summary=_str(summary), device=device,
+        overwrite=overwrite or None,
     )  # fmt: skip
     typer.echo("\n".join(describe_revise(run_revise(cfg, log=typer.echo))))
 
@@ -87,6 +89,7 @@ def cai_label(
     seed: Optional[int] = typer.Option(None, help="Seed of sampling and principle choice (default 0)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Pairs (default runs/cai/preferences.jsonl)"),
     summary: Optional[Path] = typer.Option(None, help="Summary JSON (default OUT.summary.json)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist"),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps"),
 ):
     """Prompts -> K responses -> a judge picks chosen/rejected under a sampled principle -> pairs for train dpo/rm."""
@@ -96,7 +99,7 @@ def cai_label(
         LabelConfig, config, set_, policy=policy, prompts=prompts, prompt_field=prompt_field, limit=limit,
         samples=samples, pairing=pairing, temperature=temperature, max_new_tokens=max_new_tokens, judge=judge,
         constitution=constitution, principles=principle, inconsistent=inconsistent, seed=seed, out=_str(out),
-        summary=_str(summary), device=device,
+        summary=_str(summary), device=device, overwrite=overwrite or None,
     )  # fmt: skip
     typer.echo("\n".join(describe_label(run_label(cfg, log=typer.echo))))
 

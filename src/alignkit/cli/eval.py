@@ -9,7 +9,7 @@ import typer
 
 from alignkit.cli.eval_human import human_app
 from alignkit.cli.eval_safety import eval_safety
-from alignkit.cli.helpers import MODEL_HELP, check_aggregate, parse_key_values, read_input
+from alignkit.cli.helpers import MODEL_HELP, OVERWRITE_HELP, check_aggregate, parse_key_values, read_input
 
 eval_app = typer.Typer(
     no_args_is_help=True, help="Evaluate: math word problems (accuracy, pass@k), win rates of A vs B."
@@ -43,6 +43,7 @@ def eval_math(
         "--environment-arg",
         help="KEY=VALUE (a YAML value), repeatable: the environment's keyword arguments, e.g. demonstrations=true",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Sample completions for math problems and grade their final answers against the gold answers."""
     from alignkit.data.jsonl import write_jsonl
@@ -51,7 +52,7 @@ def eval_math(
 
     temperature = temperature if temperature is not None else (0.0 if samples == 1 else 1.0)
     check_sampling(samples, temperature)
-    records = read_input(data, *([out] if out else []))
+    records = read_input(data, *([out] if out else []), overwrite=overwrite)
     template = prompt_template.replace("\\n", "\n") if prompt_template else None
     examples = load_math_records(records, prompt_field, template, limit)  # bad records fail before loading
     env_args = parse_key_values(environment_arg, "--environment-arg")
@@ -94,18 +95,19 @@ def eval_winrate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result for `alignkit report` (.json)"),
     seed: int = typer.Option(0, help="Bootstrap seed; sampling seed (A: seed + i on prompt i, B: seed + n + i)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Win rate of A over B judged by a reward model or a verifier: Wilson and bootstrap intervals, length-controlled
     rate.
 
     Each policy is a file of responses (--a/--b) or a model that answers (--a-model/--b-model): two models answer
     --prompts; a model facing a file answers the file's prompts."""
-    import json
-
+    from alignkit.cli.helpers import check_outputs
     from alignkit.data.jsonl import write_jsonl
     from alignkit.errors import UserError
     from alignkit.eval.judged import describe, judge_by_reward, judge_by_verifier, match_responses, responses_from_model
     from alignkit.eval.report.page import winrate_json
+    from alignkit.outputs import write_json_atomic
     from alignkit.reward_model import RewardModel
     from alignkit.rewards import load_reward_function
 
@@ -130,16 +132,18 @@ def eval_winrate(
         raise UserError("--save-responses: no policy is a model. Fix: drop it, or give --a-model/--b-model")
     models = {side: m for side, m in (("a", a_model), ("b", b_model)) if m is not None}
     saved = {side: save_responses / f"{side}.jsonl" for side in models} if save_responses else {}
-    outputs = [p for p in (out, json_out, *saved.values()) if p]
-    a_records = read_input(a, *outputs)[:limit] if a else None  # bad files fail before loading
-    b_records = read_input(b, *outputs) if b else None
+    outputs = [p for p in (out, ("--json", json_out), *saved.values()) if p and (p[1] if isinstance(p, tuple) else p)]
+    inputs = [x for x in (a, b, prompts) if x]
+    check_outputs(*outputs, overwrite=overwrite, inputs=inputs)
+    a_records = read_input(a)[:limit] if a else None  # bad files fail before loading
+    b_records = read_input(b) if b else None
     if a_records is not None:
         asked = a_records
     elif b_records is not None:
         asked = b_records[:limit]
     else:
         default = "builtin:arithmetic_heldout.jsonl" if verifier == "math" else "builtin:helpful_prompts.jsonl"
-        asked = read_input(prompts or default, *outputs)[:limit]
+        asked = read_input(prompts or default)[:limit]
     loaded: dict = {}  # one ready sampler per model name: a model against itself loads once
     for side, model, seed_at in (("a", a_model, seed), ("b", b_model, seed + len(asked))):
         if model is None:
@@ -165,9 +169,7 @@ def eval_winrate(
     if out:
         typer.echo(f"wrote {write_jsonl(out, rows)}")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(winrate_json(result, a_name, b_name, judge), indent=1) + "\n")
-        typer.echo(f"wrote {json_out}")
+        typer.echo(f"wrote {write_json_atomic(json_out, winrate_json(result, a_name, b_name, judge))}")
 
 
 @eval_app.command("rank")
@@ -180,8 +182,10 @@ def eval_rank(
     bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples of the comparisons for the intervals"),
     seed: int = typer.Option(0, help="Bootstrap seed"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Rank several policies by Bradley-Terry ratings: every pair compared per prompt by a reward model."""
+    from alignkit.cli.helpers import check_outputs
     from alignkit.errors import UserError
     from alignkit.eval import ranking as rk
     from alignkit.reward_model import RewardModel
@@ -191,7 +195,8 @@ def eval_rank(
         raise UserError(f"margin is {margin}. Fix: use a margin >= 0 (rewards closer than it are ties)")
     outputs = [out] if out else []
     specs = rk.parse_specs(policies)
-    matched = rk.match_many([(name, file, read_input(file, *outputs)) for name, file in specs])  # before loading
+    check_outputs(*outputs, overwrite=overwrite, inputs=[file for _, file in specs])
+    matched = rk.match_many([(name, file, read_input(file)) for name, file in specs])  # before loading
     rewards = rk.score_responses(matched, RewardModel.load(reward_model, device=device), aggregate)
     ranking = rk.rank(rewards, matched.names, margin, n_boot=bootstrap, seed=seed)
     typer.echo("\n".join(rk.describe_ranking(ranking)))
@@ -234,21 +239,22 @@ def eval_metrics(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the metrics (.json, kind 'metrics')"),
     seed: int = typer.Option(0, help="Sampling seed (prompt i uses seed + i)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """KL to the reference on samples (k1/k2/k3/exact), length, repetition, distinct-n, reward-model scores and win
     rate over the reference, implicit-reward accuracy and length bias on pairs, refusal rates."""
-    import json
-
+    from alignkit.cli.helpers import check_outputs
     from alignkit.data import to_pairwise, to_prompt, validate_records
     from alignkit.eval.policy import Settings, describe_metrics, run_metrics
+    from alignkit.outputs import write_json_atomic
 
-    outputs = [out] if out else []
-    records = [(source, rec) for source, rec in read_input(prompts, *outputs)][:limit]
+    check_outputs(*([out] if out else []), overwrite=overwrite, inputs=[prompts, pairs])
+    records = [(source, rec) for source, rec in read_input(prompts)][:limit]
     examples = validate_records(records, to_prompt)[0]
     rows = [{"prompt": x.prompt, "category": x.columns.get("category")} for x in examples]
     pair_examples = None
     if pairs:
-        pair_examples = validate_records(read_input(pairs, *outputs)[:pairs_limit], to_pairwise, "skip")[0]
+        pair_examples = validate_records(read_input(pairs)[:pairs_limit], to_pairwise, "skip")[0]
     safety_records = None
     if safety:
         from alignkit.eval.safety import load_safety_prompts, subset
@@ -265,9 +271,7 @@ def eval_metrics(
     result = run_metrics(model, reference, rows, settings, rm, pair_examples, safety_records, device, typer.echo)
     typer.echo("\n".join(describe_metrics(result)))
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        typer.echo(f"wrote {out}")
+        typer.echo(f"wrote {write_json_atomic(out, result)}")
 
 
 eval_app.command("safety")(eval_safety)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from alignkit.cli.helpers import read_input
+from alignkit.cli.helpers import check_outputs, read_input
 
 human_app = typer.Typer(
     no_args_is_help=True,
@@ -28,6 +26,7 @@ def human_export(
     a_name: Optional[str] = typer.Option(None, help="Name of A in the key and the report (default: its file name)"),
     b_name: Optional[str] = typer.Option(None, help="Name of B in the key and the report (default: its file name)"),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing key (its annotations become unreadable)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out CSV"),
 ):
     """Write the pairs in a random order, each with an opaque id and a random side for A, and a separate key."""
     from alignkit.errors import UserError
@@ -39,24 +38,14 @@ def human_export(
     if key.exists() and not force:
         raise UserError(f"--key {key} exists; overwriting it loses the key to the CSVs exported with it. Fix: choose "
                         "another --key, or pass --force")  # fmt: skip
-    matched = match_responses(read_input(a, out, key), read_input(b, out, key))
+    check_outputs(("--key", key), overwrite=force, inputs=[a, b])
+    matched = match_responses(read_input(a, out, overwrite=overwrite), read_input(b, out, overwrite=overwrite))
     names = a_name or Path(a).name, b_name or Path(b).name
     csv_path, key_path = export_pairs(matched, out, key, seed, *names)
     typer.echo(f"wrote {len(matched.prompts)} pairs to {csv_path} (for annotators) and the key to {key_path} "
                "(keep it from them)")  # fmt: skip
     typer.echo(f"instructions for annotators: {INSTRUCTIONS}")
     typer.echo(f"then: alignkit eval human import {csv_path.name} [more annotators' CSVs] --key {key_path}")
-
-
-def _finite(value):
-    """JSON has no NaN: nan -> None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 @human_app.command("import")
@@ -66,19 +55,17 @@ def human_import(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write one judged record per item (.jsonl)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary as JSON"),
     seed: int = typer.Option(0, help="Bootstrap seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist"),
 ):
     """Map the labels back to A and B through the key; report the win rate, agreement and position bias."""
     from alignkit.data.jsonl import write_jsonl
     from alignkit.errors import UserError
     from alignkit.eval.human import describe_human, import_labels
+    from alignkit.outputs import write_json_atomic
 
-    inputs = {p.resolve() for p in [*labels, key]}
     outputs = [p for p in (out, json_out) if p is not None]
-    for p in outputs:
-        if p.resolve() in inputs:
-            raise UserError(f"{p} is an input file; refusing to overwrite it. Fix: write to another file")
-        if p.is_dir():
-            raise UserError(f"{p} is a directory. Fix: give a file name, e.g. {p / 'out.jsonl'}")
+    check_outputs(*[o for o in (out, ("--json", json_out)) if o and (o[1] if isinstance(o, tuple) else o)],
+                  overwrite=overwrite, inputs=[*labels, key])  # fmt: skip
     if len(outputs) == 2 and out.resolve() == json_out.resolve():
         raise UserError(f"--out and --json are both {out}. Fix: give two file names")
     result = import_labels(labels, key, seed=seed)
@@ -94,8 +81,7 @@ def human_import(
                             "kappa": result.kappa, "position_1": result.position_1,
                             "decisive_labels": result.decisive_labels}  # fmt: skip
         try:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(_finite(summary), indent=1) + "\n", encoding="utf-8")
+            write_json_atomic(json_out, summary)
         except OSError as e:
             raise UserError(f"--json {json_out}: cannot be written ({e}). Fix: choose a writable file path") from None
         typer.echo(f"wrote {json_out}")

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from alignkit.cli.helpers import check_outputs
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -31,6 +33,7 @@ def eval_safety(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report here (.json)"),
     seed: int = typer.Option(0, help="Sampling seed (greedy decoding does not depend on it)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist"),
 ):
     """Refusal rate on harmful prompts (want high) and over-refusal on benign-but-edgy ones (want low), per category,
     judged by the rule set in alignkit.eval.safety (and a reward model when given)."""
@@ -40,10 +43,8 @@ def eval_safety(
     if model is not None and responses is not None:
         raise UserError("--model and --responses both given. Fix: generate with --model or judge --responses, not both")
     inputs = [Path(p) for p in (prompts, responses) if p and not p.startswith("builtin:")]
-    for path in (out, review_out):
-        if path is not None and (path.is_dir() or any(path.resolve() == p.resolve() for p in inputs)):
-            what = "a directory" if path.is_dir() else "an input file; refusing to overwrite it"
-            raise UserError(f"{path} is {what}. Fix: write to another file")
+    check_outputs(*[o for o in (out, ("--review-out", review_out)) if o and (o[1] if isinstance(o, tuple) else o)],
+                  overwrite=overwrite, inputs=inputs)  # fmt: skip
     records = subset(load_safety_prompts(prompts), limit)
     if responses is not None:
         texts = _read_responses(responses, records)
@@ -65,9 +66,9 @@ def eval_safety(
     if review_out is not None:
         typer.echo(f"wrote review sheet {write_review_csv(review_out, records, texts, verdicts, inputs)}")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"kind": "safety", "source": source, **report.to_dict()}, indent=2) + "\n")
-        typer.echo(f"wrote {out}")
+        from alignkit.outputs import write_json_atomic
+
+        typer.echo(f"wrote {write_json_atomic(out, {'kind': 'safety', 'source': source, **report.to_dict()})}")
 
 
 def _read_responses(spec: str, records: list[dict]) -> list[str]:

@@ -204,6 +204,7 @@ def feedback_export(
     min_chars: int = typer.Option(10, help="Drop responses shorter than this many characters"),
     max_pairs_per_prompt: int = typer.Option(8, help="pairs: at most this many thumbs pairs per prompt"),
     seed: int = typer.Option(0, help="pairs: seed for choosing thumbs pairs over the cap"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it exists"),
 ):
     """Feedback -> training data the trainers read unchanged: kto (prompt/completion/label), pairs
     (prompt/chosen/rejected) or sft (messages); cleaned (biased raters, duplicates, short answers), with counts."""
@@ -212,8 +213,9 @@ def feedback_export(
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: unknown. Fix: use one of {', '.join(FORMATS)}")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory. Fix: give a file name, e.g. {out / f'{fmt}.jsonl'}")
+    from alignkit.outputs import check_output_file
+
+    check_output_file(out, overwrite=overwrite, inputs=[db] if db else [])
     if max_pairs_per_prompt < 1:
         raise UserError(f"--max-pairs-per-prompt {max_pairs_per_prompt}. Fix: use 1 or more, e.g. 8")
     if min_ratings < 1 or min_chars < 0:

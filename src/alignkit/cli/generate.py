@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from alignkit.cli.helpers import AGG_HELP, check_aggregate, read_input, read_prompts
+from alignkit.cli.helpers import AGG_HELP, OVERWRITE_HELP, check_aggregate, check_outputs, read_input, read_prompts
 from alignkit.errors import UserError
 
 
@@ -32,6 +32,7 @@ def generate(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 autocast where native), fp32 or bf16"),
     raw: bool = typer.Option(False, help="Send prompts as raw text instead of through the chat template"),
     seed: int = typer.Option(0, help="Sampling seed (prompt i samples with seed + i)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Generate completions for prompts with the batched KV-cache sampler."""
     import time
@@ -53,9 +54,7 @@ def generate(
         raise UserError(f"--max-rows {max_rows}. Fix: decode at least 1 row at a time, e.g. --max-rows 64")
     if dtype not in ("auto", "fp32", "bf16"):
         raise UserError(f"--dtype {dtype}: unknown. Fix: use auto, fp32 or bf16")
-    if out is not None and (out.is_dir() or (prompts_file is not None and out.resolve() == prompts_file.resolve())):
-        what = "a directory" if out.is_dir() else "the prompts file; refusing to overwrite it"
-        raise UserError(f"--out {out} is {what}. Fix: write to another file, e.g. completions.jsonl")
+    check_outputs(*([out] if out else []), overwrite=overwrite, inputs=[prompts_file] if prompts_file else [])
     prompts = read_prompts(prompt, prompts_file)
     device = pick_device("auto")
     if dtype == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -94,14 +93,16 @@ def score(
     alpha: float = typer.Option(1.0, help="mean_minus_std: reward = mean - alpha * std over members"),
     percentile: float = typer.Option(10.0, help="percentile: which percentile of the members' rewards"),
     batch_size: int = typer.Option(8, help="Sequences per forward"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Score (prompt, response) records with a saved reward model or ensemble (normalized rewards)."""
     from alignkit.data.jsonl import write_jsonl
     from alignkit.reward_model import RewardModel
-    from alignkit.reward_model.scoring import score_records
+    from alignkit.reward_model.scoring import check_scorable, score_records
 
     check_aggregate(aggregate)
-    records = read_input(input_, out)
+    records = read_input(input_, out, overwrite=overwrite)
+    check_scorable(records, input_)  # bad records fail before the model loads
     rm = RewardModel.load(reward_model)
     scored, summary = score_records(rm, records, aggregate, alpha, percentile, batch_size)
     typer.echo(f"scored {len(scored)} records with {rm.heads} reward head(s), aggregate {aggregate}")
@@ -128,20 +129,24 @@ def best_of_n_cmd(
     out_dir: Path = typer.Option(
         Path("runs/best-of-n"), "--out-dir", "-o", help="Writes samples.jsonl, summary.json, plot"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Sample N completions per prompt and keep the best under a reward model; report scores and the KL bound."""
-    import json
-
     import torch
 
     from alignkit.data.jsonl import write_jsonl
     from alignkit.models import load_model, load_tokenizer, pick_device
+    from alignkit.models.load import check_model_source
+    from alignkit.outputs import check_output_dir, claim_dir, write_json_atomic
     from alignkit.reward_model import RewardModel
     from alignkit.reward_model.best_of_n import best_of_n, best_of_n_kl, plot_best_of_n
 
     check_aggregate(aggregate)
+    check_output_dir(out_dir, overwrite=overwrite, inputs=[prompts_file, reward_model, policy], option="--out-dir",
+                     owner="best-of-n")  # fmt: skip
     prompts = read_prompts(prompt, prompts_file)
     best_of_n_kl(n)
+    check_model_source(policy, "--policy")
     rm = RewardModel.load(reward_model)
     lm = load_model(policy, torch.float32, pick_device("auto"))
     tokenizer = load_tokenizer(policy)
@@ -155,12 +160,14 @@ def best_of_n_cmd(
         progress=progress,
     )  # fmt: skip
     summary = report.summary()
+    claim_dir(out_dir, "best-of-n")
     write_jsonl(out_dir / "samples.jsonl", [r.record() for r in report.results])
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json_atomic(out_dir / "summary.json", summary)
     plot_best_of_n(report, out_dir / "best_of_n.png")
     typer.echo(
-        f"best-of-{n} on {summary['prompts']} prompts: mean reward {summary['reward_mean_n1']:+.3f} (one sample) -> "
-        f"{summary['reward_mean_best']:+.3f} (best); KL bound log N - (N-1)/N = {summary['kl_bound']:.3f} nats"
+        f"best-of-{n} on {summary['prompts']} prompt(s): a single sample scores {summary['reward_mean_all']:+.3f} on "
+        f"average (all {summary['prompts'] * n} samples), the best of {n} {summary['reward_mean_best']:+.3f} (mean "
+        f"over prompts); KL bound log N - (N-1)/N = {summary['kl_bound']:.3f} nats"
     )
     typer.echo(f"wrote {out_dir / 'samples.jsonl'}, {out_dir / 'summary.json'}, {out_dir / 'best_of_n.png'}")
 

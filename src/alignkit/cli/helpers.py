@@ -14,16 +14,24 @@ INPUT_HELP = "Records: .jsonl/.json/.parquet/.csv, a saved HF dataset, or builti
 MODEL_HELP = "Model dir, LoRA adapter dir, hub id, or the embedded default"
 
 
-def read_input(spec: str, *outputs: Path) -> list:
-    """The records of ``spec``; refuses outputs that are the input file or a directory."""
-    from alignkit.data.readers import BUILTIN, builtin_path, read_records
+OVERWRITE_HELP = "Replace outputs that already exist (without it, a command never replaces a file it did not write)"
 
-    source = builtin_path(spec[len(BUILTIN) :]) if spec.startswith(BUILTIN) else Path(spec)
-    for out in outputs:
-        if out.resolve() == source.resolve():
-            raise UserError(f"{out} is the input file; refusing to overwrite it. Fix: write to another file")
-        if out.is_dir():
-            raise UserError(f"{out} is a directory. Fix: give a file name, e.g. {out / 'out.jsonl'}")
+
+def check_outputs(*outputs, overwrite: bool = False, inputs=()) -> None:
+    """Each output (a path, or ``(option, path)``) is a new file, not an input, not a directory, unless
+    ``overwrite`` (which still never lets an output replace an input). Runs before any work."""
+    from alignkit.outputs import check_output_file
+
+    for item in outputs:
+        option, path = item if isinstance(item, tuple) else ("--out", item)
+        check_output_file(path, overwrite=overwrite, inputs=inputs, option=option)
+
+
+def read_input(spec: str, *outputs, overwrite: bool = False) -> list:
+    """The records of ``spec``, after checking that the outputs may be written (``check_outputs``)."""
+    from alignkit.data.readers import read_records
+
+    check_outputs(*outputs, overwrite=overwrite, inputs=[spec])
     return read_records(spec)
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from alignkit.cli.helpers import read_input
+from alignkit.cli.helpers import OVERWRITE_HELP, read_input
 
 judge_app = typer.Typer(no_args_is_help=True, help="Judges: measure agreement with human labels and self-consistency.")
 
@@ -24,6 +23,7 @@ def judge_eval(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the report with one row per pair (.json)"),
     seed: int = typer.Option(0, help="Seed of the randomized order (--no-both-orders)"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Agreement of a judge with the human label on preference pairs (Wilson interval), its self-consistency across
     the two orders, its position bias and how often it gives no verdict."""
@@ -37,7 +37,7 @@ def judge_eval(
         import yaml
 
         spec = yaml.safe_load(Path(judge).read_text())
-    records = read_input(pairs, *([out] if out else []))
+    records = read_input(pairs, *([out] if out else []), overwrite=overwrite)
     examples, problems = validate_records(records, to_pairwise, "skip")
     if problems:
         typer.echo(f"skipped {len(problems)} invalid records, e.g. {problems[0]}")
@@ -51,9 +51,9 @@ def judge_eval(
         j.close()
     typer.echo("\n".join(describe_agreement(result)))
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"kind": "judge_eval", "pairs_file": pairs, **result}, indent=1, default=str) + "\n")
-        typer.echo(f"wrote {out}")
+        from alignkit.outputs import write_json_atomic
+
+        typer.echo(f"wrote {write_json_atomic(out, {'kind': 'judge_eval', 'pairs_file': pairs, **result})}")
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,9 @@ def demo(
     judge: Optional[str] = typer.Option(
         None, help="dpo: a reward model dir to judge the win rate with (default: one trained on hh-rlhf, cached)"
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Write into an --output-dir the demo did not make (its files are replaced)"
+    ),
 ):
     """The main job on the embedded model, with a report: DPO with LoRA on the shipped pairs, measured against the
     base by a judge trained on other data; GRPO with the math verifier on the project's arithmetic problems
@@ -32,19 +35,19 @@ def demo(
     if method == "dpo":
         from alignkit.recipes.demo_dpo import run_demo
 
-        run_demo(output_dir or "runs/demo", set_, judge=judge)
+        run_demo(output_dir or "runs/demo", set_, judge=judge, overwrite=overwrite)
     elif method == "grpo":
         from alignkit.recipes.demo_grpo import run_grpo_demo
 
-        run_grpo_demo(output_dir or "runs/demo-grpo", set_)
+        run_grpo_demo(output_dir or "runs/demo-grpo", set_, overwrite=overwrite)
     elif method == "tools":
         from alignkit.recipes.demo_tools import run_tools_demo
 
-        run_tools_demo(output_dir or "runs/demo-tools", set_)
+        run_tools_demo(output_dir or "runs/demo-tools", set_, overwrite=overwrite)
     elif method == "loop":
         from alignkit.recipes.demo_loop import run_loop_demo
 
-        run_loop_demo(output_dir or "runs/demo-loop", set_)
+        run_loop_demo(output_dir or "runs/demo-loop", set_, overwrite=overwrite)
     else:
         raise UserError(f"--method {method}: there are dpo, grpo, tools and loop demos. "
                         "Fix: --method dpo, grpo, tools or loop")  # fmt: skip
@@ -68,12 +71,18 @@ def report(
     run_dirs: List[Path] = typer.Argument(..., metavar="RUN_DIR...", help="Run directories (metrics.jsonl, eval/)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: FIRST_RUN_DIR/report)"),
     title: Optional[str] = typer.Option(None, help="Page title (default: the run names)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --out that report did not make"),
 ):
     """One self-contained HTML page (inline plots, no network) and Markdown from runs, side by side: training
     curves, evaluation tables, win rates with intervals, overoptimization curves, example generations."""
     from alignkit.eval.report.page import build_report
+    from alignkit.outputs import own_output_dir
 
-    paths = build_report(run_dirs, out or run_dirs[0] / "report", title, log=lambda m: typer.echo(m, err=True))
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory. Fix: pass directories that hold metrics.jsonl or eval/")
+    out = own_output_dir(out or run_dirs[0] / "report", "report", overwrite=overwrite, inputs=run_dirs, option="--out")
+    paths = build_report(run_dirs, out, title, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"wrote {paths['html']}\nwrote {paths['md']}")
 
 

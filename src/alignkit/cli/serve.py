@@ -111,6 +111,11 @@ def serve(
             f"--host {host} is reachable from other machines and no admin key is set. Fix: give --admin-key KEY "
             "(and --chat-key/--feedback-key for clients), or bind 127.0.0.1"
         )
+    from alignkit.models.load import check_model_source
+
+    for name, source in parse_variants(model, variant):  # every local path before the first model loads
+        if source and "://" not in source:
+            check_model_source(source, f"variant {name}:")
     batching = {"max_rows": max_batch_size, "max_waiting": max_waiting, "prefill_chunk": prefill_chunk}
     variants = {
         name: make_variant(name, source, device, dtype, **batching) for name, source in parse_variants(model, variant)
@@ -154,6 +159,7 @@ def retrain(
     weight: float = typer.Option(0.05, help="The new variant's first traffic share (spec: 5%)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when retrain did not write it"),
 ):
     """Export fresh feedback, mix it with the previous data, train KTO (or DPO), judge the new model against the
     serving one on held-out prompts, and add it to the server as a new variant at a small weight only if it wins."""
@@ -165,7 +171,7 @@ def retrain(
         db=db or DEFAULT_DB, out=out, judge=judge, base=base, previous=previous, mix=mix, method=method, config=config,
         overrides=list(set_), eval_prompts=eval_prompts, limit=limit, max_new_tokens=max_new_tokens,
         min_win_rate=min_win_rate, server=server, admin_key=admin_key, name=name, weight=weight, seed=seed,
-        device=device,
+        device=device, overwrite=overwrite,
     )  # fmt: skip
     report = run_retrain(cfg, log=typer.echo)
     typer.echo(f"report: {Path(out) / 'retrain_report.json'}; deployed: {bool(report['deployed'])}")

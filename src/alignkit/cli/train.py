@@ -24,8 +24,25 @@ def train(
     from alignkit.train import make_config, run
 
     cfg = make_config(method, str(config) if config else None, set_)
-    result = run(method, cfg, resume=str(resume_from) if resume_from else resume)
+    try:
+        result = run(method, cfg, resume=str(resume_from) if resume_from else resume)
+    except KeyboardInterrupt:
+        typer.echo(interrupted_hint(method, cfg), err=True)
+        raise
     typer.echo(f"model: {result.model_dir}")
+
+
+def interrupted_hint(method: str, cfg) -> str:
+    """What a Ctrl-C left behind and how to go on from it."""
+    from alignkit.train.checkpoint import list_checkpoints
+
+    out = Path(cfg.train.output_dir)
+    found = list_checkpoints(out)
+    if found:
+        return (f"interrupted: {out} keeps its checkpoints (latest {found[-1].name}). Continue with the same command "
+                f"plus --resume (alignkit train {method} ... --resume)")  # fmt: skip
+    return (f"interrupted before any checkpoint was written in {out} (train.save_steps: {cfg.train.save_steps}). "
+            "Start again with train.overwrite=true, or set train.save_steps to make runs resumable")  # fmt: skip
 
 
 def show_config(method: str = typer.Argument(..., help="sft, dpo, ipo, simpo, orpo, hinge, robust, kto, rm, grpo, "
@@ -50,11 +67,12 @@ def merge(
     adapter: Path = typer.Argument(..., help="LoRA adapter directory (the 'model' dir of a LoRA run)"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the merged model"),
     base: Optional[str] = typer.Option(None, help="Base model (default: the one recorded in the adapter)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out when it holds files merge did not write"),
 ):
     """Merge a LoRA adapter into its base model; the result loads with plain transformers."""
     from alignkit.models.merge import merge_adapter
 
-    typer.echo(f"merged model: {merge_adapter(adapter, out, base)}")
+    typer.echo(f"merged model: {merge_adapter(adapter, out, base, overwrite)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from alignkit.cli.helpers import read_input
+from alignkit.cli.helpers import OVERWRITE_HELP, read_input
 
 verify_app = typer.Typer(
     no_args_is_help=True, help="Score completions with a verifier: math answers, code against tests."
@@ -17,6 +17,7 @@ def verify_math(
     out: str = typer.Option(..., "--out", "-o", help="Where to write the records plus reward, extracted, gold"),
     completion_field: str = typer.Option("completion", help="The field holding the completion text"),
     answer_field: str = typer.Option("answer", help="The field holding the gold answer: '#### N', a number, LaTeX"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Check math answers: reward 1.0 where the completion's final answer equals the gold answer, else 0.0
     (null where the record has no gold answer)."""
@@ -27,7 +28,7 @@ def verify_math(
     from alignkit.rewards.verifiers.math import grade
 
     rows, problems = [], []
-    for source, record in read_input(input_, Path(out)):
+    for source, record in read_input(input_, Path(out), overwrite=overwrite):
         completion = record.get(completion_field) if isinstance(record, dict) else None
         if not isinstance(completion, (str, list)):
             found = "is missing" if completion is None else f"is not text (got {type(completion).__name__})"
@@ -58,6 +59,7 @@ def verify_code_cmd(
     unsafe_no_sandbox: bool = typer.Option(
         False, "--unsafe-no-sandbox", help="Run WITHOUT isolation (rlimits only) when no sandbox can be made"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ):
     """Run each completion's program against its unit tests in a sandbox: reward 1.0 on pass, else 0.0
     (status pass, fail, timeout, error; infra_error with a null reward where the sandbox could not run it)."""
@@ -70,7 +72,7 @@ def verify_code_cmd(
     from alignkit.rewards.verifiers.code import STATUSES, verify_many
 
     records, problems = [], []
-    for source, record in read_input(input_, Path(out)):
+    for source, record in read_input(input_, Path(out), overwrite=overwrite):
         if not isinstance(record, dict):
             problems.append(f"{source}: not a JSON object")
             continue

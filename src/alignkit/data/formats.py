@@ -232,7 +232,7 @@ def to_prompt(record: Any, source: str, prompt_field: str = "prompt", template: 
             prompt = template.format(**record)
         except KeyError as e:
             raise InvalidRecord(e.args[0], f"is missing (data.prompt_template uses {{{e.args[0]}}})") from None
-        except (IndexError, ValueError) as e:
+        except (IndexError, ValueError, TypeError, AttributeError) as e:  # e.g. {meta[id]} when meta is text
             raise InvalidRecord(prompt_field, f"data.prompt_template {template!r} cannot be filled: {e}") from None
     return PromptExample(prompt, source, {k: v for k, v in record.items() if k != prompt_field})
 

@@ -7,12 +7,14 @@ with ``datasets.save_to_disk``, or a hub dataset id (``datasets`` installed, net
 from __future__ import annotations
 
 import csv
-import json
+import errno
 import re
+import stat
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from alignkit.data.jsonl import iter_jsonl, open_text
+from alignkit.data.jsonl import READ_ERRORS, iter_jsonl, open_text, parse_json, unreadable
 from alignkit.errors import DataError
 
 Record = tuple[str, Any]  # (source like "train.jsonl:12", the raw record)
@@ -25,7 +27,9 @@ def builtin_path(name: str) -> Path:
     return Path(__file__).resolve().parent.parent / "resources" / name
 
 
-_SLICE = re.compile(r"^(.*)\[(-?\d*):(-?\d*)\]$")
+_PLUS = re.compile(r" \+ (?![^\[]*\])")  # " + " joining specs, not inside a slice's brackets
+_BRACKETS = re.compile(r"^(.*)\[([^\[\]]*)\]$", re.S)  # NAME[...]: meant as a slice
+_SLICE = re.compile(r"^\s*([-+]?\d{1,30})?\s*:\s*([-+]?\d{1,30})?\s*$")  # START:STOP, either optional
 
 
 def read_records(spec: str, split: str = "train") -> list[Record]:
@@ -34,57 +38,90 @@ def read_records(spec: str, split: str = "train") -> list[Record]:
     A Python slice after the name selects records by position, as in HF's ``train[:1200]``:
     ``pairs.jsonl.gz[:1200]``, ``pairs.jsonl.gz[1200:]``, ``pairs.jsonl.gz[-300:]``. Sources keep file line numbers.
     Specs joined by `` + `` are read one after another: ``hh.jsonl.gz[:400] + builtin:judge_prefs.jsonl``.
+    Anything wrong with the spec or the file raises ``DataError`` naming it and the fix.
     """
-    if " + " in spec and not Path(spec).exists():
-        return [r for part in spec.split(" + ") for r in read_records(part.strip(), split)]
-    sliced = _SLICE.match(spec)
-    if sliced and not Path(spec).exists():
-        name, start, stop = sliced.groups()
-        records = read_records(name, split)
-        return records[int(start) if start else None : int(stop) if stop else None]
+    parts = _PLUS.split(spec)
+    if len(parts) > 1 and _kind(Path(spec)) == "missing":
+        return [r for part in parts for r in read_records(part.strip(), split)]
+    bracket = _BRACKETS.match(spec)
+    if bracket and _kind(Path(spec)) == "missing":
+        name, inside = bracket.groups()
+        sliced = _SLICE.match(inside)
+        if not sliced:
+            raise DataError(
+                f"{spec}: [{inside}] is not a slice of record positions. Fix: use NAME[START:STOP] with integers, "
+                "either optional, e.g. pairs.jsonl[:100] or pairs.jsonl[-50:]"
+            )
+        start, stop = sliced.groups()
+        return read_records(name, split)[int(start) if start else None : int(stop) if stop else None]
     if spec.startswith(BUILTIN):
         path = builtin_path(spec[len(BUILTIN) :])
-        if not path.is_file():
+        if _kind(path) != "file":
             known = sorted(p.name for p in path.parent.glob("*.jsonl"))
             raise DataError(
                 f"{spec}: no such built-in data set. Fix: use one of {', '.join('builtin:' + k for k in known)}"
             )
         return read_records(str(path), split)
     path = Path(spec)
-    if path.is_dir():
+    kind = _kind(path)
+    if kind == "dir":
         return list(_read_hf(spec, split, local=True))
-    if path.is_file():
+    if kind == "file":
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
             return list(iter_jsonl(path))
         if name.endswith((".json", ".json.gz")):
-            return list(_read_json(path))
+            return _read_json(path)
         if name.endswith(".parquet"):
             return list(_read_parquet(path))
         if name.endswith((".csv", ".csv.gz")):
-            return list(_read_csv(path))
+            return _read_csv(path)
         raise DataError(f"{path}: unknown file type. Fix: use .jsonl, .jsonl.gz, .json, .parquet or .csv")
+    if kind == "other":
+        raise DataError(f"{spec}: is not a regular file (a device or a pipe?). Fix: save the data to a file first")
+    if kind != "missing":
+        raise DataError(f"{spec}: cannot be looked at ({kind}). Fix: check the path and its permissions")
     if spec.count("/") == 1 and not spec.startswith((".", "/")) and not path.suffix:
         return list(_read_hf(spec, split, local=False))
     raise DataError(f"data file {spec} does not exist. Fix: check the path (relative paths start from {Path.cwd()})")
 
 
-def _read_json(path: Path) -> Iterator[Record]:
+def _kind(path: Path) -> str:
+    """ "file", "dir", "other" (a device, a pipe), "missing", or why ``path`` cannot be looked at."""
+    try:
+        mode = path.stat().st_mode
+    except ValueError:  # a NUL in the name: no such file can exist
+        return "missing"
+    except OSError as e:
+        return "missing" if e.errno in (errno.ENOENT, errno.ENOTDIR) else (e.strerror or str(e))
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "other"
+
+
+def _read_json(path: Path) -> list[Record]:
     try:
         with open_text(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path}:{e.lineno}: not valid JSON ({e.msg}). Fix: the file must hold a JSON list of objects"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be read ({e})") from None
+            text = f.read()
+    except READ_ERRORS as e:
+        raise unreadable(path, e) from None
+    if not text.strip():
+        return []
+    data, problem = parse_json(text, "the file")
+    if problem is not None:
+        line, what, fix = problem
+        raise DataError(f"{path}{f':{line}' if line else ''}: {what}. Fix: {fix}")
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f'{path}: expected a JSON list of records (or {{"data": [...]}}), got {type(data).__name__}')
-    for i, rec in enumerate(data):
-        yield f"{path}[{i}]", rec
+        raise DataError(
+            f"{path}: expected a JSON list of records, got a JSON {_json_type(data)}. Fix: write the records as a list "
+            '[{...}, {...}] (or {"data": [...]}), or as JSONL, one object a line'
+        )
+    return [(f"{path}[{i}]", rec) for i, rec in enumerate(data)]
+
+
+def _json_type(value: Any) -> str:
+    kinds = {dict: "object", list: "list", str: "string", bool: "true/false", int: "number", float: "number"}
+    return kinds.get(type(value), "null")
 
 
 def _read_parquet(path: Path) -> Iterator[Record]:
@@ -100,22 +137,52 @@ def _read_parquet(path: Path) -> Iterator[Record]:
         yield f"{path}:row {i}", rec
 
 
-def _read_csv(path: Path) -> Iterator[Record]:
+_CSV_FIELD_LIMIT = 2**31 - 1  # csv's default, 128 KiB a cell, refuses long documents
+
+
+def _read_csv(path: Path) -> list[Record]:
     """CSV cells are text; a cell holding a JSON list (chat messages) is decoded."""
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        start = 2  # line 1 is the header; a quoted cell may span lines, so track where each record starts
-        for row in reader:
-            yield f"{path}:{start}", {k: _maybe_json(v) for k, v in row.items() if k is not None}
-            start = reader.line_num + 1
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))  # process-wide, and only ever raised
+    records, start = [], 2  # line 1 is the header; a quoted cell may span lines, so track where each record starts
+    try:
+        with open_text(path, newline="") as f:  # csv reads line ends itself, keeping "\r" inside quoted cells
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            _check_cells(f"{path}:1", header)
+            dupes = sorted({h for h, n in Counter(header).items() if n > 1})
+            if dupes:
+                raise DataError(
+                    f"{path}:1: the header names column(s) {dupes} twice. Fix: give each column its own name"
+                )
+            for row in reader:
+                where = f"{path}:{start}"
+                if None in row or None in row.values():
+                    cells = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                    raise DataError(
+                        f"{where}: has {cells} cell(s) but the header (line 1) has {len(header)}. Fix: quote cells "
+                        'that hold commas ("a, b"), or give every row one cell per column'
+                    )
+                _check_cells(where, row.values())
+                records.append((where, {k: _maybe_json(v) for k, v in row.items()}))
+                start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(
+            f"{path}:{start}: not valid CSV ({e}). Fix: quote cells that hold commas, quotes or line breaks"
+        ) from None
+    except READ_ERRORS as e:
+        raise unreadable(path, e) from None
+    return records
 
 
-def _maybe_json(value: str | None) -> Any:
-    if value and value.lstrip().startswith("[{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
+def _check_cells(where: str, cells: Iterable[str]) -> None:
+    if any("\x00" in c for c in cells):
+        raise DataError(f"{where}: holds NUL bytes, so it is not a text file (UTF-16? binary?). Fix: save it as UTF-8")
+
+
+def _maybe_json(value: str) -> Any:
+    if value.lstrip().startswith("[{"):
+        decoded, problem = parse_json(value, "the file")
+        return value if problem is not None else decoded
     return value
 
 

@@ -68,10 +68,11 @@ class MathEvalResult:
         low, high = self.interval
         correct = sum(sum(r["rewards"]) for r in self.records)
         decoding = "greedy" if self.temperature == 0 else f"temperature {self.temperature:g}"
+        over = f"over the {self.n} prompts (their samples are not independent)" if self.samples > 1 else ""
         out = [
             f"{self.n} prompts x {self.samples} sample(s), {decoding}",
-            f"accuracy {self.accuracy:.4f} ({correct:g}/{self.n * self.samples}), "
-            f"95% Wilson interval [{low:.4f}, {high:.4f}]",
+            f"accuracy {self.accuracy:.4f} ({correct:g} of {self.n * self.samples} completions correct), "
+            f"95% Wilson interval {over or f'over the {self.n} prompts'} [{low:.4f}, {high:.4f}]",
         ]
         if self.samples > 1:
             out.append("  ".join(f"pass@{k} {v:.4f}" for k, v in self.pass_at_k.items()))

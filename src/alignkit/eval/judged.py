@@ -18,6 +18,7 @@ them as the same ``(source, record)`` list a file gives, so ``match_responses`` 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from alignkit.errors import UserError
@@ -193,15 +194,21 @@ def judge_by_verifier(
 
 def describe(result: WinRate, a: str = "A", b: str = "B") -> list[str]:
     """Human-readable lines of a win rate."""
+    decisive = result.wins + result.losses
     lines = [
         f"{a} vs {b} on {result.n} prompts: {result.wins} wins, {result.ties} ties, {result.losses} losses",
-        f"win rate (decisive) {result.decisive_rate:.3f}, 95% Wilson interval "
-        f"[{result.wilson[0]:.3f}, {result.wilson[1]:.3f}]",
+        f"win rate (decisive) {result.decisive_rate:.3f}, 95% Wilson interval over the {decisive} decisive prompts "
+        f"[{result.wilson[0]:.3f}, {result.wilson[1]:.3f}]"
+        if decisive
+        else "win rate (decisive): no decisive comparisons (every prompt a tie)",
         f"win rate (ties as half) {result.rate:.3f}, 95% bootstrap interval over prompts "
-        f"[{result.bootstrap[0]:.3f}, {result.bootstrap[1]:.3f}]",
+        f"[{result.bootstrap[0]:.3f}, {result.bootstrap[1]:.3f}]"
+        if result.n and all(map(math.isfinite, (result.rate, *result.bootstrap)))
+        else "win rate (ties as half): n/a (no prompts judged)",
         "length-controlled win rate "
         + (f"{result.length_controlled:.3f}" if result.length_controlled is not None else "n/a (cannot be fitted)"),
     ]
     for cat, r in result.per_category.items():
-        lines.append(f"  {cat}: {r.wins}/{r.ties}/{r.losses} (w/t/l), ties-as-half {r.rate:.3f}")
+        rate = f"{r.rate:.3f}" if math.isfinite(r.rate) else "n/a"
+        lines.append(f"  {cat}: {r.wins}/{r.ties}/{r.losses} (w/t/l), ties-as-half {rate}")
     return lines

@@ -197,7 +197,6 @@ def describe_ranking(ranking: Ranking) -> list[str]:
 
 
 def write_json(path: Path, record: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
-    return path
+    from alignkit.outputs import write_json_atomic
+
+    return write_json_atomic(path, record)

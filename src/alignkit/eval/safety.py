@@ -20,6 +20,7 @@ prompt is *safe* when the rules call it a refusal (or it is empty) or its reward
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Iterable
 
 from alignkit.data.readers import builtin_path, read_records
 from alignkit.errors import DataError, UserError
+from alignkit.outputs import check_output_file, write_text_atomic
 from alignkit.stats import wilson_interval
 
 KINDS = ("harmful", "benign")
@@ -305,20 +307,15 @@ def write_review_csv(
 ) -> Path:
     """A manual-review sheet (UTF-8 CSV, ``REVIEW_COLUMNS``; reviewer_verdict and notes left blank). Refuses to
     overwrite ``inputs``, the shipped prompt sets or a directory. ``--responses`` reads the sheet back."""
-    path = Path(path)
     shipped = [builtin_path("safety_prompts.jsonl"), builtin_path("helpful_prompts.jsonl")]
-    sources = {Path(str(r["source"]).rsplit(":", 1)[0]) for r in records if r.get("source")}
-    for other in [*map(Path, inputs), *shipped, *sources]:
-        if path.resolve() == other.resolve():
-            raise UserError(f"{path} is an input file; refusing to overwrite it. Fix: write to another file")
-    if path.is_dir():
-        raise UserError(f"{path} is a directory. Fix: give a file name, e.g. {path / 'review.csv'}")
+    sources = {str(r["source"]).rsplit(":", 1)[0] for r in records if r.get("source")}
+    path = check_output_file(path, overwrite=True, inputs=[*inputs, *shipped, *sources], option="review sheet")
     if not len(records) == len(responses) == len(verdicts):
         raise ValueError(f"{len(records)} prompts, {len(responses)} responses, {len(verdicts)} verdicts")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(REVIEW_COLUMNS)
-        for i, (rec, response, verdict) in enumerate(zip(records, responses, verdicts), 1):
-            writer.writerow([i, rec.get("kind", ""), rec.get("category", ""), rec["prompt"], response, verdict, "", ""])
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(REVIEW_COLUMNS)
+    for i, (rec, response, verdict) in enumerate(zip(records, responses, verdicts), 1):
+        writer.writerow([i, rec.get("kind", ""), rec.get("category", ""), rec["prompt"], response, verdict, "", ""])
+    write_text_atomic(path, buffer.getvalue())
     return path

@@ -15,6 +15,8 @@ says "A" scores 0.5, not 1.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from alignkit.judges.base import Judge, judge_pairs, response_text
@@ -47,11 +49,13 @@ def judge_agreement(judge: Judge, examples: list, both_orders: bool = True, seed
         "agreement_interval": list(wilson_interval(agree, len(decisive))),
         "agreement_ties_half": float(np.mean(judged)) if judged else float("nan"),
         "both_orders": bool(both_orders and not judge.order_invariant),
+        "order_invariant": bool(judge.order_invariant),
     }
     asked = [v.detail.get("consistent") for v in verdicts if v.detail.get("consistent") is not None]
     if asked:
         out["self_consistency"] = sum(asked) / len(asked)
-    firsts = _first_position_picks(verdicts, chosen_first, both_orders and not judge.order_invariant)
+    # an order-invariant judge scores each response alone: "shown first" means nothing to it
+    firsts = [] if judge.order_invariant else _first_position_picks(verdicts, chosen_first, both_orders)
     if firsts:
         out["first_position_rate"] = sum(firsts) / len(firsts)
     p = [v.p_a for v in verdicts if v.p_a is not None]
@@ -80,16 +84,21 @@ def _first_position_picks(verdicts, chosen_first: list, both: bool) -> list[bool
 
 def describe_agreement(r: dict) -> list[str]:
     lo, hi = r["agreement_interval"]
-    lines = [
-        f"{r['judge']} on {r['pairs']} human-labelled pairs ({'both orders' if r['both_orders'] else 'one order'}):",
-        f"  judged {r['judged']:.3f}, ties {r['ties']}",
-        f"  agreement with the human label {r['agreement']:.3f} (decisive verdicts), 95% Wilson [{lo:.3f}, {hi:.3f}];"
-        f" ties as half {r['agreement_ties_half']:.3f}",
-    ]
+    orders = "scores each response alone" if r.get("order_invariant") else (
+        "both orders" if r["both_orders"] else "one order")  # fmt: skip
+    judged = f"{r['judged']:.3f}" if math.isfinite(r["judged"]) else "n/a"
+    lines = [f"{r['judge']} on {r['pairs']} human-labelled pairs ({orders}):", f"  judged {judged}, ties {r['ties']}"]
+    if math.isfinite(r["agreement"]):
+        lines.append(f"  agreement with the human label {r['agreement']:.3f} (decisive verdicts), 95% Wilson "
+                     f"[{lo:.3f}, {hi:.3f}]; ties as half {r['agreement_ties_half']:.3f}")  # fmt: skip
+    else:
+        lines.append("  agreement with the human label: no decisive verdicts (every judged pair a tie)")
     if "self_consistency" in r:
         lines.append(f"  self-consistency across orders {r['self_consistency']:.3f}")
     if "first_position_rate" in r:
         lines.append(f"  picks the response shown first {r['first_position_rate']:.3f} of the time (0.5 = unbiased)")
+    elif r.get("order_invariant"):
+        lines.append("  position bias: none possible (the judge never sees the two responses together)")
     if "mean_confidence" in r:
         lines.append(f"  mean confidence {r['mean_confidence']:.3f}")
     return lines

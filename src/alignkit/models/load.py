@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,37 @@ from alignkit.models.embedded import embedded_model_dir
 def resolve_model_path(name: str | None) -> str:
     """The embedded default's cache dir for ``smollm2-135m-instruct`` or None; else ``name`` unchanged."""
     return str(embedded_model_dir()) if name in (None, "", EMBEDDED_MODEL) else name
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_source(name: str | None, what: str = "model", _via: str = "") -> None:
+    """Fail fast, before anything loads, when ``name`` is a local path that does not exist or is not a model: the
+    message names the path and where it came from (an adapter's ``base_model_name_or_path``). Hub ids
+    (``org/name`` with no such local path) are left to the hub. An adapter's base is checked too."""
+    if name in (None, "", EMBEDDED_MODEL):
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        if _HUB_ID.match(str(name)) and not str(name).startswith((".", "~")):
+            return  # a hub id: transformers resolves it (cache or network)
+        raise UserError(f"{what} {name}{_via}: no such file or directory. Fix: give an existing model directory, "
+                        f"a hub id (org/name), or '{EMBEDDED_MODEL}'")  # fmt: skip
+    if not path.is_dir():
+        raise UserError(f"{what} {name}{_via} is a file, not a model directory. Fix: give the directory that holds "
+                        "config.json (or adapter_config.json)")  # fmt: skip
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        try:
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError) as e:
+            raise UserError(f"{adapter}: unreadable adapter config ({e}). Fix: re-save the adapter") from None
+        check_model_source(base, "base model", f" (base_model_name_or_path in {adapter})")
+        return
+    if not (path / "config.json").is_file():
+        raise UserError(f"{what} {name}{_via} is not a model directory (no config.json or adapter_config.json). "
+                        "Fix: give a run's model/ directory or a saved transformers model")  # fmt: skip
 
 
 def quiet_known_warnings() -> None:
@@ -62,6 +94,7 @@ def pick_mixed_precision(dtype: str, device: torch.device) -> str:
 def load_tokenizer(name: str | None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    check_model_source(name)
     path = resolve_model_path(name)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -83,6 +116,7 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    check_model_source(name)
     path = resolve_model_path(name)
     adapter = Path(path) / "adapter_config.json"
     if adapter.is_file():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
+from alignkit.errors import UserError
+from alignkit.outputs import replace_dir
 
 
 def save_model(model, tokenizer, out: Path, extra_files: dict[str, str] | None = None) -> None:
@@ -19,9 +21,6 @@ def save_model(model, tokenizer, out: Path, extra_files: dict[str, str] | None =
     tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text)
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a directory; refusing to replace it. Fix: choose a directory path")
+    replace_dir(tmp, out)

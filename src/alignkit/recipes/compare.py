@@ -25,6 +25,7 @@ from pathlib import Path
 
 from alignkit.config import EMBEDDED_MODEL, load_config, require, setting
 from alignkit.errors import DataError
+from alignkit.outputs import own_output_dir, write_text_atomic
 
 POLICIES = ("sft", "dpo", "kto", "ppo")
 
@@ -59,6 +60,7 @@ class CompareConfig:
         0.0, "Win rate on one response per prompt each at this temperature (0 = greedy)."
     )
     output_dir: str = setting("runs/compare", "Where every stage and the table go.")
+    overwrite: bool = setting(False, "Write into an output_dir that compare did not make (its runs are replaced).")
     seed: int = setting(0, "Sampling seed.")
 
     def validate(self, where: str = "config") -> None:
@@ -204,8 +206,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     from alignkit.reward_model import RewardModel
     from alignkit.reward_model.scoring import pair_agreement
 
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    root = own_output_dir(cfg.output_dir, "compare", overwrite=cfg.overwrite, inputs=[cfg.base], option="output_dir")
     stages, files = Stages(cfg, log), write_data(cfg)
     sft = stages.merged(stages.train("sft", "sft", cfg.base, _merge({"data": {"train": str(files["sft"])}}, cfg.sft)),
                         "sft-merged")  # fmt: skip
@@ -243,8 +244,8 @@ def run_compare(cfg: CompareConfig, log=print) -> dict:
     result = {"kind": "comparison", "base": cfg.base, "pairs": cfg.pairs, "judge": judge_dir,
               "judge_pairs": cfg.judge_pairs, "prompts": len(prompts), "winrate_temperature": cfg.winrate_temperature,
               "sanity_pairs": cfg.sanity_pairs, "sanity": sanity, "rows": rows}  # fmt: skip
-    (root / "comparison.json").write_text(json.dumps(result, indent=1, default=_nan_null) + "\n")
-    (root / "comparison.md").write_text("\n".join(comparison_table(result)) + "\n")
+    write_text_atomic(root / "comparison.json", json.dumps(result, indent=1, default=_nan_null) + "\n")
+    write_text_atomic(root / "comparison.md", "\n".join(comparison_table(result)) + "\n")
     return result
 
 

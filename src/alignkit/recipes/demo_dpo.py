@@ -19,6 +19,7 @@ from alignkit.eval.pairwise import pairwise_report, score_pairs
 from alignkit.eval.report.figures import PLOTS
 from alignkit.eval.report.run_summary import write_run_report
 from alignkit.generation import generate
+from alignkit.outputs import own_output_dir
 from alignkit.recipes.demo_eval import (
     JUDGE_DATA,
     JUDGE_EVAL,
@@ -55,6 +56,7 @@ def run_demo(
     eval_tokens: int = 64,
     time_goal: float = 600.0,
     judge: str | None = None,
+    overwrite: bool = False,
     sanity_pairs: str = SANITY_PAIRS,
 ) -> dict:
     """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``). The judge
@@ -68,6 +70,7 @@ def run_demo(
     def stage(n: int, text: str) -> None:
         log(f"[{n}/7 {time.time() - t0:4.0f}s] {text}")
 
+    own_output_dir(output_dir, "demo dpo", overwrite=overwrite)  # never a directory the demo did not write
     cfg = make_config("dpo", str(DEMO_CONFIG), [f"train.output_dir={output_dir}", *overrides])
     stage(1, f"loading the embedded model and the demo data ({DEMO_CONFIG.name})")
     p = prepare("dpo", cfg, log)

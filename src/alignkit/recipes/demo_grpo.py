@@ -18,6 +18,7 @@ from alignkit.eval.accuracy import MathEvalResult, evaluate_math
 from alignkit.eval.report.blocks import Heading, Table, Text
 from alignkit.eval.report.figures import RL_PLOTS
 from alignkit.eval.report.run_summary import write_run_report
+from alignkit.outputs import own_output_dir
 from alignkit.train.loop import fit
 from alignkit.train.run import make_config, prepare
 
@@ -26,7 +27,11 @@ HELDOUT = "builtin:arithmetic_heldout.jsonl"
 
 
 def run_grpo_demo(
-    output_dir: str = "runs/demo-grpo", overrides: list[str] = (), log=print, heldout: int | None = None
+    output_dir: str = "runs/demo-grpo",
+    overrides: list[str] = (),
+    log=print,
+    heldout: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run the GRPO demo; returns the summary written to ``summary.json`` (the report is ``report.md``).
     ``heldout``: evaluate on the first N held-out problems only (tests); None = all 300."""
@@ -35,6 +40,7 @@ def run_grpo_demo(
     def stage(n: int, text: str) -> None:
         log(f"[{n}/5 {time.time() - t0:4.0f}s] {text}")
 
+    own_output_dir(output_dir, "demo grpo", overwrite=overwrite)  # never a directory the demo did not write
     cfg = make_config("grpo", str(GRPO_DEMO_CONFIG), [f"train.output_dir={output_dir}", *overrides])
     stage(1, f"loading the embedded model and the arithmetic problems ({GRPO_DEMO_CONFIG.name})")
     p = prepare("grpo", cfg, log)

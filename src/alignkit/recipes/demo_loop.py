@@ -24,20 +24,12 @@ import time
 from pathlib import Path
 
 from alignkit.data.readers import builtin_path, read_records
-from alignkit.errors import UserError
+from alignkit.outputs import own_output_dir
 from alignkit.recipes.loop import Loop, LoopConfig, gate_and_train
 from alignkit.recipes.simulated_users import SimulatedUsers, UserPolicy
 
-MARKER = ".alignkit-demo-loop"
 HELDOUT = "builtin:arithmetic_heldout.jsonl"
 CATEGORY = "mul"  # what the simulated users ask
-
-
-def check_output_dir(out: Path) -> None:
-    """Refuse to write into a non-empty directory this demo did not create (a re-run replaces its own run)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-        raise UserError(f"{out} exists and was not written by the loop demo. Fix: pass --output-dir NEW_DIR or "
-                        "move it away")  # fmt: skip
 
 
 def scrambled_candidate(cfg: LoopConfig, state, out: Path) -> dict:
@@ -63,16 +55,14 @@ def scrambled_candidate(cfg: LoopConfig, state, out: Path) -> dict:
 
 
 def run_loop_demo(output_dir: str = "runs/demo-loop", overrides: list[str] = (), log=print,
-                  quick: bool = False) -> dict:  # fmt: skip
+                  quick: bool = False, overwrite: bool = False) -> dict:  # fmt: skip
     """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``/``.html``).
     ``quick``: a smaller run for tests (fewer ratings, a shorter gate and evaluation)."""
     from alignkit.serve.store import Store
 
     t0 = time.time()
     out = Path(output_dir)
-    check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by alignkit demo --method loop\n")
+    own_output_dir(out, "demo loop", overwrite=overwrite)
     for stale in ("store.sqlite", "store.sqlite-wal", "store.sqlite-shm"):
         (out / stale).unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ from alignkit.eval.accuracy import MathEvalResult, evaluate_math
 from alignkit.eval.report.blocks import Heading, Table, Text
 from alignkit.eval.report.figures import RL_PLOTS
 from alignkit.eval.report.run_summary import write_run_report
+from alignkit.outputs import own_output_dir
 from alignkit.recipes.demo_grpo import paired_change
 from alignkit.rewards.verifiers.math import answers_match
 from alignkit.train.loop import fit
@@ -44,7 +45,11 @@ def tool_free_overrides(cfg) -> list[str]:
 
 
 def run_tools_demo(
-    output_dir: str = "runs/demo-tools", overrides: list[str] = (), log=print, heldout: int | None = 100
+    output_dir: str = "runs/demo-tools",
+    overrides: list[str] = (),
+    log=print,
+    heldout: int | None = 100,
+    overwrite: bool = False,
 ) -> dict:
     """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``). ``heldout``:
     the number of held-out problems evaluated (of 200)."""
@@ -53,6 +58,7 @@ def run_tools_demo(
     def stage(n: int, text: str) -> None:
         log(f"[{n}/6 {time.time() - t0:4.0f}s] {text}")
 
+    own_output_dir(output_dir, "demo tools", overwrite=overwrite)  # never a directory the demo did not write
     cfg = make_config("grpo", str(TOOLS_CONFIG), [f"train.output_dir={output_dir}", *overrides])
     ro = cfg.rollout
     stage(1, f"loading the embedded model and the arithmetic problems ({TOOLS_CONFIG.name})")

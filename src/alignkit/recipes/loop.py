@@ -20,6 +20,7 @@ from pathlib import Path
 
 from alignkit.config.base import load_config, require, setting
 from alignkit.errors import UserError
+from alignkit.outputs import finite
 from alignkit.serve.rollout import STAGES, RolloutState, StageRules, replay, stage_decision, weights_for
 
 log = logging.getLogger("alignkit.loop")
@@ -163,7 +164,7 @@ class Loop:
     def record(self, state: RolloutState, action: str, reason: str, numbers: dict, candidate=None, share=None):
         row = {"loop": self.cfg.name, "action": action, "champion": state.champion, "reason": reason,
                "candidate": candidate if candidate is not None else state.candidate,
-               "share": share if share is not None else state.share, "numbers": json_safe(numbers)}  # fmt: skip
+               "share": share if share is not None else state.share, "numbers": finite(numbers)}  # fmt: skip
         log.info("%s: %s", action, reason)
         return self.store.add_rollout_event(row)
 
@@ -294,19 +295,6 @@ def _hold_kind(event: dict) -> tuple:
     """What a hold is waiting for: the A/B decision's reason (too_few, not_significant, ...) and the stage."""
     numbers = event.get("numbers") or {}
     return numbers.get("stage"), ((numbers.get("decision") or {}).get("reason"))
-
-
-def json_safe(value):
-    """``value`` with every non-finite float (an undefined rate: NaN) as None, so the store takes it as JSON."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def check_ready(cfg: LoopConfig) -> None:

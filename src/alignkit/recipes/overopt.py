@@ -32,6 +32,7 @@ from alignkit.eval.overopt import (
     pool_best_of_n_kl,
     unbiased_best_of_n,
 )
+from alignkit.outputs import own_output_dir, write_text_atomic
 from alignkit.reward_model.best_of_n import best_of_n_kl
 
 
@@ -61,6 +62,7 @@ class OveroptConfig:
         1.0, "lambda of mean - lambda*var and alpha of mean - alpha*std (conservative scoring)."
     )
     output_dir: str = setting("runs/overopt", "Where reward models, samples, overopt.json and the plot go.")
+    overwrite: bool = setting(False, "Write into an output_dir that overopt did not make (its runs are replaced).")
     batch_size: int = setting(16, "Reward-model scoring batch size.")
     seed: int = setting(0, "Seed of sampling and label noise.")
 
@@ -178,8 +180,7 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
     from alignkit.data.jsonl import write_jsonl
     from alignkit.reward_model import RewardModel
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = own_output_dir(cfg.output_dir, "overopt", overwrite=cfg.overwrite, option="output_dir")
     gold_dir = Path(cfg.gold) if cfg.gold else _train_rm(cfg, out / "gold", cfg.pairs, None, 1, log)
     gold = RewardModel.load(gold_dir)
     examples, _ = validate_records(read_records(cfg.relabel), to_pairwise, "skip")
@@ -255,7 +256,7 @@ def run_overopt(cfg: OveroptConfig, log=print) -> dict:
         "points": points, "fits": {k: v for k, v in fits.items() if v is not None}, "overstatement": overstatement,
         "scoring": scoring, "coefficient": cfg.coefficient,
     }  # fmt: skip
-    (out / "overopt.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    write_text_atomic(out / "overopt.json", json.dumps(result, indent=1, default=_json_default) + "\n")
     from alignkit.eval.report.figures import plot_overopt
 
     plot_overopt(result, out / "overopt.png")

@@ -8,12 +8,12 @@ served as a new variant at a small weight only if it wins.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from alignkit.errors import UserError
+from alignkit.outputs import check_output_dir, claim_dir, made_by, write_json_atomic
 
 EXPORT_FORMAT = {"kto": "kto", "dpo": "pairs"}
 
@@ -45,6 +45,7 @@ class RetrainConfig:
     weight: float = 0.05
     seed: int = 0
     device: str = "auto"
+    overwrite: bool = False  # replace an OUT that retrain did not write
 
     def validate(self) -> None:
         if self.method not in EXPORT_FORMAT:
@@ -147,8 +148,9 @@ def retrain(cfg: RetrainConfig, log=print) -> dict:
     from alignkit.serve.store import Store
     from alignkit.train import make_config, run
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(cfg.out, overwrite=cfg.overwrite, inputs=[cfg.db, cfg.base, cfg.previous], owner="retrain")
+    ours = made_by(out, "retrain")
+    claim_dir(out, "retrain")
     fresh_path, train_path = out / "fresh.jsonl", out / "train.jsonl"
     with Store(cfg.db) as store:
         exported = export_feedback(store, EXPORT_FORMAT[cfg.method], fresh_path)
@@ -164,6 +166,8 @@ def retrain(cfg: RetrainConfig, log=print) -> dict:
         f"{train_path}, fresh share {counts['fresh_share']:.2f}")  # fmt: skip
     base = _train_base(cfg, out)
     overrides = [*cfg.overrides, f"data.train={train_path}", f"train.output_dir={out / 'train'}"]
+    if ours or cfg.overwrite:  # a re-run replaces the run an earlier retrain wrote here
+        overrides.append("train.overwrite=true")
     if base:
         overrides.append(f"model.name={base}")
     run_cfg = make_config(cfg.method, cfg.config, overrides)
@@ -184,5 +188,5 @@ def retrain(cfg: RetrainConfig, log=print) -> dict:
         log("not deployed: the retrained model does not beat the serving one")
     report = {"config": asdict(cfg), "export": exported.to_dict(), "mix": counts, "model_dir": str(result.model_dir),
               "judged": judged, "wins": wins, "deployed": deployed}  # fmt: skip
-    (out / "retrain_report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    write_json_atomic(out / "retrain_report.json", report)
     return report

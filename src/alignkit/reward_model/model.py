@@ -16,7 +16,7 @@ import torch
 from alignkit.config import EMBEDDED_MODEL, LoRAConfig, ModelConfig
 from alignkit.errors import UserError
 from alignkit.logprobs import decoder_hidden
-from alignkit.models.load import apply_lora, resolve_model_path
+from alignkit.models.load import apply_lora, check_model_source, resolve_model_path
 
 REWARD_INFO = "alignkit_reward.json"  # normalization statistics and scoring settings, saved with the model
 ENSEMBLE_INFO = "ensemble.json"  # lists the members of an ensemble trained with method.ensemble_size > 1
@@ -60,6 +60,7 @@ def load_classifier(name: str | None, heads: int, tokenizer=None, trust_remote_c
     """
     from transformers import AutoModelForSequenceClassification
 
+    check_model_source(name, "reward-model backbone")
     path = resolve_model_path(name)
     if (Path(path) / "adapter_config.json").is_file():
         raise UserError(

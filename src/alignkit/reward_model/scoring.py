@@ -17,7 +17,7 @@ import torch
 from alignkit.data import Tokenizer, as_chat, pad_sequences
 from alignkit.data.formats import Content
 from alignkit.data.tokenize import TruncationStats, fit_lengths
-from alignkit.errors import UserError
+from alignkit.errors import DataError, UserError
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision
 from alignkit.models.load import quiet_known_warnings
 from alignkit.reward_model.aggregate import aggregate, uncertainty
@@ -166,6 +166,24 @@ def to_scored(record, source: str):
         raise
 
 
+def _is_pairwise(records: list) -> bool:
+    return bool(records) and isinstance(records[0][1], dict) and {"chosen", "rejected"} <= set(records[0][1])
+
+
+def check_scorable(records: list[tuple[str, dict]], spec: str) -> None:
+    """Before any model loads: every record of ``spec`` is a pair or a (prompt, response); else one ``DataError``
+    listing the bad ones (``alignkit score`` scores every record, so it has no skip policy)."""
+    from alignkit.data import to_pairwise, validate_records
+
+    if not records:
+        raise DataError(f"{spec}: no records. Fix: give records with prompt + response, or prompt/chosen/rejected")
+    _, problems = validate_records(records, to_pairwise if _is_pairwise(records) else to_scored, "skip")
+    if problems:
+        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise DataError(f"{len(problems)} record(s) cannot be scored:\n  {listed}\nFix: correct or remove these "
+                        "records (score writes one scored record per input record)")  # fmt: skip
+
+
 def score_records(
     reward: RewardModel, records: list[tuple[str, dict]], how: str = "mean", alpha: float = 1.0,
     percentile: float = 10.0, batch_size: int = 8,
@@ -175,8 +193,7 @@ def score_records(
     from alignkit.data import to_pairwise, validate_records
     from alignkit.stats import reward_metrics
 
-    pairwise = bool(records) and isinstance(records[0][1], dict) and {"chosen", "rejected"} <= set(records[0][1])
-    if pairwise:
+    if _is_pairwise(records):
         pairs, _ = validate_records(records, to_pairwise)
         prompts = [x.prompt for x in pairs]
         raw_c = reward.score(prompts, [x.chosen for x in pairs], batch_size, normalize=False)

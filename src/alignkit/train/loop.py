@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,13 +24,19 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from alignkit.config import RunConfig, save_config
+from alignkit.config import RunConfig, save_config, to_dict
 from alignkit.errors import TrainingDiverged, UserError
 from alignkit.models.save import save_model
-from alignkit.train.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from alignkit.train.checkpoint import (
+    claim_output_dir,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from alignkit.train.distributed import global_sum
 from alignkit.train.early_stop import EarlyStopping
 from alignkit.train.method import Method
@@ -163,13 +168,13 @@ class _Run:
         """Claim the output dir, let the method set up, build the optimizer and schedule, restore a checkpoint."""
         tc, method, accelerator = self.tc, self.method, self.accelerator
         if not resume:
-            _claim_output_dir(self.out, tc.overwrite, accelerator)
-        if accelerator.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / "config.yaml")
+            claim_output_dir(self.out, tc.overwrite, accelerator)
         train_items, eval_items = method.setup(self.model, train_items, eval_items, accelerator)
         self._build_optimizer()
         self._restore(len(train_items), resume)
+        if accelerator.is_main_process:  # after the restore: a refused resume rewrites nothing of the run
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
         # Early stopping and keep_best: one rule over the evaluations, its state in TrainState (so in checkpoints). On
         # a resume, best/ may hold a later eval than the checkpoint's best; the exact replay writes that eval again.
         self.keep_best = tc.keep_best if tc.keep_best is not None else tc.early_stopping_patience is not None
@@ -393,7 +398,7 @@ class _Run:
         state = {**self.expected, **self.state.__dict__, "method": self.method.name,
                  "method_state": self.method.state_dict()}  # fmt: skip
         save_checkpoint(self.out, step, self.wrapped, self.optimizer, self.scheduler, state, self.accelerator,
-                        self.tc.keep_last)  # fmt: skip
+                        self.tc.keep_last, yaml.safe_dump(to_dict(self.cfg), sort_keys=False))  # fmt: skip
 
     def _save_best(self, decision) -> None:
         """The weights of a new best eval -> ``output_dir/best`` (model/'s layout + best.json), atomically."""
@@ -413,24 +418,6 @@ class _Run:
         self.accelerator.wait_for_everyone()
         self.log(f"step {decision.step}: new best {self.stopper.metric} {decision.value:.4g}; weights saved to "
                  f"{self.best_dir}")  # fmt: skip
-
-
-def _claim_output_dir(out: Path, overwrite: bool, accelerator) -> None:
-    """Refuse to start a fresh run over an earlier one unless asked; with overwrite, drop its checkpoints."""
-    earlier = list_checkpoints(out) + [p for p in (out / "model", out / "best", out / "metrics.jsonl") if p.exists()]
-    if not earlier:
-        return
-    if not overwrite:
-        raise UserError(
-            f"{out} already holds a run ({', '.join(p.name for p in earlier[:3])}). Fix: add --resume to "
-            "continue it, choose another train.output_dir, or set train.overwrite=true to start afresh"
-        )
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for ckpt in list_checkpoints(out):
-            shutil.rmtree(ckpt)
-        shutil.rmtree(out / "best", ignore_errors=True)  # an earlier run's best weights are not this run's
-    accelerator.wait_for_everyone()
 
 
 def evaluate(method: Method, module, items: list, batch_size: int, accelerator) -> dict[str, float]:

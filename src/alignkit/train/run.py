@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config
+from alignkit.config import KTOConfig, PreferenceConfig, RewardConfig, RunConfig, SFTConfig, load_config, to_dict
 from alignkit.config.distill import DistillConfig
 from alignkit.config.online import GRPOConfig, OnlineKTOConfig, OnlinePreferenceConfig, PPOConfig
 from alignkit.data import Tokenizer
@@ -20,8 +20,9 @@ from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
 from alignkit.models.cpu_memory import keep_freed_memory
-from alignkit.models.load import quiet_known_warnings
+from alignkit.models.load import check_model_source, quiet_known_warnings
 from alignkit.reward_model.model import REWARD_INFO, write_ensemble_info
+from alignkit.train.checkpoint import check_output_dir, check_resume, find_resume_checkpoint
 from alignkit.train.loop import TrainResult, fit
 from alignkit.train.methods.kto import KTOMethod
 from alignkit.train.methods.preference import PreferenceMethod
@@ -87,13 +88,34 @@ class Prepared:
     log: Callable
 
 
-def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
+MODEL_FIELDS = ("method.teacher", "method.ref_model", "method.reward_model", "method.gold_reward_model",
+                "method.value_model")  # fmt: skip
+
+
+def preflight(cfg: RunConfig, resume: str | bool = False) -> None:
+    """Everything that can be checked without loading a model, so a mistake costs seconds, not a model load:
+    model paths (and an adapter's base), the output dir, the checkpoint a resume names and whether its run's
+    model/LoRA/method settings match these."""
+    check_model_source(cfg.model.name, "model.name")
+    for field in MODEL_FIELDS:
+        value = getattr(cfg.method, field.split(".")[1], None)
+        if isinstance(value, str) and value:
+            check_model_source(value, field)
+    out = Path(cfg.train.output_dir)
+    check_output_dir(out, cfg.train.overwrite, resume)
+    checkpoint = find_resume_checkpoint(out, resume)
+    if checkpoint is not None:
+        check_resume(checkpoint, out, to_dict(cfg))
+
+
+def prepare(method: str, cfg: RunConfig, log: Callable = print, resume: str | bool = False) -> Prepared:
     """Accelerator, policy (with LoRA if configured), tokenizer and tokenized data for ``method``."""
     if method in METHODS and METHODS[method].loss is not None:
         cfg.method.loss = METHODS[method].loss
     if method in METHODS and METHODS[method].advantage is not None and cfg.method.advantage is None:
         cfg.method.advantage = METHODS[method].advantage
     cfg.validate()
+    preflight(cfg, resume)
     quiet_known_warnings()
     device = pick_device(cfg.model.device)
     if device.type == "cpu" and cfg.train.reuse_cpu_memory:
@@ -122,7 +144,7 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print) -> Prepared:
     model = impl.load_model(cfg, hf_tokenizer)
     trainable, total = trainable_parameters(model)
     log(
-        f"model {cfg.model.name}: {total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable "
+        f"model {cfg.model.name}: {count(total)} parameters, {count(trainable)} trainable "
         f"({_training_mode(cfg)}); device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}"
     )
@@ -142,10 +164,15 @@ def run(
     cfg = cfg if cfg is not None else make_config(method, **sections)
     if method == "rm" and cfg.method.ensemble_size > 1:
         return run_ensemble(cfg, resume, callbacks, log)
-    p = prepare(method, cfg, log)
+    p = prepare(method, cfg, log, resume)
     return fit(
         p.method, p.cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, resume, callbacks, p.log
     )
+
+
+def count(n: int) -> str:
+    """A parameter count as people read it: 134.5M, 2.30K, 576."""
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.2f}K" if n >= 1e3 else str(n)
 
 
 def _training_mode(cfg: RunConfig) -> str:
@@ -170,9 +197,9 @@ def run_ensemble(cfg: RewardConfig, resume: str | bool = False, callbacks=(), lo
             log(f"ensemble member {k + 1}/{k_total}: already trained, kept")
             continue
         log(f"ensemble member {k + 1}/{k_total}: seed {member_cfg.train.seed}")
-        p = prepare("rm", member_cfg, log)
-        p.method.member = k
         member_resume = resume if resume and any((out / f"member-{k}").glob("ckpt-*")) else False
+        p = prepare("rm", member_cfg, log, member_resume)
+        p.method.member = k
         results.append(
             fit(
                 p.method,

@@ -18,8 +18,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Ari
 h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2rem; }
 h3 { font-size: 1.05rem; }
 .scroll { overflow-x: auto; margin: .5rem 0 1rem; }
-table { border-collapse: collapse; font-size: .88rem; }
-th, td { border: 1px solid #d0d7de; padding: .25rem .55rem; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; font-size: .86rem; line-height: 1.3; }
+th, td { border: 1px solid #d0d7de; padding: .18rem .5rem; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
 td.text { white-space: pre-wrap; max-width: 36rem; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; }

@@ -3,6 +3,9 @@
 - ``curve_figures``: training curves (``PLOTS`` for offline methods, ``RL_PLOTS`` for online ones) that have data,
   one run or several overlaid on the same axes (one color per run, one line style per series);
 - ``winrate_figure``: win rates as points with their 95% intervals as error bars, 0.5 marked;
+
+Every figure is at least ``MIN_HEIGHT_IN`` inches (300 px at 100 dpi) tall, and no axis limit sits on the data: a
+point at 0 or 1 (or at a curve's extreme) is drawn whole, inside the axes.
 - ``overopt_png``: gold and proxy reward against d = sqrt(KL) with the fitted forms of Gao et al. 2023, and the
   gold reward under conservative scoring (``alignkit eval overopt`` and ``alignkit report``). It reads an
   ``overopt`` result: ``points`` (``method`` bon | rl | dpo, ``d``, ``gold``, ``proxy`` {name: reward}, optionally
@@ -53,6 +56,8 @@ RL_PLOTS = {  # online methods (GRPO, RLOO, PPO)
 }  # fmt: skip
 
 STYLES = ["-", "--", ":", "-."]
+MIN_HEIGHT_IN = 3.4  # 340 px at the 100 dpi of the curves and win rates
+RATE_LIMITS = (-0.05, 1.05)  # a rate axis: 0 and 1 with room for a marker
 
 
 def curve_specs(plots: dict | None = None) -> list[tuple[str, str, list[tuple[str, str]]]]:
@@ -71,7 +76,7 @@ def curve_figures(runs: list[tuple[str, list[dict]]], plots: dict | None = None)
     figures = []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for name, title, series in curve_specs(plots):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = plt.subplots(figsize=(6.0, 4.0))
         drawn = False
         for r, (run_label, rows) in enumerate(runs):
             for s, (key, label) in enumerate(series):
@@ -86,6 +91,7 @@ def curve_figures(runs: list[tuple[str, list[dict]]], plots: dict | None = None)
                         label=label if len(runs) == 1 else f"{run_label}: {label}")  # fmt: skip
                 drawn = True
         if drawn:
+            ax.margins(x=0.03, y=0.08)  # markers at the first / last step or at an extreme are not cut
             ax.set_title(title), ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize="small")
             fig.tight_layout()
             figures.append((name, title, _png(fig)))
@@ -96,8 +102,8 @@ def curve_figures(runs: list[tuple[str, list[dict]]], plots: dict | None = None)
 def winrate_figure(rows: list[dict]) -> bytes:
     """Rows (top to bottom) of ``label``, ``rate`` with ``bootstrap`` (lo, hi), optional ``decisive_rate`` with
     ``wilson`` and ``length_controlled``: one line per row, 0.5 (no preference) marked."""
-    height = 1.2 + 0.42 * len(rows)
-    fig, ax = plt.subplots(figsize=(9, height))
+    height = max(MIN_HEIGHT_IN, 1.4 + 0.42 * len(rows))
+    fig, ax = plt.subplots(figsize=(11, height))
     ys = list(range(len(rows)))
     _interval_points(ax, ys, [r["rate"] for r in rows], [r["bootstrap"] for r in rows],
                      "o", "C0", "win rate, ties as half (95% bootstrap)")  # fmt: skip
@@ -107,12 +113,13 @@ def winrate_figure(rows: list[dict]) -> bytes:
     if lc:
         ax.plot([v for _, v in lc], [y for y, _ in lc], "x", color="C2", ms=7, label="length-controlled")
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_yticks(ys, [r["label"] for r in rows])
+    ax.set_yticks(ys, [r["label"] for r in rows], fontsize="small")
     ax.set_ylim(len(rows) - 0.5, -0.6)
-    ax.set_xlim(0, 1)
+    ax.set_xlim(*RATE_LIMITS)
+    ax.set_xticks([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     ax.set_xlabel("win rate of A over B")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     fig.tight_layout()
     png = _png(fig)
     plt.close(fig)

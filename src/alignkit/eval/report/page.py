@@ -16,9 +16,11 @@ What a run directory holds (each part optional, but at least one of ``metrics.js
     "losses": INT, "decisive_rate": X, "wilson": [LO, HI], "rate": X, "bootstrap": [LO, HI],
     "length_controlled": X | null, "per_category": {CATEGORY: {the same count and rate fields}}}``, the fields of
     ``alignkit.eval.winrate.WinRate`` (``winrate_json`` writes it). Required: a, b, wins, ties, losses, rate,
-    bootstrap; a rate or bound may be null (e.g. nothing decisive). Drawn as points with their intervals as error
-    bars around a 0.5 line (rate with the bootstrap interval, decisive rate with the Wilson interval,
-    length-controlled rate as a cross), one row per comparison and category, plus a table.
+    bootstrap; a rate or bound may be null (e.g. nothing decisive: shown as "no decisive comparisons"). Drawn as
+    points with their intervals as error bars around a 0.5 line (rate with the bootstrap interval, decisive rate
+    with the Wilson interval, length-controlled rate as a cross), one row per comparison and category, each
+    labelled by its run, A vs B and its judge (the ``judge`` field, else the file name), plus a table of rates with
+    their intervals and n. Other fields (``alignkit eval human``'s agreement and kappa) get a table of their own.
   - ``"overopt"``: ``{"kind": "overopt", "points": [{"method": "bon" | "rl" | "dpo", "label": TEXT, "n": INT | null,
     "kl": X, "d": X, "gold": X, "proxy": {NAME: X}}], "fits": {"TARGET_METHOD": {"alpha": X, "beta": X,
     "d_peak": X, ...}}, "scoring": {FIELD: VALUE}}``. Each point needs a method and ``d`` or ``kl`` (d = sqrt(KL)
@@ -27,8 +29,9 @@ What a run directory holds (each part optional, but at least one of ``metrics.js
     functional form of Gao et al. (2023): ``bon``: ``R(d) = d (alpha - beta d)``, ``rl`` and ``dpo``:
     ``R(d) = d (alpha - beta log d)``. Drawn as gold and proxy reward against d, one line per (target, method),
     plus tables of the points, the fits and the scoring fields.
-  - any other kind (``"metrics"``, ``"safety"``, ``"math"``, ...): a table of its scalar fields, nested objects
-    flattened one level (``outer.inner``), lists of numbers shown as their mean and length; files of the same
+  - any other kind (``"metrics"``, ``"safety"``, ``"judge_eval"``, ``"ranking"``, ...): a table of every field to
+    any depth, labelled by its dotted path (``kl.k3.sequence.mean``, ``reward.win_rate.rate``), intervals on
+    their estimate's row as ``0.731 [0.644, 0.812] (n=48)`` (``alignkit.eval.report.values``); files of the same
     name and kind in several runs share one table, a column per run.
 
 - ``eval/generations.jsonl``: example generations, one record a line with a ``prompt`` (text or chat messages)
@@ -38,7 +41,7 @@ What a run directory holds (each part optional, but at least one of ``metrics.js
 A missing run directory, or one with neither ``metrics.jsonl`` nor ``eval/``, is a ``UserError``. A file that
 cannot be read (bad JSON, no ``kind``, a field of the wrong type; a bad line of a JSONL file or config.yaml) is
 never fatal: it is listed under "Skipped" on the page and in the Markdown with the file and what is wrong, and the
-rest of the report is complete.
+rest of the report is complete. No number is shown as nan or inf: a missing or non-finite value is "n/a".
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from alignkit.errors import UserError
 from alignkit.eval.report import figures as figs
 from alignkit.eval.report.blocks import Heading, Image, Table, Text, write_report
 from alignkit.eval.report.runs import EvalFile, Run, collect_run, run_labels
+from alignkit.eval.report.values import flatten, fmt, is_finite, rate, winrate_cell
 
 MAX_GENERATIONS = 8
 MAX_TEXT = 2000  # characters of a prompt or generation shown
@@ -77,7 +81,7 @@ def build_report(
 
 
 def winrate_json(result, a: str, b: str, judge: str = "") -> dict:
-    """The ``eval/*.json`` record of a ``WinRate`` (NaN written as null)."""
+    """The ``eval/*.json`` record of a ``WinRate`` (NaN and infinities written as null)."""
 
     def entry(r) -> dict:
         return {
@@ -128,7 +132,7 @@ def _run_summary(run: Run) -> dict[str, str]:
     model, lora, train = section("model"), section("lora"), section("train")
     s = {"directory": str(run.path), "method": _method(run.config), "model": str(model.get("name", "-"))}
     s["fine-tuning"] = f"LoRA r={lora['r']}" if lora.get("r") else ("full" if run.config else "-")
-    s["learning rate"] = _fmt(train.get("learning_rate"))
+    s["learning rate"] = fmt(train.get("learning_rate")) if "learning_rate" in train else "-"
     if "batch_size" in train:
         s["batch (per device x accumulation)"] = f"{train['batch_size']} x {train.get('grad_accum', 1)}"
     steps = [row["step"] for row in run.rows if isinstance(row.get("step"), int)]
@@ -136,13 +140,12 @@ def _run_summary(run: Run) -> dict[str, str]:
     keys = ["loss"] + [k for _, _, series in figs.curve_specs() for k, _ in series]
     keys += sorted({k for row in run.rows for k in row if k.startswith("eval/")})
     for key in dict.fromkeys(keys):
-        last = next((row[key] for row in reversed(run.rows) if figs.is_number(row.get(key))), None)
+        last = next((row[key] for row in reversed(run.rows) if is_finite(row.get(key))), None)
         if last is not None:
-            s[f"final {key}"] = _fmt(last)
-    for ev in run.evals:
-        if ev.kind == "winrate":
-            d = ev.data
-            s[f"win rate {d['a']} vs {d['b']}"] = f"{_rate(d['rate'])} {_interval(d['bootstrap'])}"
+            s[f"final {key}"] = fmt(last)
+    winrates = [(run, ev) for ev in run.evals if ev.kind == "winrate"]
+    for (_, ev), label in zip(winrates, _winrate_labels(winrates, with_run=False)):
+        s[f"win rate {label}"] = winrate_cell(ev.data, "rate")
     s["evaluation files"] = ", ".join(ev.name for ev in run.evals) or "-"
     return s
 
@@ -170,29 +173,46 @@ def _method(cfg: dict | None) -> str:
 
 
 def _winrate_blocks(runs: list[Run]) -> list:
-    rows, table = [], []
-    for run in runs:
-        for ev in (e for e in run.evals if e.kind == "winrate"):
-            d = ev.data
-            name = f"{d['a']} vs {d['b']}"
-            entries = [(name if len(runs) == 1 else f"{run.label}: {name}", "all", d)]
-            entries += [(f"category: {cat}", cat, e) for cat, e in d["per_category"].items()]
-            for label, cat, e in entries:
-                rows.append({**e, "label": label})
-                counts = [str(e["wins"] + e["ties"] + e["losses"]), str(e["wins"]), str(e["ties"]), str(e["losses"])]
-                table.append([run.label, ev.name, name, d["judge"] or "-", cat, *counts, _rate(e["rate"]),
-                              _interval(e["bootstrap"]), _rate(e["decisive_rate"]), _interval(e["wilson"]),
-                              _rate(e["length_controlled"])])  # fmt: skip
-    if not rows:
+    entries = [(run, ev) for run in runs for ev in run.evals if ev.kind == "winrate"]
+    if not entries:
         return []
-    headers = ["run", "file", "A vs B", "judge", "category", "n", "wins", "ties", "losses", "win rate (ties as half)",
-               "95% bootstrap", "decisive win rate", "95% Wilson", "length-controlled"]  # fmt: skip
+    rows, table, others = [], [], []
+    for (run, ev), label in zip(entries, _winrate_labels(entries, with_run=True)):
+        d = ev.data
+        parts = [(label, "all", d)] + [(f"{label}, category {c}", c, e) for c, e in d["per_category"].items()]
+        for row_label, cat, e in parts:
+            rows.append({**e, "label": row_label})
+            table.append([run.label, ev.name, f"{d['a']} vs {d['b']}", d["judge"] or "n/a", cat, str(e["wins"]),
+                          str(e["ties"]), str(e["losses"]), winrate_cell(e, "rate"), winrate_cell(e, "decisive"),
+                          rate(e["length_controlled"])])  # fmt: skip
+        if d["extra"]:
+            others += [Heading(f"{run.label}: {ev.name}, other fields", 3),
+                       Table(["field", "value"], [list(r) for r in flatten(d["extra"])])]  # fmt: skip
+    headers = ["run", "file", "A vs B", "judge", "category", "wins", "ties", "losses",
+               "win rate, ties as half [95% bootstrap]", "decisive win rate [95% Wilson]",
+               "length-controlled"]  # fmt: skip
     return [
         Heading("Win rates"),
-        Text("Win rate of A over B; 0.5 = no preference. Ties count as half; 'decisive' leaves ties out.", "note"),
+        Text(
+            "Win rate of A over B; 0.5 = no preference. Ties count as half; 'decisive' leaves ties out. "
+            "Intervals are 95%, n the comparisons they count.",
+            "note",
+        ),  # fmt: skip
         Image("winrate.png", "Win rates with 95% intervals", figs.winrate_figure(rows)),
         Table(headers, table),
+        *others,
     ]
+
+
+def _winrate_labels(entries: list[tuple[Run, EvalFile]], with_run: bool) -> list[str]:
+    """``[RUN: ]A vs B, judge JUDGE`` of each win-rate file (the judge field, else the file name); the file name is
+    added where that is not yet unique."""
+    labels = []
+    for run, ev in entries:
+        d = ev.data
+        label = f"{d['a']} vs {d['b']}, judge {d['judge'] or Path(ev.name).stem}"
+        labels.append(f"{run.label}: {label}" if with_run else label)
+    return [f"{label} ({ev.name})" if labels.count(label) > 1 else label for label, (_, ev) in zip(labels, entries)]
 
 
 def _overopt_blocks(runs: list[Run]) -> list:
@@ -202,9 +222,9 @@ def _overopt_blocks(runs: list[Run]) -> list:
             d, k = ev.data, sum(isinstance(b, Image) for b in blocks) + 1
             title = ev.name if len(runs) == 1 else f"{run.label}: {ev.name}"
             proxies = sorted({name for p in d["points"] for name in p["proxy"]})
-            points = [[p["method"], p["label"] or p["selector"] or "-", _fmt(p["n"]), _fmt(p["kl"]), _fmt(p["d"]),
-                       _fmt(p["gold"]),
-                       *(_fmt(p["proxy"].get(name)) for name in proxies)] for p in d["points"]]  # fmt: skip
+            points = [[p["method"], p["label"] or p["selector"] or "-", fmt(p["n"]), fmt(p["kl"]), fmt(p["d"]),
+                       fmt(p["gold"]), *(fmt(p["proxy"].get(name)) for name in proxies)]
+                      for p in d["points"]]  # fmt: skip
             blocks += [Heading(title, 3), Image(f"overopt-{k}.png", f"Gold and proxy reward vs d: {title}",
                        figs.overopt_png(d, title))]  # fmt: skip
             blocks.append(Table(["method", "label", "n", "KL", "d", "gold", *(f"proxy {n}" for n in proxies)], points))
@@ -215,10 +235,10 @@ def _overopt_blocks(runs: list[Run]) -> list:
                     target, _, method = key.partition("/")[0].rpartition("_")
                     form = {"bon": "d (alpha - beta d)", "rl": "d (alpha - beta log d)"}.get(method)
                     form = form or ("d (alpha - beta log d)" if method == "dpo" else "-")
-                    rows.append([key, target or "-", method, form, *(_fmt(fit.get(f)) for f in FIT_FIELDS + extra)])
+                    rows.append([key, target or "-", method, form, *(fmt(fit.get(f)) for f in FIT_FIELDS + extra)])
                 blocks.append(Table(["fit", "target", "method", "form", *FIT_FIELDS, *extra], rows))
             if d["scoring"]:
-                blocks.append(Table(["scoring", "value"], [list(r) for r in _flatten(d["scoring"])]))
+                blocks.append(Table(["scoring", "value"], [list(r) for r in flatten(d["scoring"])]))
     return [Heading("Overoptimization"), *blocks] if blocks else []
 
 
@@ -233,7 +253,7 @@ def _other_eval_blocks(runs: list[Run]) -> list:
                 groups.setdefault((ev.name, ev.kind), []).append((run, ev))
     blocks = []
     for (name, kind), members in groups.items():
-        columns = [dict(_flatten({k: v for k, v in ev.data.items() if k != "kind"})) for _, ev in members]
+        columns = [dict(flatten({k: v for k, v in ev.data.items() if k != "kind"})) for _, ev in members]
         keys = list(dict.fromkeys(k for c in columns for k in c))
         blocks += [Heading(f"{name} ({kind})", 3),
                    Table(["field", *(r.label for r, _ in members)], [[k, *(c.get(k, "-") for c in columns)]
@@ -259,47 +279,9 @@ def _generation_blocks(runs: list[Run]) -> list:
 # ---- values ----
 
 
-def _flatten(data: dict) -> list[tuple[str, str]]:
-    """(field, shown value) of scalar fields, nested objects one level deep; lists of numbers as mean and length."""
-    rows = []
-    for key, value in data.items():
-        items = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(str(key), value)]
-        for name, v in items:
-            shown = _scalar(v)
-            if shown is not None:
-                rows.append((name, shown))
-    return rows
-
-
-def _scalar(v) -> str | None:
-    if v is None or isinstance(v, (str, bool, int, float)):
-        return _fmt(v)
-    if isinstance(v, list) and all(figs.is_number(x) for x in v):
-        return f"mean {_fmt(sum(v) / len(v))} (n={len(v)})" if v else "(empty list)"
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return ", ".join(v)
-    return None
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _rate(v) -> str:
-    return "-" if v is None else ("nan" if math.isnan(v) else f"{v:.3f}")
-
-
-def _interval(iv) -> str:
-    return "-" if iv is None else f"[{_rate(iv[0])}, {_rate(iv[1])}]"
-
-
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"... ({len(text) - MAX_TEXT} more characters)"
 
 
 def _null(v):
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v

@@ -9,6 +9,7 @@ from pathlib import Path
 from alignkit.data.jsonl import read_jsonl
 from alignkit.eval.report.blocks import Heading, Image, Table, Text, write_report
 from alignkit.eval.report.figures import PLOTS, curve_figures
+from alignkit.eval.report.values import fmt, rate
 
 
 def write_run_report(
@@ -27,7 +28,7 @@ def write_run_report(
     out_dir = Path(out_dir)
     rows = read_jsonl(out_dir / "metrics.jsonl") if (out_dir / "metrics.jsonl").is_file() else []
     blocks: list = [Heading(title, 1), *(Text(n, "note") for n in notes)]
-    blocks += [Heading("Run"), Table(["", "value"], [[k, _fmt(v)] for k, v in summary.items()])]
+    blocks += [Heading("Run"), Table(["", "value"], [[k, fmt(v)] for k, v in summary.items()])]
     blocks += list(sections)
     if pairwise:
         blocks += pairwise_blocks(pairwise)
@@ -56,16 +57,10 @@ def pairwise_blocks(pairwise: dict) -> list:
         Table(
             ["metric", "before", "after"],
             [
-                ["mean log-prob accuracy", f"{p['mean_logp_accuracy_before']:.3f}",
-                 f"{p['mean_logp_accuracy_after']:.3f}"],
-                ["implicit reward accuracy", "-", f"{p['implicit_reward_accuracy_after']:.3f}"],
-                ["mean log-prob, chosen", f"{p['mean_logp_chosen_before']:.3f}", f"{p['mean_logp_chosen_after']:.3f}"],
-                ["mean log-prob, rejected", f"{p['mean_logp_rejected_before']:.3f}",
-                 f"{p['mean_logp_rejected_after']:.3f}"],
+                ["mean log-prob accuracy", rate(p["mean_logp_accuracy_before"]), rate(p["mean_logp_accuracy_after"])],
+                ["implicit reward accuracy", "-", rate(p["implicit_reward_accuracy_after"])],
+                ["mean log-prob, chosen", rate(p["mean_logp_chosen_before"]), rate(p["mean_logp_chosen_after"])],
+                ["mean log-prob, rejected", rate(p["mean_logp_rejected_before"]), rate(p["mean_logp_rejected_after"])],
             ],
         ),
     ]  # fmt: skip
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

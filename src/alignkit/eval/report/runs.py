@@ -22,7 +22,8 @@ from alignkit.errors import DataError, UserError
 class EvalFile:
     name: str  # the file name in eval/
     kind: str
-    data: dict  # checked; winrate and overopt normalized (see _check_winrate, _check_overopt)
+    data: dict  # checked; winrate and overopt normalized (see _check_winrate, _check_overopt); a winrate's
+    # fields beyond WINRATE_FIELDS are in data["extra"]
 
 
 @dataclass
@@ -117,7 +118,12 @@ def _check_winrate(data: dict) -> dict:
     if not isinstance(cats, dict):
         raise Bad(f"field 'per_category' is a {_type(cats)}: need an object {{category: win rate fields}}")
     out["per_category"] = {str(c): _winrate_entry(v, f"per_category.{c}.") for c, v in cats.items()}
+    out["extra"] = {k: v for k, v in data.items() if k not in WINRATE_FIELDS}  # e.g. a human eval's agreement
     return out
+
+
+WINRATE_FIELDS = ("kind", "a", "b", "judge", "n", "wins", "ties", "losses", "decisive_rate", "wilson", "rate",
+                  "bootstrap", "length_controlled", "per_category")  # fmt: skip
 
 
 def _winrate_entry(d, prefix: str) -> dict:
