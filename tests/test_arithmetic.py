@@ -72,7 +72,8 @@ def test_answers_are_correct_whole_positive_and_operands_are_in_the_text(generat
 def test_regenerating_gives_the_shipped_files_byte_for_byte(tmp_path):
     paths = arithmetic.write(tmp_path)
     assert [p.name for p in paths] == [arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE, arithmetic.TOOLS_TRAIN_FILE,
-                                       arithmetic.TOOLS_HELDOUT_FILE, arithmetic.STEPS_FILE]  # fmt: skip
+                                       arithmetic.TOOLS_HELDOUT_FILE, arithmetic.PHRASINGS_TRAIN_FILE,
+                                       arithmetic.PHRASINGS_HELDOUT_FILE, arithmetic.STEPS_FILE]  # fmt: skip
     for path in paths:
         assert path.read_bytes() == builtin_path(path.name).read_bytes(), (
             f"{path.name} differs from the shipped file. Fix: python -m alignkit.data.arithmetic --out-dir "
@@ -111,8 +112,51 @@ def test_tool_sets_hold_out_whole_templates_and_chains_are_consistent():
         assert env.values[-1] == int(record["answer"]) and all(0 <= v <= 999 * 9 for v in env.values)
 
 
+def test_every_rephrasing_keeps_the_fields_and_the_answer():
+    """Each scenario's three phrasings use the same fields; filled with the same operands they state the same
+    numbers (in any order) and the problem keeps its independently computed answer."""
+    import random
+    import string
+
+    from alignkit.data.arithmetic_phrasings import REPHRASINGS
+
+    assert set(REPHRASINGS) == set(FORMULAS)
+    fields = lambda text: {f for _, f, _, _ in string.Formatter().parse(text) if f}  # noqa: E731
+    for t in arithmetic.TEMPLATES:
+        texts = [arithmetic.phrased(t, k).text for k in range(3)]
+        operands = set(t.ranges)
+        assert len(set(texts)) == 3, t.name
+        assert all(fields(x) <= fields(t.text) and fields(x) & operands == operands for x in texts), t.name
+        rng = random.Random(0)
+        for k in range(3):
+            problem = arithmetic.make_problem(arithmetic.phrased(t, k), rng)
+            numbers = sorted(int(x) for x in re.findall(r"\d+", problem.prompt.split("\n")[0]))
+            assert numbers == sorted(problem.operands.values()), problem.prompt
+            assert problem.answer == FORMULAS[t.category, t.name](**problem.operands)
+
+
+def test_phrasing_sets_hold_out_whole_scenarios_and_whole_phrasings():
+    """The GRPO demo's sets: training sees 40 phrasings; ``new_phrasing`` problems use the other phrasing of each of
+    the 20 trained scenarios, ``new_scenario`` problems only the 10 held-out scenarios; 100 of each kind, none a
+    training prompt."""
+    t = arithmetic.phrasing_templates()
+    assert [len(t[k]) for k in ("train", "new_phrasing", "new_scenario")] == [40, 20, 30]
+    texts = {k: {x.text for x in v} for k, v in t.items()}
+    assert not texts["train"] & texts["new_phrasing"] and not texts["train"] & texts["new_scenario"]
+    scenario = lambda x: (x.category, x.name.split("/")[0])  # noqa: E731
+    assert {scenario(x) for x in t["new_scenario"]} == set(arithmetic.HELDOUT_TEMPLATES)
+    assert {scenario(x) for x in t["new_phrasing"]} == {scenario(x) for x in t["train"]}
+    assert Counter(x.name[-1] for x in t["new_phrasing"]) == {"0": 7, "1": 7, "2": 6}  # no style held out wholesale
+    train, heldout = shipped(arithmetic.PHRASINGS_TRAIN_FILE), shipped(arithmetic.PHRASINGS_HELDOUT_FILE)
+    assert len(train) == 2000 and Counter(r["split"] for r in heldout) == {k: 100 for k in arithmetic.SPLITS}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
+    trained = {f"{x.category}/{x.name}" for x in t["train"]}
+    for r in heldout:
+        assert (r["template"] in trained) == (r["split"] == "in_template"), r
+
+
 def test_every_shipped_answer_is_read_back_by_the_math_verifier():
-    for name in (arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE):
+    for name in (arithmetic.TRAIN_FILE, arithmetic.HELDOUT_FILE, arithmetic.PHRASINGS_HELDOUT_FILE):
         for source, record in read_records(f"builtin:{name}"):
             answer = record["answer"]
             assert extract_gold(answer) == answer and answer.isdigit(), source

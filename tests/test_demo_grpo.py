@@ -31,13 +31,15 @@ def test_grpo_demo_writes_a_complete_report(tiny_model_dir, tmp_path):
     summary = run_grpo_demo(str(tmp_path / "demo"), small(tiny_model_dir), heldout=12, **QUIET)
     out = tmp_path / "demo"
     report = (out / "report.md").read_text()
-    for text in ("Held-out accuracy", "McNemar", "before", "after", "reward.png", "Generations before and after"):
+    for text in ("Accuracy on held-out templates", "Accuracy on in-template", "McNemar", "before", "after",
+                 "reward.png", "Generations before and after"):  # fmt: skip
         assert text in report, text
     assert (out / "reward.png").is_file() and (out / "phases.png").is_file()
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["before"]["n"] == saved["after"]["n"] == 12
+    assert saved["before"]["n"] == saved["after"]["n"] == 24  # 12 new phrasings + 12 new scenarios
+    assert saved["in_template_before"]["n"] == 12 and set(saved["by_kind_after"]) == {"new_phrasing", "new_scenario"}
     assert saved["optimizer steps"] == 2 == summary["optimizer steps"]
-    assert 0 <= saved["held-out accuracy after"] <= 1
+    assert 0 <= saved["held-out templates: accuracy after"] <= 1 and 0 <= saved["in-template: accuracy after"] <= 1
 
 
 def _result(correct: list[bool]) -> MathEvalResult:
@@ -60,6 +62,6 @@ def test_grpo_demo_on_the_embedded_model(tmp_path):
     overrides = ["train.max_steps=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4", "data.eval=null",
                  "method.dynamic_sampling=false"]  # fmt: skip
     summary = run_grpo_demo(str(tmp_path / "demo"), overrides, heldout=8, **QUIET)
-    assert summary["before"]["n"] == 8
+    assert summary["before"]["n"] == 16 and summary["in_template_before"]["n"] == 8
     assert summary["before"]["no_answer"] < 0.5  # the embedded model answers the arithmetic prompts
     assert (tmp_path / "demo" / "report.md").is_file()

@@ -6,8 +6,10 @@ Records are ``{"prompt", "answer", "category"}``; the prompt ends with ``INSTRUC
 
     python -m alignkit.data.arithmetic --out-dir src/alignkit/resources
 
-writes ``arithmetic_train.jsonl`` and ``arithmetic_heldout.jsonl`` (``builtin:arithmetic_*.jsonl``),
-byte-identical on every run; no held-out prompt is also a training prompt.
+writes ``arithmetic_train.jsonl`` and ``arithmetic_heldout.jsonl`` (``builtin:arithmetic_*.jsonl``), the tool demo's
+``arithmetic_tools_*`` (whole templates held out) and the GRPO demo's ``arithmetic_phrasings_*`` (three phrasings per
+scenario; whole scenarios and whole phrasings held out), byte-identical on every run; no held-out prompt is also a
+training prompt.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
+
+from alignkit.data.arithmetic_phrasings import REPHRASINGS
 
 INSTRUCTION = "Give the final answer as a number after 'Answer:'."
 CATEGORIES = ("add", "sub", "mul", "div", "two_step")
@@ -187,6 +191,55 @@ def template_splits(n_train: int = N_TRAIN, n_heldout: int = N_TOOLS_HELDOUT, se
     return generate(n_train, seed + 2, templates=outside), generate(n_heldout, seed + 3, templates=inside)
 
 
+# The GRPO demo's split: three phrasings per scenario (``arithmetic_phrasings.REPHRASINGS``). Held out whole: the
+# scenarios of ``HELDOUT_TEMPLATES`` (all their phrasings: new wording of a new situation) and, of every other
+# scenario, one phrasing (new wording of a situation trained on). Training sees the 40 remaining phrasings.
+PHRASINGS_TRAIN_FILE, PHRASINGS_HELDOUT_FILE, N_PHRASINGS_HELDOUT = (
+    "arithmetic_phrasings_train.jsonl",
+    "arithmetic_phrasings_heldout.jsonl",
+    100,
+)
+SPLITS = ("in_template", "new_phrasing", "new_scenario")  # what a held-out problem shares with the training
+
+
+def phrased(template: Template, k: int) -> Template:
+    """``template`` in its phrasing ``k`` (0 = its own text), named ``scenario/k``."""
+    texts = (template.text, *REPHRASINGS[(template.category, template.name)])
+    return replace(template, text=texts[k], name=f"{template.name}/{k}")
+
+
+def phrasing_templates() -> dict[str, tuple[Template, ...]]:
+    """``train``, ``new_phrasing`` and ``new_scenario`` templates (a scenario in one phrasing each). Of the 20
+    trained scenarios, scenario i holds out its phrasing i mod 3, so no wording style is held out wholesale."""
+    seen = [t for t in TEMPLATES if (t.category, t.name) not in HELDOUT_TEMPLATES]
+    out: dict[str, list[Template]] = {"train": [], "new_phrasing": [], "new_scenario": []}
+    for i, t in enumerate(seen):
+        for k in range(3):
+            out["new_phrasing" if k == i % 3 else "train"].append(phrased(t, k))
+    out["new_scenario"] = [phrased(t, k) for t in TEMPLATES if (t.category, t.name) in HELDOUT_TEMPLATES
+                           for k in range(3)]  # fmt: skip
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def phrasing_splits(
+    n_train: int = N_TRAIN, n_each: int = N_PHRASINGS_HELDOUT, seed: int = SEED
+) -> tuple[list[Problem], list[tuple[str, Problem]]]:
+    """(train, held-out): training problems from the trained phrasings; ``n_each`` held-out problems per ``SPLITS``
+    kind, as (kind, problem). No held-out prompt is a training prompt."""
+    t = phrasing_templates()
+    in_template = generate(n_each, seed + 4, templates=t["train"])
+    train = generate(n_train, seed + 5, exclude={p.prompt for p in in_template}, templates=t["train"])
+    heldout = [("in_template", p) for p in in_template]
+    heldout += [("new_phrasing", p) for p in generate(n_each, seed + 6, templates=t["new_phrasing"])]
+    heldout += [("new_scenario", p) for p in generate(n_each, seed + 7, templates=t["new_scenario"])]
+    return train, heldout
+
+
+def heldout_record(kind: str, problem: Problem) -> dict:
+    """A held-out record: the problem plus ``split`` (a ``SPLITS`` kind) and ``template`` (category/scenario/k)."""
+    return {**problem.record(), "split": kind, "template": f"{problem.category}/{problem.template}"}
+
+
 STEP_OPS = ("+", "-", "*", "//")
 STEPS_FILE = "arithmetic_steps.jsonl"
 
@@ -227,6 +280,11 @@ def write(out_dir: str | Path) -> list[Path]:
         path = out_dir / name
         path.write_text(to_jsonl(problems), encoding="utf-8")
         paths.append(path)
+    train, heldout = phrasing_splits()
+    held_text = "".join(json.dumps(heldout_record(*x)) + "\n" for x in heldout)
+    for name, text in [(PHRASINGS_TRAIN_FILE, to_jsonl(train)), (PHRASINGS_HELDOUT_FILE, held_text)]:
+        (out_dir / name).write_text(text, encoding="utf-8")
+        paths.append(out_dir / name)
     path = out_dir / STEPS_FILE
     path.write_text("".join(json.dumps(r) + "\n" for r in chain_records(500)), encoding="utf-8")
     return [*paths, path]

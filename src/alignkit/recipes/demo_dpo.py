@@ -9,6 +9,7 @@ directory, with each goal stated met or not. Every number in the report is measu
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import time
@@ -19,6 +20,7 @@ from alignkit.eval.pairwise import pairwise_report, score_pairs
 from alignkit.eval.report.figures import PLOTS
 from alignkit.eval.report.run_summary import write_run_report
 from alignkit.generation import generate
+from alignkit.models.cpu_memory import give_back_freed_memory
 from alignkit.outputs import own_output_dir
 from alignkit.recipes.demo_eval import (
     JUDGE_DATA,
@@ -37,6 +39,15 @@ from alignkit.train.loop import fit
 from alignkit.train.run import make_config, prepare
 
 DEMO_CONFIG = builtin_path("demo.yaml")
+
+
+def release(p) -> None:
+    """Drop what training holds (the accelerator's model and optimizer references, the policy's weights) and give
+    the freed memory back to the OS."""
+    p.accelerator.free_memory()
+    p.model, p.method, p.train_items = None, None, []
+    gc.collect()
+    give_back_freed_memory()
 
 
 def demo_prompts() -> list[str]:
@@ -106,6 +117,10 @@ def run_demo(
         after = score_pairs(p.model, p.eval_items, p.tok.pad_id, cfg.train.eval_batch_size)
         gens_after = generate(p.model, p.tokenizer, prompts, max_new_tokens=max_new_tokens)
     pairwise = pairwise_report(before, after)
+    mixed_precision, n_train, n_eval = p.accelerator.mixed_precision, len(p.train_items), len(p.eval_items)
+    train_tokens = sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in p.train_items)
+    release(p)  # the evaluation loads the trained adapter from disk: the training copy would only add to the peak
+    del p
 
     eval_set = eval_prompts(cfg.data.eval, helpful_limit)
     stage(6, f"against the base on {len(eval_set)} held-out prompts: win rate, KL, length, repetition, refusals")
@@ -116,13 +131,12 @@ def run_demo(
 
     stage(7, "writing the report")
     step_seconds = [h["seconds_per_step"] for h in result.history if "seconds_per_step" in h]
-    train_tokens = sum(len(x.prompt_ids) * 2 + len(x.chosen_ids) + len(x.rejected_ids) for x in p.train_items)
     summary = {
         "model": cfg.model.name,
         "method": f"dpo (beta {cfg.method.resolved_beta:.2g}), LoRA r={cfg.lora.r}",
-        "mixed precision": p.accelerator.mixed_precision,
-        "train pairs": len(p.train_items),
-        "held-out pairs": len(p.eval_items),
+        "mixed precision": mixed_precision,
+        "train pairs": n_train,
+        "held-out pairs": n_eval,
         "optimizer steps": result.steps,
         "training seconds (incl. reference precompute, evals)": round(result.wall_seconds, 1),
         "seconds per optimizer step": round(statistics.mean(step_seconds), 2),

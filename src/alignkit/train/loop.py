@@ -15,6 +15,7 @@ total weight, so a step's gradient is the same however the batch is split (proce
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from transformers import get_scheduler
 
 from alignkit.config import RunConfig, save_config, to_dict
 from alignkit.errors import TrainingDiverged, UserError
+from alignkit.models.cpu_memory import give_back_freed_memory, keep_freed_memory
 from alignkit.models.save import save_model
 from alignkit.train.checkpoint import (
     claim_output_dir,
@@ -95,18 +97,28 @@ def fit(
     callbacks: list[Callable] = (),
     log: Callable = print,
 ) -> TrainResult:
-    """Train ``model`` with ``method`` on tokenized items; returns the result and writes everything to output_dir."""
-    run = _Run(method, cfg, model, tokenizer, accelerator, log)
-    run.plan(train_items, eval_items)
-    train_items, eval_items = run.start(train_items, eval_items, resume)
-    while run.state.step < run.total_steps and not run.state.stopped_early:
-        metrics = run.train_step(train_items)
-        run.log_step(metrics)
-        run.evaluate_if_due(eval_items)
-        run.checkpoint_if_due()
-        for callback in callbacks:
-            callback(run.state, metrics)
-    return run.finish(train_items, eval_items)
+    """Train ``model`` with ``method`` on tokenized items; returns the result and writes everything to output_dir.
+    On CPU with ``train.reuse_cpu_memory`` the loop keeps freed memory in the process (``models.cpu_memory``) and
+    gives it back when it ends."""
+    kept = accelerator.device.type == "cpu" and cfg.train.reuse_cpu_memory and keep_freed_memory()
+    run = None
+    try:
+        run = _Run(method, cfg, model, tokenizer, accelerator, log)
+        run.plan(train_items, eval_items)
+        train_items, eval_items = run.start(train_items, eval_items, resume)
+        while run.state.step < run.total_steps and not run.state.stopped_early:
+            metrics = run.train_step(train_items)
+            run.log_step(metrics)
+            run.evaluate_if_due(eval_items)
+            run.checkpoint_if_due()
+            for callback in callbacks:
+                callback(run.state, metrics)
+        return run.finish(train_items, eval_items)
+    finally:
+        if kept:  # what the steps freed goes back to the OS; evaluation afterwards runs with glibc's defaults
+            run = None  # its batches, optimizer state and buffers
+            gc.collect()
+            give_back_freed_memory()
 
 
 class _Run:

@@ -19,7 +19,6 @@ from alignkit.data.splits import load_train_eval
 from alignkit.errors import ConfigError
 from alignkit.losses import LOSSES
 from alignkit.models import load_tokenizer, pick_device, pick_mixed_precision, trainable_parameters
-from alignkit.models.cpu_memory import keep_freed_memory
 from alignkit.models.load import check_model_source, quiet_known_warnings
 from alignkit.reward_model.model import REWARD_INFO, write_ensemble_info
 from alignkit.train.checkpoint import check_output_dir, check_resume, find_resume_checkpoint
@@ -118,8 +117,6 @@ def prepare(method: str, cfg: RunConfig, log: Callable = print, resume: str | bo
     preflight(cfg, resume)
     quiet_known_warnings()
     device = pick_device(cfg.model.device)
-    if device.type == "cpu" and cfg.train.reuse_cpu_memory:
-        keep_freed_memory()
     # accelerate keeps one AcceleratorState per process; a second run in the same process (API, notebook) may use
     # another precision. Reset it, keeping the process-group state that `accelerate launch` set up.
     AcceleratorState._reset_state(reset_partial_state=False)
