@@ -61,7 +61,7 @@ def test_paired_change_counts_fixed_and_broken_answers():
 def test_grpo_demo_on_the_embedded_model(tmp_path):
     overrides = ["train.max_steps=2", "rollout.prompts_per_step=2", "rollout.samples_per_prompt=4", "data.eval=null",
                  "method.dynamic_sampling=false"]  # fmt: skip
-    summary = run_grpo_demo(str(tmp_path / "demo"), overrides, heldout=8, **QUIET)
-    assert summary["before"]["n"] == 16 and summary["in_template_before"]["n"] == 8
+    summary = run_grpo_demo(str(tmp_path / "demo"), overrides, heldout=4, **QUIET)
+    assert summary["before"]["n"] == 8 and summary["in_template_before"]["n"] == 4
     assert summary["before"]["no_answer"] < 0.5  # the embedded model answers the arithmetic prompts
     assert (tmp_path / "demo" / "report.md").is_file()
