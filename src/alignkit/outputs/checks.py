@@ -1,25 +1,15 @@
-"""What a command may write: checked before any work, written atomically.
-
-A command that writes refuses, before it loads anything, an output that
-
-- is one of its inputs, or holds one (``merge runs/x/model --out runs/x`` would delete the adapter it reads);
-- is a directory where a file goes, or a file where a directory goes;
-- already exists and was not made by the same kind of command, unless ``--overwrite`` says so.
-
-Writes go to a temp file (or directory) beside the output and are renamed over it in one step, so a crash or Ctrl-C
-leaves the old output whole.
-"""
+"""What a command may write, checked before any work: never an input, never a directory it did not make unless
+``--overwrite``."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from alignkit.errors import UserError
+from alignkit.outputs.atomic import write_text_atomic
 
 OWNER_FILE = ".alignkit-output"  # in a directory a command made: which command, so a re-run may replace it
 
@@ -127,49 +117,6 @@ def _check_parent(path: Path, option: str) -> None:
         raise UserError(f"{option} {path}: {parent} is a file, so {path} cannot be created. Fix: choose another path")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{option} {path}: {parent} is not writable. Fix: choose a directory you can write to")
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """``text`` to ``path`` through a temp file in the same directory and one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def finite(obj: Any) -> Any:
-    """``obj`` with NaN and infinities as None (strict JSON has neither)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str | Path, obj: Any, indent: int = 1) -> Path:
-    """``obj`` as strict JSON (NaN/inf as null; other objects as ``str``), atomically."""
-    text = json.dumps(finite(obj), indent=indent, default=str, allow_nan=False, ensure_ascii=False)
-    return write_text_atomic(path, text + "\n")
-
-
-def replace_dir(tmp: Path, out: Path) -> Path:
-    """Put the finished directory ``tmp`` at ``out``: the old ``out`` is moved aside, ``tmp`` renamed, the old one
-    removed. A crash in between leaves either the old or the new directory whole."""
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def own_output_dir(
