@@ -35,13 +35,21 @@ def row_of(name: str, overrides: list[str], run_dir: Path) -> dict:
             "base": m["reference_text"]["length_tokens"]["mean"],
             "trained": m["policy_text"]["length_tokens"]["mean"],
         },
-        "judge": {k: v for k, v in s["judge"].items() if k != "recipe"},
+        "judge": {name: {k: v for k, v in info.items() if k != "recipe"} for name, info in s["judge"].items()},
+        "by_judge": {
+            name: {
+                "win_rate": j["win_rate"]["rate"],
+                "ci95": j["win_rate"]["bootstrap"],
+                "sanity": j["sanity"]["accuracy"],
+            }
+            for name, j in (m.get("by_judge") or {}).items()
+        },
         "judge_sanity": m.get("judge_sanity"),
         "mean_logp_accuracy": [s["mean_logp_accuracy_before"], s["mean_logp_accuracy_after"]],
         "implicit_reward_accuracy_after": s["implicit_reward_accuracy_after"],
         "wall_seconds": s["total wall seconds (incl. judge, scoring, generation, evaluation)"],
         "optimizer_steps": s["optimizer steps"],
-        "judge_trained_in_this_run": s["judge"].get("trained_in_this_run"),
+        "judge_trained_in_this_run": any(info.get("trained_in_this_run") for info in s["judge"].values()),
     }
 
 

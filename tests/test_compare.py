@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from alignkit.cli.main import app
 from alignkit.errors import ConfigError
-from alignkit.recipes.compare import load_compare_config
+from alignkit.recipes.compare import evidence, load_compare_config
 
 
 def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_path):
@@ -45,6 +45,8 @@ def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_pa
     # the judge and PPO's proxy are checked on the clear-cut held-out demo pairs, and the table says how they did
     assert set(out["sanity"]) == {"judge", "proxy"} and out["sanity"]["judge"]["pairs"] == 72
     assert f"judge {out['sanity']['judge']['accuracy']:.3f} (helpfulness " in table
+    for name in out["rows"]:  # each row says whether its win rate is evidence
+        assert table.split(f"| {name} |")[1].splitlines()[0].rstrip().endswith(f"| {evidence(name, out)} |")
     # a rerun reuses every trained stage
     again = CliRunner().invoke(app, ["compare", "--config", str(config), "--set", "methods=[dpo]"])
     assert again.exit_code == 0, again.output
@@ -63,6 +65,15 @@ def test_compare_trains_every_method_and_writes_the_table(tiny_model_dir, tmp_pa
     assert proxy.exit_code == 0, proxy.output
     assert "rm: training rm" in proxy.output and "ppo: training ppo" in proxy.output and "sft: reusing" in proxy.output
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["sanity"] == {}
+
+
+def test_rows_judged_by_a_judge_under_the_bar_are_not_evidence():
+    sane = lambda a: {"accuracy": a, "pairs": 72, "per_category": {}}  # noqa: E731
+    result = {"sanity": {"judge": sane(0.9), "proxy": sane(0.46)}}
+    assert evidence("dpo", result) == "yes" and evidence("ppo", result) == "NO: proxy 0.46 < 0.80"
+    result["sanity"]["judge"] = sane(0.57)
+    assert evidence("kto", result) == "NO: judge 0.57 < 0.80" and "judge 0.57, proxy 0.46" in evidence("ppo", result)
+    assert evidence("dpo", {"sanity": {}}) == "unchecked"
 
 
 def test_compare_config_errors():

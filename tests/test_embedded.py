@@ -98,9 +98,10 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     hh = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test-part1.jsonl.gz"
     if not hh.is_file():
         pytest.skip(f"{hh} not found: the demo's judge trains on hh-rlhf from ../shared/data")
-    monkeypatch.setattr(demo_eval, "judge_dir_for", lambda *a: tmp_path / "judge")
+    monkeypatch.setattr(demo_eval, "judge_dir_for", lambda data, recipe, slices, own: tmp_path / f"judge-{own is None}")
     out = tmp_path / "demo"
-    small = dict(judge_data=str(hh), judge_recipe=JUDGE_SMALL, judge_slices=("[:16]", "[1200:1232]"), helpful_limit=4,
+    small = dict(judge_data=str(hh), judge_recipe=JUDGE_SMALL, judge_slices=("[:16]", "[1200:1232]"),
+                 hh_only_train="[16:40]", helpful_limit=4,
                  safety_limit=4, eval_tokens=8, max_new_tokens=4, sanity_pairs=HELD_OUT_12)  # fmt: skip
     lines = []
     summary = run_demo(
@@ -130,29 +131,39 @@ def test_demo_job_writes_a_complete_report(tmp_path, monkeypatch):
     assert (out / "report.html").is_file()
     # the goals: each measured, each stated met or not in the report and the log
     goals = {g["goal"]: g for g in summary["goals"]}
-    assert len(goals) == 6 and all(isinstance(g["met"], bool) for g in goals.values())
-    win = next(g for name, g in goals.items() if name.startswith("win rate"))
-    assert 0.0 <= win["value"] <= 1.0 and win["target"].startswith(">= 0.60")
+    assert len(goals) == 8 and all(isinstance(g["met"], bool) for g in goals.values())
+    wins = [g for name, g in goals.items() if name.startswith("win rate")]  # one per judge
+    assert [w["goal"].split("judge: ")[1].split(",")[0] for w in wins] == ["hh-rlhf + project pairs", "hh-rlhf only"]
+    assert all(0.0 <= w["value"] <= 1.0 and w["target"].startswith(">= 0.60") for w in wins)
+    assert goals["peak resident memory of the demo process, MB"]["value"] == pytest.approx(
+        summary["peak resident memory of the whole demo (MB)"], abs=1
+    )
     m = json.loads((out / "eval_vs_base.json").read_text())
     assert m["prompts"] == 12 + 4 and m["reward"]["win_rate"]["wins"] + m["reward"]["win_rate"]["ties"] + m[
         "reward"]["win_rate"]["losses"] == 16  # fmt: skip
-    assert "goals met" in report and f"{summary['judge']['held_out_accuracy']:.3f}" in report
-    # the judge is checked on the clear-cut held-out demo pairs, and the report says how it did
-    assert m["judge_sanity"]["pairs"] == 12 and set(m["judge_sanity"]["per_category"]) == {
-        "helpfulness", "harmlessness", "honesty", "concision"}  # fmt: skip
-    assert f"higher on {m['judge_sanity']['accuracy']:.3f} of the 12 held-out demo pairs" in report
-    assert summary["judge"]["train_pairs"] == 16 + 200  # hh[:16] + the project's judge pairs
+    mixed, hh_only = summary["judge"]["hh-rlhf + project pairs"], summary["judge"]["hh-rlhf only"]
+    assert "goals met" in report and f"{mixed['held_out_accuracy']:.3f}" in report
+    assert f"{hh_only['held_out_accuracy']:.3f}" in report
+    # each judge is checked on the clear-cut held-out demo pairs, and the report says how it did and whether the two
+    # verdicts agree
+    for j in m["by_judge"].values():
+        assert j["sanity"]["pairs"] == 12 and set(j["sanity"]["per_category"]) == {
+            "helpfulness", "harmlessness", "honesty", "concision"}  # fmt: skip
+        assert f"{j['sanity']['accuracy']:.3f} of 12 (" in report and f"{j['win_rate']['rate']:.3f} [" in report
+    assert m["judge_sanity"] == m["by_judge"]["hh-rlhf + project pairs"]["sanity"]
+    assert "The judges agree" in report or "The judges DISAGREE" in report
+    assert mixed["train_pairs"] == 16 + 200 and hh_only["train_pairs"] == 24  # hh[:16] + project pairs; hh[16:40]
     wall = goals["demo wall time, seconds (the judge trained and cached)"]
     assert wall["value"] < summary["total wall seconds (incl. judge, scoring, generation, evaluation)"]
     assert "trained the judge once" in wall["detail"]
-    assert sum(line.startswith(("met: ", "NOT met: ")) for line in lines) == 6
+    assert sum(line.startswith(("met: ", "NOT met: ")) for line in lines) == 8
     # a second call reuses the cached judge instead of training it again
     lines.clear()
     again, _ = demo_eval.demo_judge(str(hh), JUDGE_SMALL, lines.append, small["judge_slices"])
-    assert again == str(tmp_path / "judge" / "model") and any("reusing the reward model" in x for x in lines)
+    assert again == str(tmp_path / "judge-False" / "model") and any("reusing the reward model" in x for x in lines)
     # a judge given by directory (alignkit demo --judge DIR) reports its own saved held-out accuracy
-    given = demo_eval.given_judge(str(tmp_path / "judge" / "model"))
-    assert given["held_out_accuracy"] == pytest.approx(summary["judge"]["held_out_accuracy"])
+    given = demo_eval.given_judge(str(tmp_path / "judge-False" / "model"))
+    assert given["held_out_accuracy"] == pytest.approx(mixed["held_out_accuracy"])
     with pytest.raises(UserError, match="not a reward model"):
         demo_eval.given_judge(str(out / "model"))  # the DPO adapter is not a reward model
 
@@ -200,7 +211,10 @@ def test_demo_without_the_judge_data_says_so(tmp_path):
     goals = check_goals(m, 100.0, 600.0)
     assert [g["met"] for g in goals] == [False, True, True]  # KL 6 > 5; no loops; 100 s < 600 s
     assert not any(g["goal"].startswith("win rate") for g in goals)
-    assert "The win rate is not measured" in render_markdown(goals_section(goals, m, info))
+    assert "The win rate is not measured" in render_markdown(goals_section(goals, m, {"hh-rlhf only": info}))
     late = check_goals(m, 700.0, 600.0, setup_seconds=250.0)[-1]
     assert late["met"] and late["value"] == 450.0 and "250 s, 700 s in all" in late["detail"]
     assert not check_goals(m, 700.0, 600.0, setup_seconds=50.0)[-1]["met"]
+    memory = check_goals(m, 100.0, 600.0, peak_mb=3100.0)[-1]
+    assert memory["goal"].startswith("peak resident memory") and not memory["met"] and memory["value"] == 3100.0
+    assert check_goals(m, 100.0, 600.0, peak_mb=2900.0)[-1]["met"]

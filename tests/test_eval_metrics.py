@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import pair_records
 from helpers import tiny_sections, write_jsonl
 from typer.testing import CliRunner
@@ -78,3 +79,35 @@ def test_bad_input(tiny_model_dir, trained, tmp_path):
     r = runner.invoke(app, ["eval", "metrics", "--model", tiny_model_dir, "--prompts", trained["prompts"],
                             "--out", trained["prompts"]])  # fmt: skip
     assert isinstance(r.exception, UserError) and "is an input of this command" in str(r.exception)
+
+
+def test_an_adapters_reference_is_its_base_with_the_adapter_off(trained, tiny_model_dir):
+    """One copy of the weights: the reference sampler is the policy's PEFT model with its adapter disabled, and it
+    samples and scores exactly as the base model loaded on its own."""
+    from alignkit.eval.policy import load_pair
+    from alignkit.eval.samples import sample_kl
+    from alignkit.generation import load_sampler
+
+    pol, ref = load_pair(trained["policy"], tiny_model_dir, "cpu")
+    assert ref.adapter_off and ref.model is pol.model
+    alone = load_sampler(tiny_model_dir, "cpu")
+    prompts = [r["prompt"] for r in PROMPTS]
+    shared = ref.generate(prompts, n=2, max_new_tokens=8, temperature=1.0, seed=3)
+    assert [[c.token_ids for c in g] for g in shared] == [
+        [c.token_ids for c in g] for g in alone.generate(prompts, n=2, max_new_tokens=8, temperature=1.0, seed=3)
+    ]
+    policy_says = pol.generate(prompts, n=1, max_new_tokens=8, temperature=1.0, seed=3)
+    assert [g[0].token_ids for g in policy_says] != [g[0].token_ids for g in shared]  # the adapter is back on
+    rows = [(pol.sampler.prompt_ids(p), g[0].token_ids) for p, g in zip(prompts, policy_says)]
+    args = ([r[0] for r in rows], [r[1] for r in rows], pol.tok.pad_id, 4)
+    off, two = sample_kl(pol.model, None, *args), sample_kl(pol.model, alone.model, *args)
+    for a, b in zip(off["full"], two["full"]):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(t.abs().sum() > 0 for t in off["full"])
+
+
+def test_a_missing_reward_model_is_refused_before_sampling(trained, tmp_path):
+    result = CliRunner().invoke(app, ["eval", "metrics", "--model", trained["policy"], "--prompts",
+                                      trained["prompts"], "--reward-model", str(tmp_path / "nope")])  # fmt: skip
+    assert result.exit_code != 0 and "does not exist" in str(result.exception or result.output)
+    assert "sampling" not in result.output

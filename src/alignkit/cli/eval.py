@@ -260,15 +260,21 @@ def eval_metrics(
         from alignkit.eval.safety import load_safety_prompts, subset
 
         safety_records = subset(load_safety_prompts(), safety_limit)
-    rm = None
     if reward_model:
-        from alignkit.reward_model import RewardModel
+        from alignkit.errors import UserError
+        from alignkit.reward_model.model import member_dirs, read_info
 
-        rm = RewardModel.load(reward_model, device=device)
+        if not Path(reward_model).exists():
+            raise UserError(f"reward model {reward_model} does not exist. Fix: pass the directory alignkit train rm "
+                            "wrote")  # fmt: skip
+        for member in member_dirs(reward_model):  # not a reward model: fails here, before any model loads
+            read_info(member)
     settings = Settings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                         winrate_temperature=winrate_temperature)  # fmt: skip
     settings.validate()  # before any model loads
-    result = run_metrics(model, reference, rows, settings, rm, pair_examples, safety_records, device, typer.echo)
+    result = run_metrics(
+        model, reference, rows, settings, reward_model, pair_examples, safety_records, device, typer.echo
+    )
     typer.echo("\n".join(describe_metrics(result)))
     if out:
         typer.echo(f"wrote {write_json_atomic(out, result)}")

@@ -13,6 +13,7 @@ The reference of a LoRA adapter is its base model; of a full model, the embedded
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -78,55 +79,89 @@ def run_metrics(
     log=print,
 ) -> dict:
     """Everything above as one JSON-ready dict (``kind`` "metrics"). ``prompts``: records with ``prompt`` (and
-    optionally ``category``); ``reward_model``: an ``alignkit.reward_model.RewardModel``; ``pairs``:
-    ``PairwiseExample``s;
-    ``safety``: safety records (``alignkit.eval.safety.load_safety_prompts``)."""
+    optionally ``category``); ``reward_model``: an ``alignkit.reward_model.RewardModel``, or its directory, loaded
+    only once both models are released (the peak holds two models, not three); ``pairs``: ``PairwiseExample``s;
+    ``safety``: safety records (``alignkit.eval.safety.load_safety_prompts``).
+
+    A LoRA adapter measured against its own base shares one copy of the base weights: the reference is the policy
+    with its adapter disabled (as in training), not a second model."""
+    import gc
+
     from alignkit.models import pick_device
+    from alignkit.models.cpu_memory import give_back_freed_memory
 
     settings.validate()
     reference = reference or default_reference(policy)
-    target = str(pick_device(device))
-    pol, ref = load_sampler(policy, target), load_sampler(reference, target)
-    if len(pol.tok.hf) != len(ref.tok.hf):
-        raise UserError(f"{policy} and {reference} have different vocabularies ({len(pol.tok.hf)} vs "
-                        f"{len(ref.tok.hf)} tokens): KL needs one tokenizer. Fix: pass --reference, the model the "
-                        "policy was trained from")  # fmt: skip
+    pol, ref = load_pair(policy, reference, str(pick_device(device)))
     texts = [r["prompt"] for r in prompts]
     k, s = settings.samples, settings
-    log(f"sampling {k} per prompt for {len(texts)} prompts from {policy} and from {reference} (T={s.temperature})")
+    shared = " (its adapter disabled, the same weights)" if ref.adapter_off else ""
+    log(f"sampling {k} per prompt for {len(texts)} prompts from {policy} and from {reference}{shared} "
+        f"(T={s.temperature})")  # fmt: skip
+    # each phase packs a copy of the weights or holds logits; its freed memory goes back before the next
     pol_c = pol.generate(texts, n=k, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
+    give_back_freed_memory()
     ref_c = ref.generate(texts, n=k, max_new_tokens=s.max_new_tokens, temperature=s.temperature, seed=s.seed)
+    give_back_freed_memory()
     rows = [(pol.sampler.prompt_ids(p), c.token_ids) for p, group in zip(texts, pol_c) for c in group]
-    terms = sample_kl(pol.model, ref.model, [r[0] for r in rows], [r[1] for r in rows], pol.tok.pad_id, s.batch_size)
+    ref_model = None if ref.adapter_off else ref.model
+    terms = sample_kl(pol.model, ref_model, [r[0] for r in rows], [r[1] for r in rows], pol.tok.pad_id, s.batch_size)
+    give_back_freed_memory()
     result = {
         "kind": "metrics", "policy": policy, "reference": reference, "prompts": len(texts), "samples_per_prompt": k,
         "temperature": s.temperature, "max_new_tokens": s.max_new_tokens, "kl": kl_summary(terms),
         "policy_text": _texts_summary(pol_c), "reference_text": _texts_summary(ref_c),
     }  # fmt: skip
-    if reward_model is not None:
-        judged = None
-        if s.winrate_temperature is not None:
-            t = s.winrate_temperature
-            log(f"win rate: one response per prompt from each model at T={t}")
-            seed = s.seed + 10_000  # not the KL samples' seeds
-            judged = [
-                g.generate(texts, n=1, max_new_tokens=s.max_new_tokens, temperature=t, seed=seed) for g in (pol, ref)
-            ]
-            result["winrate_temperature"] = t
-            result["winrate_samples"] = [
-                {"prompt": p, "policy": a[0].text, "reference": b[0].text} for p, a, b in zip(texts, *judged)
-            ]
-        result["reward"] = _rewards(reward_model, prompts, pol_c, ref_c, s.batch_size, judged)
+    judged = None
+    if reward_model is not None and s.winrate_temperature is not None:
+        t = s.winrate_temperature
+        log(f"win rate: one response per prompt from each model at T={t}")
+        seed = s.seed + 10_000  # not the KL samples' seeds
+        judged = []
+        for g in (pol, ref):
+            judged.append(g.generate(texts, n=1, max_new_tokens=s.max_new_tokens, temperature=t, seed=seed))
+            give_back_freed_memory()
+        result["winrate_temperature"] = t
+        result["winrate_samples"] = [
+            {"prompt": p, "policy": a[0].text, "reference": b[0].text} for p, a, b in zip(texts, *judged)
+        ]
     if pairs:
         result["pairs"] = _pairs(pol, ref, pairs, s)
     if safety:
         log(f"safety: {len(safety)} prompts, greedy, for both models")
         result["safety"] = {name: _safety(g, safety, s) for name, g in (("policy", pol), ("reference", ref))}
+    del pol, ref  # the judge below is the only model held while scoring
+    gc.collect()
+    give_back_freed_memory()
+    if reward_model is not None:
+        if isinstance(reward_model, (str, Path)):
+            from alignkit.reward_model import RewardModel
+
+            reward_model = RewardModel.load(str(reward_model), device=device)
+        result["reward"] = _rewards(reward_model, prompts, pol_c, ref_c, s.batch_size, judged)
     result["samples"] = [
         {"prompt": p, "policy": [c.text for c in a], "reference": [c.text for c in b]}
         for p, a, b in zip(texts, pol_c, ref_c)
     ]
     return result
+
+
+def load_pair(policy: str, reference: str, device: str) -> tuple[ReadySampler, ReadySampler]:
+    """Samplers of ``policy`` and ``reference``: one model when the policy is a LoRA adapter on ``reference``
+    (the reference is its base, the adapter disabled), else two. Refuses two vocabularies (KL needs one)."""
+    from alignkit.models.load import resolve_model_path
+
+    pol = load_sampler(policy, device)
+    adapter = Path(resolve_model_path(policy)) / "adapter_config.json"
+    base = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.is_file() else None
+    if base is not None and resolve_model_path(base) == resolve_model_path(reference):
+        return pol, pol.base()
+    ref = load_sampler(reference, device)
+    if len(pol.tok.hf) != len(ref.tok.hf):
+        raise UserError(f"{policy} and {reference} have different vocabularies ({len(pol.tok.hf)} vs "
+                        f"{len(ref.tok.hf)} tokens): KL needs one tokenizer. Fix: pass --reference, the model the "
+                        "policy was trained from")  # fmt: skip
+    return pol, ref
 
 
 def _texts_summary(completions) -> dict:
@@ -140,7 +175,6 @@ def _rewards(rm, prompts: list[dict], pol_c, ref_c, batch_size: int, judged=None
     """Score distributions of the samples and the per-prompt win rate of the policy: the mean reward of its samples
     vs the reference's, or of the ``judged`` pair ``(policy, reference)`` of completion groups when given."""
     from alignkit.eval.samples import distribution
-    from alignkit.eval.winrate import win_rate
 
     def score(completions) -> np.ndarray:
         flat_p = [r["prompt"] for r, group in zip(prompts, completions) for _ in group]
@@ -150,13 +184,32 @@ def _rewards(rm, prompts: list[dict], pol_c, ref_c, batch_size: int, judged=None
     a, b = score(pol_c), score(ref_c)
     wa, wb = (a, b) if judged is None else (score(judged[0]), score(judged[1]))
     wc = (pol_c, ref_c) if judged is None else judged
-    outcomes = [1.0 if x > y else 0.0 if y > x else 0.5 for x, y in zip(wa.mean(1), wb.mean(1))]
     length_diff = [np.mean([len(c.text) for c in x]) - np.mean([len(c.text) for c in y]) for x, y in zip(*wc)]
-    cats = [r.get("category") for r in prompts]
-    categories = [str(c) for c in cats] if all(c is not None for c in cats) else None
-    wr = win_rate(outcomes, length_diff, categories, seed=0)
+    wr = _win_rate(wa.mean(1), wb.mean(1), length_diff, prompts)
     return {"policy": distribution(a.ravel()), "reference": distribution(b.ravel()),
             "win_rate": dataclasses.asdict(wr)}  # fmt: skip
+
+
+def judged_win_rate(rm, prompts: list[dict], responses: list[dict], batch_size: int = 16) -> dict:
+    """The policy's win rate over the reference by the reward model ``rm`` on one response each per prompt:
+    ``responses`` are ``run_metrics``' ``winrate_samples`` (``{"prompt", "policy", "reference"}`` texts), so a
+    second judge rates exactly the answers the first one did. -> ``WinRate`` as a dict."""
+    texts = [r["prompt"] for r in prompts]
+    a = rm.reward(texts, [r["policy"] for r in responses], batch_size=batch_size)[0].numpy()
+    b = rm.reward(texts, [r["reference"] for r in responses], batch_size=batch_size)[0].numpy()
+    length_diff = [len(r["policy"]) - len(r["reference"]) for r in responses]
+    return dataclasses.asdict(_win_rate(a, b, length_diff, prompts))
+
+
+def _win_rate(a: np.ndarray, b: np.ndarray, length_diff: list[float], prompts: list[dict]):
+    """``win_rate`` of rewards ``a`` over ``b`` ``(n,)`` per prompt, ties when equal, by category when every
+    prompt has one."""
+    from alignkit.eval.winrate import win_rate
+
+    outcomes = [1.0 if x > y else 0.0 if y > x else 0.5 for x, y in zip(a, b)]
+    cats = [r.get("category") for r in prompts]
+    categories = [str(c) for c in cats] if all(c is not None for c in cats) else None
+    return win_rate(outcomes, length_diff, categories, seed=0)
 
 
 def _pairs(pol: ReadySampler, ref: ReadySampler, examples: list, s: Settings) -> dict:
@@ -167,7 +220,8 @@ def _pairs(pol: ReadySampler, ref: ReadySampler, examples: list, s: Settings) ->
     if not tokenized:
         raise UserError(f"no held-out pair fits in {s.max_length} tokens. Fix: raise --max-length")
     after = score_pairs(pol.model, tokenized, pol.tok.pad_id, s.batch_size)
-    before = score_pairs(ref.model, tokenized, ref.tok.pad_id, s.batch_size)
+    with ref.model.disable_adapter() if ref.adapter_off else contextlib.nullcontext():
+        before = score_pairs(ref.model, tokenized, ref.tok.pad_id, s.batch_size)
     return {**pairwise_report(before, after), "length_bias": length_bias(after, before)}
 
 

@@ -5,7 +5,7 @@ serving) goes through ``load_sampler``; places that sample from a live model (a 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -17,25 +17,40 @@ from alignkit.generation.sampler import Completion, Sampler, SamplingParams
 
 @dataclass
 class ReadySampler:
-    """A model with its sampler; ``bf16``: sample under bf16 autocast (fp32 master weights)."""
+    """A model with its sampler; ``bf16``: sample under bf16 autocast (fp32 master weights). ``adapter_off``: the
+    model is a PEFT model sampled with its adapter disabled (its base, without a second copy of the weights)."""
 
     model: torch.nn.Module
     tok: Tokenizer
     sampler: Sampler
     device: torch.device
     bf16: bool
+    adapter_off: bool = False
 
-    def autocast(self) -> AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+    def running(self) -> AbstractContextManager:
+        """The context every call samples in: the precision, and the adapter disabled when ``adapter_off``."""
+        stack = ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16))
+        if self.adapter_off:
+            stack.enter_context(self.model.disable_adapter())
+        return stack
+
+    def base(self) -> ReadySampler:
+        """This sampler's PEFT model with its adapter disabled: the base model it was trained from, sharing the
+        weights (a LoRA policy's reference at no extra memory)."""
+        if not hasattr(self.model, "disable_adapter"):
+            raise TypeError("base(): the model has no adapter to disable")
+        return ReadySampler(self.model, self.tok, Sampler(self.model, self.tok, max_rows=self.sampler.max_rows),
+                            self.device, self.bf16, adapter_off=True)  # fmt: skip
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Completion]]:
         """``Sampler.sample`` in this sampler's precision: ``params.n`` completions per prompt of token ids."""
-        with self.autocast():
+        with self.running():
             return self.sampler.sample(prompts, params, seeds)
 
     def sample_episodes(self, prompts, params: SamplingParams, seeds: list[int], respond, limits):
         """``Sampler.sample_episodes`` in this sampler's precision."""
-        with self.autocast():
+        with self.running():
             return self.sampler.sample_episodes(prompts, params, seeds, respond, limits)
 
     def generate(
@@ -49,7 +64,7 @@ class ReadySampler:
         """``Sampler.generate`` in this sampler's precision: ``params.n`` completions per prompt (text or messages);
         prompt i samples with ``seed + i``. Instead of ``params``, its fields as keywords: ``n=4, temperature=1``."""
         params = params if params is not None else SamplingParams(**sampling)
-        with self.autocast():
+        with self.running():
             return self.sampler.generate(prompts, params, seed=seed, chat=chat)
 
 

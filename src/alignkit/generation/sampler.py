@@ -91,9 +91,10 @@ class Sampler:
         self.model.eval()
         lm = unwrap_causal_lm(self.model)
         device = next(lm.parameters()).device.type
-        self._dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm.dtype
-        # packed once per call from the live weights (LoRA merged): never older than this call
-        self._fast = FastDecoder.build(lm, self._dtype) if self.fast else None
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm.dtype
+        # packed once per call from the live weights (LoRA merged): never older than this call, and dropped with it
+        # (a copy of the weights; kept between calls, every sampler would hold one more model's worth of memory)
+        fast = FastDecoder.build(lm, dtype) if self.fast else None
         per_chunk = max(1, self.max_rows // params.n)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less left padding
         results: dict[int, list[Completion]] = {}
@@ -101,7 +102,7 @@ class Sampler:
             for s in range(0, len(order), per_chunk):
                 chunk = order[s : s + per_chunk]
                 requests = [Request(prompts[i], params, seeds[i], _prompt_hook(on_token, i)) for i in chunk]
-                batch = DecodeBatch(lm, self.tok, self.eos_ids, self._dtype, self._fast, self.compact_at, self.stats)
+                batch = DecodeBatch(lm, self.tok, self.eos_ids, dtype, fast, self.compact_at, self.stats)
                 batch.admit(requests, *batch.prefill(requests, params.max_new_tokens))
                 while batch:
                     batch.step()

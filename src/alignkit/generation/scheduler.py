@@ -96,7 +96,7 @@ class Scheduler:
     def _run(self) -> None:
         lm, ready = self.lm, self.ready
         device = next(lm.parameters()).device
-        with torch.no_grad(), ready.autocast():
+        with torch.no_grad(), ready.running():
             dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else lm.dtype
             self._dtype = dtype
             fast = FastDecoder.build(lm, dtype, rows=self.max_rows) if ready.sampler.fast else None

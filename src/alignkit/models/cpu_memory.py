@@ -66,3 +66,11 @@ def give_back_freed_memory() -> bool:
     _kept = False
     libc.malloc_trim(0)
     return True
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, MB (what ``/usr/bin/time -v`` reports as its maximum)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

@@ -307,13 +307,27 @@ def _sanity_line(result: dict) -> str:
     parts = [f"{who} {s['accuracy']:.3f} (" + ", ".join(f"{c} {a:.2f}" for c, a in s["per_category"].items()) + ")"
              for who, s in sanity.items()]  # fmt: skip
     return (
-        f" Agreement with the clear-cut pairs {result['sanity_pairs']} (chosen scored above rejected; below 0.8 "
-        f"the judge's verdicts are not evidence): " + "; ".join(parts) + "."
+        f" Agreement with the clear-cut pairs {result['sanity_pairs']} (chosen scored above rejected; below "
+        f"{SANITY_BAR} the judge's verdicts are not evidence): " + "; ".join(parts) + "."
     )
 
 
+SANITY_BAR = 0.8  # agreement with the clear-cut pairs below which a reward model's verdicts are not evidence
+
+
+def evidence(name: str, result: dict) -> str:
+    """Whether row ``name``'s win rate is evidence: "yes", "unchecked" (no sanity pairs), or "NO: ..." naming the
+    reward model under the bar (the judge for every row; PPO's proxy too, since PPO optimized it)."""
+    sanity = result.get("sanity") or {}
+    if not sanity:
+        return "unchecked"
+    who = ["judge"] + (["proxy"] if name == "ppo" else [])
+    weak = [f"{w} {sanity[w]['accuracy']:.2f}" for w in who if w in sanity and sanity[w]["accuracy"] < SANITY_BAR]
+    return "yes" if not weak else f"NO: {', '.join(weak)} < {SANITY_BAR:.2f}"
+
+
 def comparison_table(result: dict) -> list[str]:
-    """The spec's comparison table in Markdown."""
+    """The spec's comparison table in Markdown; a last column says which rows' win rates are evidence."""
 
     def f(v, spec=".3f"):
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
@@ -327,9 +341,15 @@ def comparison_table(result: dict) -> list[str]:
         "health monitor flagged anything during training." + _sanity_line(result),
         "",
         "| policy | win rate vs (ties half) [95% bootstrap] | decisive [Wilson] | LC | hh | helpful | judge reward "
-        "| KL (nats/seq) | length | loops | refuses harmful | refuses benign | train s | health alarms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KL (nats/seq) | length | loops | refuses harmful | refuses benign | train s | health alarms | evidence |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows_not = [n for n in result["rows"] if evidence(n, result).startswith("NO")]
+    if rows_not:
+        lines[0:0] = [f"**Not evidence: the win rates of {', '.join(rows_not)}.** Their judge (or, for PPO, the proxy "
+                      f"it optimized) agrees with fewer than {SANITY_BAR:.0%} of the clear-cut pairs, so a win or a "
+                      "loss says little about the policy; KL, length, loops and refusals are measured without a "
+                      "judge and stand.", ""]  # fmt: skip
     for name, r in result["rows"].items():
         lo, hi = r["win_rate_interval"]
         wl, wh = r["wilson"]
@@ -338,6 +358,6 @@ def comparison_table(result: dict) -> list[str]:
             f"| {f(r['length_controlled'])} | {f(r['win_rate_hh'])} | {f(r['win_rate_helpful'])} | "
             f"{f(r['reward'], '+.3f')} | {f(r['kl'])} | {f(r['length'], '.1f')} | {f(r['loops'], '.2f')} | "
             f"{f(r.get('refusal_harmful'), '.2f')} | {f(r.get('over_refusal_benign'), '.2f')} | "
-            f"{f(r['train_seconds'], '.0f')} | {_alarms(r)} |"
+            f"{f(r['train_seconds'], '.0f')} | {_alarms(r)} | {evidence(name, result)} |"
         )
     return lines

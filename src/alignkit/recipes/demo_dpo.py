@@ -1,10 +1,10 @@
 """The main job: DPO with LoRA on the embedded model and the project's preference pairs, with a report.
 
-Steps: load -> a judge reward model on hh-rlhf and the project's judge pairs (not the demo pairs; cached after the
-first run) -> score held-out pairs
-and generate (before) -> train -> score and generate (after) -> against the base on held-out prompts: win rate by
-the judge, KL on samples, length / repetition / refusals (``demo_eval``) -> report.md + plots in the output
-directory, with each goal stated met or not. Every number in the report is measured in this run.
+Steps: two judge reward models (hh-rlhf + the project's judge pairs, and hh-rlhf alone; never the demo pairs;
+shipped with the package, else trained once and cached) -> load -> score held-out pairs and generate (before) ->
+train -> score and generate (after) -> against the base on held-out prompts: win rate under each judge, KL on
+samples, length / repetition / refusals (``demo_eval``) -> report.md + plots in the output directory, with each
+goal stated met or not and the process's peak resident memory. Every number in the report is measured in this run.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from alignkit.eval.pairwise import pairwise_report, score_pairs
 from alignkit.eval.report.figures import PLOTS
 from alignkit.eval.report.run_summary import write_run_report
 from alignkit.generation import generate
-from alignkit.models.cpu_memory import give_back_freed_memory
+from alignkit.models.cpu_memory import give_back_freed_memory, peak_rss_mb
 from alignkit.outputs import own_output_dir
 from alignkit.recipes.demo_eval import (
+    HH_ONLY_TRAIN,
     JUDGE_DATA,
     JUDGE_EVAL,
+    JUDGE_NAMES,
+    JUDGE_OWN,
     JUDGE_RECIPE,
     JUDGE_TRAIN,
     SANITY_PAIRS,
@@ -39,6 +42,13 @@ from alignkit.train.loop import fit
 from alignkit.train.run import make_config, prepare
 
 DEMO_CONFIG = builtin_path("demo.yaml")
+LIMITS = (
+    "What a 135M model cannot be expected to learn here: 300 pairs and about 75 LoRA steps move style (length, "
+    "tone, declining clear harm, admitting what it does not know) on prompts like the training ones. They teach no "
+    "new knowledge or reasoning, and a preference written by the project's authors need not carry over to the "
+    "preferences of hh-rlhf's crowdworkers on their topics: the hh-rlhf-only judge measures exactly that transfer, "
+    "and a small or absent gain under it is the expected result at this scale, not a hidden one."
+)
 
 
 def release(p) -> None:
@@ -62,6 +72,7 @@ def run_demo(
     judge_data: str = JUDGE_DATA,
     judge_recipe: list[str] = JUDGE_RECIPE,
     judge_slices: tuple[str, str] = (JUDGE_TRAIN, JUDGE_EVAL),
+    hh_only_train: str = HH_ONLY_TRAIN,
     helpful_limit: int = 32,
     safety_limit: int = 48,
     eval_tokens: int = 64,
@@ -70,8 +81,10 @@ def run_demo(
     overwrite: bool = False,
     sanity_pairs: str = SANITY_PAIRS,
 ) -> dict:
-    """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``). The judge
-    trains on ``judge_data`` with ``judge_recipe``; the evaluation uses the held-out pairs' prompts plus
+    """Run the demo; returns the summary written to ``summary.json`` (the report is ``report.md``). Two judges
+    train on ``judge_data`` with ``judge_recipe`` (or ship with the package): one on its ``judge_slices[0]`` plus the
+    project's judge pairs, one on its ``hh_only_train`` alone; both are held out on ``judge_slices[1]``. The
+    evaluation uses the held-out pairs' prompts plus
     ``helpful_limit`` helpfulness prompts, ``safety_limit`` safety prompts, ``eval_tokens`` new tokens each.
     ``judge``: a reward model directory to judge with instead (e.g. ``alignkit train rm --config configs/rm_hh.yaml``'s
     runs/rm_hh/model); its held-out accuracy is read from its saved eval metrics. ``sanity_pairs``: the clear-cut
@@ -83,25 +96,31 @@ def run_demo(
 
     own_output_dir(output_dir, "demo dpo", overwrite=overwrite)  # never a directory the demo did not write
     cfg = make_config("dpo", str(DEMO_CONFIG), [f"train.output_dir={output_dir}", *overrides])
-    stage(1, f"loading the embedded model and the demo data ({DEMO_CONFIG.name})")
+    stage(1, "the judges: reward models trained on other data than the demo pairs")
+    if judge is not None:
+        judges = {"given": (judge, given_judge(judge))}
+        log(f"      judge: {judge} (given)")
+    else:  # before the policy loads: a first run trains a judge with nothing else in memory
+        own_and_hh, hh_only = (judge_slices, JUDGE_OWN), ((hh_only_train, judge_slices[1]), None)
+        judges = {}
+        for name, (slices, own) in zip(JUDGE_NAMES, (own_and_hh, hh_only)):
+            t_judge = time.time()
+            judges[name] = demo_judge(judge_data, judge_recipe, log, slices, own)
+            if judges[name][1].get("trained_in_this_run"):
+                judges[name][1]["stage_seconds"] = round(time.time() - t_judge, 1)
+                give_back_freed_memory()
+    for name, (path, info) in judges.items():
+        if path is None:
+            log(f"      no judge {name}: {info['reason']}")
+        else:
+            log(f"      judge {name}: held-out accuracy {info['held_out_accuracy']:.3f} on {info['held_out']}")
+    judge_info = {name: info for name, (_, info) in judges.items()}
+
+    stage(2, f"loading the embedded model and the demo data ({DEMO_CONFIG.name})")
     p = prepare("dpo", cfg, log)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = demo_prompts()
-
-    stage(2, "the judge: a reward model trained on other data than the demo pairs")
-    if judge is not None:
-        judge_info = given_judge(judge)
-        log(f"      judge: {judge} (given)")
-    else:
-        t_judge = time.time()
-        judge, judge_info = demo_judge(judge_data, judge_recipe, log, judge_slices)
-        if judge_info.get("trained_in_this_run"):
-            judge_info["stage_seconds"] = round(time.time() - t_judge, 1)
-    if judge is None:
-        log(f"      no judge: {judge_info['reason']}; the win rate is skipped")
-    else:
-        log(f"      judge held-out accuracy {judge_info['held_out_accuracy']:.3f} on {judge_info['held_out']}")
 
     stage(3, f"before training: scoring {len(p.eval_items)} held-out pairs, generating for {len(prompts)} prompts")
     with p.accelerator.autocast():
@@ -124,8 +143,9 @@ def run_demo(
 
     eval_set = eval_prompts(cfg.data.eval, helpful_limit)
     stage(6, f"against the base on {len(eval_set)} held-out prompts: win rate, KL, length, repetition, refusals")
+    paths = {name: path for name, (path, _) in judges.items()}
     m = evaluate_vs_base(
-        str(result.model_dir), cfg.model.name, judge, eval_set, safety_limit, eval_tokens, log, sanity_pairs
+        str(result.model_dir), cfg.model.name, paths, eval_set, safety_limit, eval_tokens, log, sanity_pairs
     )
     (out / "eval_vs_base.json").write_text(json.dumps(m, indent=1, default=str) + "\n")
 
@@ -145,9 +165,10 @@ def run_demo(
         "final train loss": result.final_metrics.get("loss"),
         "final eval loss": result.eval_metrics.get("eval/loss"),
         "total wall seconds (incl. judge, scoring, generation, evaluation)": round(time.time() - t0, 1),
+        "peak resident memory of the whole demo (MB)": round(peak_rss_mb()),
     }
-    setup = judge_info.get("stage_seconds", 0.0)  # the one-time judge training, when this run did it
-    goals = check_goals(m, time.time() - t0, time_goal, setup)
+    setup = sum(info.get("stage_seconds", 0.0) for info in judge_info.values())  # one-time judge training, if any
+    goals = check_goals(m, time.time() - t0, time_goal, setup, peak_rss_mb())
     gens = [{"prompt": q, "before": b, "after": a} for q, b, a in zip(prompts, gens_before, gens_after)]
     report = write_run_report(
         out,
@@ -158,7 +179,8 @@ def run_demo(
         PLOTS,
         notes=[
             f"Config: {out / 'config.yaml'}; metrics: {out / 'metrics.jsonl'}; LoRA adapter: {result.model_dir}; "
-            f"evaluation against the base: {out / 'eval_vs_base.json'}"
+            f"evaluation against the base: {out / 'eval_vs_base.json'}",
+            LIMITS,
         ],
         sections=goals_section(goals, m, judge_info),
     )
@@ -172,5 +194,5 @@ def run_demo(
     for g in goals:
         v = f"{g['value']:.3f}" if isinstance(g["value"], float) else g["value"]
         log(f"{'met' if g['met'] else 'NOT met'}: {g['goal']} = {v} (goal {g['target']}) {g['detail']}")
-    log(f"report: {report} (total {time.time() - t0:.0f}s)")
+    log(f"report: {report} (total {time.time() - t0:.0f}s, peak resident memory {peak_rss_mb():.0f} MB)")
     return {**summary, **pairwise}

@@ -27,10 +27,9 @@ from typing import Callable
 import torch
 import yaml
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from alignkit.config import RunConfig, save_config, to_dict
-from alignkit.errors import TrainingDiverged, UserError
+from alignkit.errors import UserError
 from alignkit.models.cpu_memory import give_back_freed_memory, keep_freed_memory
 from alignkit.models.save import save_model
 from alignkit.train.checkpoint import (
@@ -43,6 +42,7 @@ from alignkit.train.distributed import global_sum
 from alignkit.train.early_stop import EarlyStopping
 from alignkit.train.method import Method
 from alignkit.train.metrics import JsonlLog, MetricSums, peak_memory_mb
+from alignkit.train.steps import diverged, global_batch_indices, make_optimizer
 
 PROGRESS_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "reward/mean", "kl/sequence")
 
@@ -72,17 +72,6 @@ class TrainResult:
     best_step: int | None = None  # the eval step with the best train.early_stopping_metric (when it is tracked)
     best_metric: float | None = None
     best_dir: Path | None = None  # output_dir/best with train.keep_best
-
-
-def global_batch_indices(n: int, step: int, global_batch: int, seed: int, shuffle: bool = True) -> list[int]:
-    """Example indices of optimizer step ``step``: a slice of epoch ``step // steps_per_epoch``'s permutation
-    (the identity when ``shuffle`` is false)."""
-    steps_per_epoch = n // global_batch
-    epoch, offset = divmod(step, steps_per_epoch)
-    if not shuffle:
-        return list(range(offset * global_batch, (offset + 1) * global_batch))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return perm[offset * global_batch : (offset + 1) * global_batch]
 
 
 def fit(
@@ -222,18 +211,7 @@ class _Run:
                 model.enable_input_require_grads()
         self.wrapped = self.method.wrap(model)
         self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
-        # fused: one kernel over all parameters (CPU and CUDA); the per-tensor loop costs ~0.3 s/step at 135M on CPU
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.params)
-        optimizer = torch.optim.AdamW(
-            self.params, lr=tc.learning_rate, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay,
-            fused=fused or None,
-        )  # fmt: skip
-        self.scheduler = get_scheduler(
-            tc.lr_scheduler if tc.lr_scheduler != "constant" else "constant_with_warmup",
-            optimizer,
-            num_warmup_steps=self.warmup,
-            num_training_steps=self.optimizer_steps,
-        )
+        optimizer, self.scheduler = make_optimizer(self.params, tc, self.warmup, self.optimizer_steps)
         self.module, self.optimizer = self.accelerator.prepare(self.wrapped, optimizer)
         self.module.train()
 
@@ -266,7 +244,7 @@ class _Run:
         sums.add_scalar("tokens", 0.0, 1.0 / self.world)  # reduced: total tokens over all processes
         metrics = sums.reduce(self.accelerator)
         if grad_norms and not math.isfinite(metrics["loss"]):
-            _diverged(self.state.step + 1, metrics["loss"], float("nan"), self.out, mine)
+            diverged(self.state.step + 1, metrics["loss"], float("nan"), self.out, mine)
         self.state.step += 1
         seconds = time.time() - step_t0
         metrics.update(
@@ -311,7 +289,7 @@ class _Run:
             norms = [p.grad.norm() for p in self.params if p.grad is not None]
             grad_norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if not math.isfinite(grad_norm):  # the same on every process: gradients are all-reduced
-            _diverged(self.state.step + 1, float("nan"), grad_norm, self.out, items)
+            diverged(self.state.step + 1, float("nan"), grad_norm, self.out, items)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -441,13 +419,3 @@ def evaluate(method: Method, module, items: list, batch_size: int, accelerator) 
     finally:
         module.train(was_training)
     return {f"eval/{k}": v for k, v in metrics.items()}
-
-
-def _diverged(step: int, loss: float, grad_norm: float, out: Path, items: list) -> None:
-    last = sorted(out.glob("ckpt-*"))
-    raise TrainingDiverged(
-        f"step {step}: loss is {loss}, gradient norm {grad_norm}. Training stopped; "
-        f"{'the last checkpoint ' + str(last[-1]) + ' is intact' if last else 'no checkpoint was written'}. "
-        f"Batch examples: {', '.join(getattr(x, 'source', '?') for x in items[:4])}. Fix: lower "
-        "train.learning_rate, use model.dtype=fp32, or check these records"
-    )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import resource
-import sys
 from pathlib import Path
 
 import torch
+
+from alignkit.models.cpu_memory import peak_rss_mb
 
 
 class MetricSums:
@@ -70,5 +70,4 @@ def peak_memory_mb(device: torch.device) -> float:
     """Peak accelerator memory if on CUDA, else this process's peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    return peak_rss_mb()

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from alignkit.data import Sample, pad_sequences
-from alignkit.train.loop import global_batch_indices
 from alignkit.train.metrics import MetricSums
 from alignkit.train.online.rollout import OnlineMethod
 from alignkit.train.online.seeds import REPLAY, sample_seed
+from alignkit.train.steps import global_batch_indices
 
 
 class JudgedOnlineMethod(OnlineMethod):
