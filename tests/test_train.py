@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -287,3 +288,57 @@ def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in():
     x = torch.ones(n)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > n * 4 // 4096 // 2  # its pages fault in
     del x
+
+
+def test_fit_releases_its_optimizer_state(tiny_model_dir, pairs_file, tmp_path):
+    """When fit returns, no optimizer (nor its Adam moments) is left alive: accelerate's references to what it
+    prepared are dropped too, so evaluation after training runs without the training state in memory."""
+    import gc
+
+    from alignkit.train.run import prepare
+
+    cfg = make_config("dpo", **tiny_sections(tiny_model_dir, pairs_file, tmp_path / "o", max_steps=2, overwrite=True))
+    p = prepare("dpo", cfg, **QUIET)
+    loop_module.fit(p.method, cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, **QUIET)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)]
+    loop_module.fit(p.method, cfg, p.model, p.tokenizer, p.train_items, p.eval_items, p.accelerator, **QUIET)
+    gc.collect()  # a second fit on the same accelerator (the loop's rounds) does not pile them up either
+    assert not [o for o in gc.get_objects() if isinstance(o, torch.optim.Optimizer)]
+
+
+def test_onednn_cache_bound_from_setting_and_env(monkeypatch):
+    """The bf16 kernel caches get a bound (default 64) unless the user set oneDNN's variables or said 'default';
+    a bad value is one clear error naming the variable."""
+    from alignkit.models.cpu_memory import ONEDNN_CACHE_ENV, bound_onednn_caches
+
+    for var in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY", ONEDNN_CACHE_ENV):
+        monkeypatch.delenv(var, raising=False)
+    assert bound_onednn_caches() == 64
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == os.environ["LRU_CACHE_CAPACITY"] == "64"
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")  # set by the user: kept
+    monkeypatch.setenv(ONEDNN_CACHE_ENV, "16")
+    assert bound_onednn_caches() == 16 and os.environ["LRU_CACHE_CAPACITY"] == "7"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.setenv(ONEDNN_CACHE_ENV, "default")
+    assert bound_onednn_caches() is None and "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    for bad in ("0", "lots"):
+        monkeypatch.setenv(ONEDNN_CACHE_ENV, bad)
+        with pytest.raises(UserError, match=ONEDNN_CACHE_ENV):
+            bound_onednn_caches()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_evaluation_runs_with_freed_memory_given_back():
+    """The loop's evaluation runs with glibc's defaults and the loop keeps freed memory again afterwards; outside a
+    kept region the context changes nothing."""
+    from alignkit.models import cpu_memory
+
+    assert cpu_memory.keep_freed_memory()
+    with cpu_memory.freed_memory_given_back():
+        assert not cpu_memory._kept
+    assert cpu_memory._kept
+    cpu_memory.give_back_freed_memory()
+    with cpu_memory.freed_memory_given_back():
+        assert not cpu_memory._kept
+    assert not cpu_memory._kept

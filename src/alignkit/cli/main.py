@@ -11,6 +11,7 @@ import typer
 
 from alignkit.cli import cai, data, eval, feedback, generate, judge, loop, runs, serve, train, verify
 from alignkit.errors import UserError
+from alignkit.models.cpu_memory import bound_onednn_caches
 
 COMMANDS = (train, generate, runs, data, verify, eval, cai, judge, feedback, serve, loop)
 
@@ -26,6 +27,7 @@ for module in COMMANDS:
 
 def main() -> None:
     try:
+        bound_onednn_caches()  # before any kernel runs (models.cpu_memory: memory on CPUs with native bf16)
         app()
     except UserError as e:
         typer.secho(f"error: {e}", fg="red", err=True)

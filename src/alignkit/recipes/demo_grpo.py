@@ -13,6 +13,7 @@ answers -> report.md + plots. Every number in the report is measured in this run
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import time
@@ -24,7 +25,7 @@ from alignkit.eval.accuracy import MathEvalResult, evaluate_math
 from alignkit.eval.report.blocks import Heading, Table, Text
 from alignkit.eval.report.figures import RL_PLOTS
 from alignkit.eval.report.run_summary import write_run_report
-from alignkit.models.cpu_memory import peak_rss_mb
+from alignkit.models.cpu_memory import give_back_freed_memory, peak_rss_mb
 from alignkit.outputs import own_output_dir
 from alignkit.train.loop import fit
 from alignkit.train.run import make_config, prepare
@@ -83,6 +84,8 @@ def run_grpo_demo(
     def measure(when: str) -> tuple[MathEvalResult, MathEvalResult]:
         held = evaluate_math(p.model, p.tok, unseen, max_new_tokens=tokens)
         inside = evaluate_math(p.model, p.tok, sets["in_template"], max_new_tokens=tokens)
+        gc.collect()
+        give_back_freed_memory()  # the sampler's packed weights and cache: training (or the report) runs without them
         by = accuracy_by_kind(held, kinds)
         log(f"      {when}: held-out templates {held.accuracy:.3f} (new phrasing {by['new_phrasing']:.3f}, new "
             f"scenario {by['new_scenario']:.3f}), in-template {inside.accuracy:.3f} "

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from alignkit.config import RunConfig, save_config, to_dict
 from alignkit.errors import UserError
-from alignkit.models.cpu_memory import give_back_freed_memory, keep_freed_memory
+from alignkit.models.cpu_memory import freed_memory_given_back, give_back_freed_memory, keep_freed_memory
 from alignkit.models.save import save_model
 from alignkit.train.checkpoint import (
     claim_output_dir,
@@ -87,9 +87,11 @@ def fit(
     log: Callable = print,
 ) -> TrainResult:
     """Train ``model`` with ``method`` on tokenized items; returns the result and writes everything to output_dir.
-    On CPU with ``train.reuse_cpu_memory`` the loop keeps freed memory in the process (``models.cpu_memory``) and
-    gives it back when it ends."""
-    kept = accelerator.device.type == "cpu" and cfg.train.reuse_cpu_memory and keep_freed_memory()
+    On CPU with ``train.reuse_cpu_memory`` the loop keeps freed memory in the process (``models.cpu_memory``). When
+    it ends, the run's optimizer state is released (accelerate's references included) and, on CPU, freed memory
+    goes back to the OS: what runs next (evaluation) starts from the model alone."""
+    if accelerator.device.type == "cpu" and cfg.train.reuse_cpu_memory:
+        keep_freed_memory()
     run = None
     try:
         run = _Run(method, cfg, model, tokenizer, accelerator, log)
@@ -104,8 +106,9 @@ def fit(
                 callback(run.state, metrics)
         return run.finish(train_items, eval_items)
     finally:
-        if kept:  # what the steps freed goes back to the OS; evaluation afterwards runs with glibc's defaults
-            run = None  # its batches, optimizer state and buffers
+        run = None  # its batches, optimizer state and buffers
+        accelerator.free_memory()  # accelerate holds what it prepared (the optimizer and its state) until told
+        if accelerator.device.type == "cpu":  # what the steps freed goes back to the OS (glibc's defaults again)
             gc.collect()
             give_back_freed_memory()
 
@@ -315,7 +318,8 @@ class _Run:
         step, tc = self.state.step, self.tc
         if not eval_items or not ((tc.eval_steps and step % tc.eval_steps == 0) or step == self.total_steps):
             return
-        self.last_eval = evaluate(self.method, self.module, eval_items, tc.eval_batch_size, self.accelerator)
+        with freed_memory_given_back():
+            self.last_eval = evaluate(self.method, self.module, eval_items, tc.eval_batch_size, self.accelerator)
         self._record({"step": step, **self.last_eval})
         self.history.append({"step": step, **self.last_eval})
         self.bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.last_eval.items()))
