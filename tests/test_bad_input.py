@@ -291,8 +291,11 @@ def test_the_real_executable_prints_one_line_and_exits_2(world):
 def test_ctrl_c_says_how_to_continue(world, tmp_path):
     """SIGINT during training: exit 130 and the way on (--resume from the checkpoint it kept)."""
     cfg = world.config(output_dir=str(tmp_path / "run"), max_steps=100_000, save_steps=1)  # never ends by itself
+    # SIGINT as a terminal delivers it, even when pytest itself runs in the background (`make test &`): a child
+    # that inherits SIG_IGN gets no KeyboardInterrupt from Python and would train on
     proc = subprocess.Popen([sys.executable, "-m", "alignkit", "train", "dpo", "-c", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while not list((tmp_path / "run").glob("ckpt-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
