@@ -103,8 +103,9 @@ _ONEDNN_VARS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneD
 def bound_onednn_caches(capacity: int | str | None = None) -> int | None:
     """Bound the caches of compiled matmul kernels that bf16 on CPU goes through (oneDNN keeps one entry per operand
     shape, 1024 by default; each holds ~1 MB). Training packs rows of varying length, so every step brings new shapes:
-    the demo's DPO training on a CPU with native bf16 grew 2.3 -> 4.5 GB resident over 75 steps, and stays flat at
-    ~2.1 GB with 64 entries (a step's kernels fit: the hits are the same). fp32 matmuls do not use these caches.
+    the demo's DPO training on a CPU with native bf16 grew 2.1 -> 2.56 GB resident over 15 steps and on; with 64
+    entries it stays flat at 2.28 GB from step 10 at the same step time (a step's kernels fit: the hits are the same;
+    bench/results/demo_memory.json). fp32 matmuls do not use these caches.
 
     ``capacity``: entries per cache; None reads ``ALIGNKIT_ONEDNN_CACHE`` (a number, or ``default`` to keep oneDNN's
     1024), else 64. Takes effect only before the process's first oneDNN kernel (the CLI calls it at start); a variable
